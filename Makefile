@@ -1,0 +1,59 @@
+# labxds — the Envoy dynamic configuration (xDS) lab.
+#
+#   make lab     set up .venv if needed, then JupyterLab on notebooks/ (http://127.0.0.1:8888)
+#   make test    set up .venv if needed, then the whole test suite (PYTEST_ARGS="-k foo" to narrow)
+#   make venv    only the set-up: .venv with requirements.txt and labxds (editable)
+#   make clean   remove .venv and caches
+#
+# The set-up reruns only when requirements.txt or pyproject.toml change (stamp file in .venv).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+LAB_PORT    ?= 8888
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.labxds-installed
+PIP   := $(BIN)/python -m pip -q
+# Run tools with the venv first on PATH, so that `envoy`, `jupyter`, ... resolve to the venv's.
+IN_VENV := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help lab test venv clean
+
+help:
+	@sed -n '3,6s/^# *//p' $(firstword $(MAKEFILE_LIST))
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "labxds needs Python >= 3.11; '$(PYTHON)' is: $$($(PYTHON) -V 2>&1). Use e.g. make PYTHON=python3.11 ..." >&2; exit 1; }
+	@if ! $(BIN)/python -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
+	  echo "Creating $(VENV) with $$($(PYTHON) -V 2>&1)"; \
+	  rm -rf $(VENV); \
+	  if ! $(PYTHON) -m venv $(VENV) >/dev/null 2>&1; then \
+	    echo "'$(PYTHON) -m venv' has no ensurepip (Debian without python3-venv?): bootstrapping pip with the system's pip"; \
+	    rm -rf $(VENV); \
+	    { $(PYTHON) -m venv --without-pip $(VENV) && $(PYTHON) -m pip -q --python $(BIN)/python install pip; } || { \
+	      echo "Could not create $(VENV): install venv support (apt-get install python3-venv) and retry." >&2; exit 1; }; \
+	  fi; \
+	  $(PIP) install --upgrade pip; \
+	fi
+	@echo "Installing requirements.txt and labxds into $(VENV) (quiet; takes a minute or two the first time)"
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps -e .
+	@touch $@
+
+test: $(STAMP)
+	$(IN_VENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	@echo "Starting JupyterLab on notebooks/: open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL it prints below (Ctrl-C to stop)."
+	$(IN_VENV) $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -prune -exec rm -rf {} +
