@@ -28,6 +28,8 @@ from labxds.envoy import (
     validate_bootstrap,
 )
 
+pytestmark = pytest.mark.envoy
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,0 +1,275 @@
+"""Echo upstreams standing in for the sandbox's jmalloc/echo-server containers.
+
+The sandbox's services answer every request with who served it and the request
+as they received it, which is how a learner sees Envoy's routing, load balancing
+and the headers Envoy adds. These answer in the same text format:
+
+    Request served by service1
+
+    HTTP/1.1 GET /path
+
+    Host: localhost:10000
+    Accept: */*
+    X-Request-Id: ...
+
+Several instances of one service (same name, own ports) make round robin visible;
+each also says which instance it is in the `x-echo-instance` response header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterable, Mapping
+
+__all__ = ["EchoFleet", "EchoService", "format_echo", "main", "start_services"]
+
+SERVED_BY_HEADER = "x-served-by"
+INSTANCE_HEADER = "x-echo-instance"
+
+
+def _canonical(name: str) -> str:
+    """Header names as Go's net/http prints them (x-request-id -> X-Request-Id)."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def format_echo(
+    served_by: str,
+    method: str,
+    target: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes = b"",
+    protocol: str = "HTTP/1.1",
+) -> bytes:
+    """The echo-server body: who served it, the request line, Host, the other headers sorted."""
+    pairs = list(headers)
+    host = next((v for k, v in pairs if k.lower() == "host"), "")
+    others = sorted(((_canonical(k), v) for k, v in pairs if k.lower() != "host"), key=lambda kv: kv[0])
+    lines = [f"Request served by {served_by}", "", f"{protocol} {method} {target}", "", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in others]
+    text = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+    return text + (b"\n" + body if body else b"")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: EchoService) -> None:
+        self.service = service
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Cut keep-alive connections too: a stopped service must stop answering Envoy."""
+        with self.connections_lock:
+            open_now = list(self.connections)
+        for conn in open_now:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as Envoy's upstream pools expect
+    server_version = "labxds-echo"
+    sys_version = ""
+    timeout = 60  # idle keep-alive connections do not pin a thread forever
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet: notebooks show stderr
+        pass
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _echo(self) -> None:
+        service = self.server.service
+        body = format_echo(service.name, self.command, self.path, self.headers.items(), self._read_body(),
+                           self.request_version)  # fmt: skip
+        service._count()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header(SERVED_BY_HEADER, service.name)
+        if service.instance is not None:
+            self.send_header(INSTANCE_HEADER, str(service.instance))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _echo
+
+
+class EchoService:
+    """One echo upstream on its own port (port=0: the kernel picks a free one)."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, *, instance: int | None = None) -> None:
+        self.name = name
+        self.host = host
+        self.instance = instance
+        self._requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def __repr__(self) -> str:
+        where = self.url if self.running else "stopped"
+        tag = f"#{self.instance}" if self.instance is not None else ""
+        return f"<EchoService {self.name}{tag} {where}>"
+
+    def _count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            if self._requested_port:
+                return self._requested_port
+            raise RuntimeError(f"echo service {self.name!r} is not started: its port is not chosen yet")
+        return self._server.server_address[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> EchoService:
+        if self._server is not None:
+            return self
+        try:
+            server = _Server((self.host, self._requested_port), self)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"echo service {self.name!r} cannot listen on {self.host}:{self._requested_port}: {exc.strerror}"
+            ) from exc
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"echo-{self.name}", daemon=True
+        )
+        self._thread.start()
+        # Keep the port on restart: endpoints already sent to Envoy stay valid.
+        self._requested_port = server.server_address[1]
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+    def __enter__(self) -> EchoService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EchoFleet:
+    """Named services, each with one or more instances: fleet["service1"] -> [EchoService, ...]."""
+
+    def __init__(self, counts: Mapping[str, int], host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.services: dict[str, list[EchoService]] = {
+            name: [EchoService(name, host, instance=i if n > 1 else None) for i in range(1, n + 1)]
+            for name, n in counts.items()
+        }
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{name}: {[s.port if s.running else None for s in inst]}" for name, inst in self.services.items())
+        return f"<EchoFleet {body}>"
+
+    def __getitem__(self, name: str) -> list[EchoService]:
+        return self.services[name]
+
+    def __iter__(self):
+        return (svc for instances in self.services.values() for svc in instances)
+
+    def endpoints(self, name: str) -> list[tuple[str, int]]:
+        """(host, port) of every instance of `name`: what a control plane puts in EDS."""
+        return [svc.address for svc in self.services[name]]
+
+    def start(self) -> EchoFleet:
+        try:
+            for svc in self:
+                svc.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for svc in self:
+            svc.stop()
+
+    def __enter__(self) -> EchoFleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_services(counts: Mapping[str, int] | None = None, host: str = "127.0.0.1") -> EchoFleet:
+    """Start the sandbox's upstreams; default one service1 and one service2."""
+    return EchoFleet(counts or {"service1": 1, "service2": 1}, host).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m labxds echo --name service1 --port 8080`: one echo service in the foreground.
+
+    This is what the compose file's service1/service2 containers run. SIGTERM is
+    handled explicitly: as PID 1 in a container, Python would otherwise ignore it.
+    """
+    parser = argparse.ArgumentParser(prog="labxds echo", description="An echo upstream like jmalloc/echo-server.")
+    parser.add_argument("--name", default="echo", help="the name in 'Request served by <name>'")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    service = EchoService(args.name, args.host, args.port).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"Echo server {args.name} listening on {args.host}:{service.port}.", flush=True)
+    stop.wait()
+    service.stop()
+    return 0
