@@ -18,6 +18,9 @@ PIP   := $(BIN)/python -m pip -q
 # Run tools with the venv first on PATH, so that `envoy`, `jupyter`, ... resolve to the venv's.
 IN_VENV := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
+# JupyterLab refuses to run as root (containers, CI machines) unless told.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
@@ -51,8 +54,9 @@ test: $(STAMP)
 	$(IN_VENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: $(STAMP)
+	@test -d notebooks || { echo "notebooks/ is missing: run make lab from the labxds repository" >&2; exit 1; }
 	@echo "Starting JupyterLab on notebooks/: open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL it prints below (Ctrl-C to stop)."
-	$(IN_VENV) $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser
+	$(IN_VENV) $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
