@@ -29,6 +29,7 @@ import httpx
 import yaml
 
 __all__ = [
+    "CONFIG_DUMP_RESOURCES",
     "ENVOY_VERSION",
     "Envoy",
     "EnvoyAdmin",
@@ -241,6 +242,17 @@ def validate_bootstrap(bootstrap: dict | Path | str, *, timeout: float = 30) -> 
 
 # --------------------------------------------------------------------------- admin
 
+#: Sections /config_dump?resource= accepts (the repeated fields of the *ConfigDump messages).
+CONFIG_DUMP_RESOURCES = frozenset({
+    "static_clusters", "dynamic_active_clusters", "dynamic_warming_clusters",
+    "static_listeners", "dynamic_listeners",
+    "static_route_configs", "dynamic_route_configs",
+    "static_scoped_route_configs", "dynamic_scoped_route_configs",
+    "static_endpoint_configs", "dynamic_endpoint_configs",
+    "static_secrets", "dynamic_active_secrets", "dynamic_warming_secrets",
+    "ecds_filters",
+})  # fmt: skip
+
 
 class EnvoyAdmin:
     """Thin client for Envoy's admin interface (local or in docker: only the URL matters)."""
@@ -271,6 +283,14 @@ class EnvoyAdmin:
 
     def _json(self, path: str, **params: Any) -> Any:
         response = self.get(path, **params)
+        resource = params.get("resource")
+        if path == "/config_dump" and resource and response.status_code == 404:
+            if resource in CONFIG_DUMP_RESOURCES:
+                # Envoy answers 404 while no subsystem has that section (e.g. no RDS user yet).
+                return {"configs": []}
+            raise EnvoyError(
+                f"/config_dump has no resource {resource!r}; known: {', '.join(sorted(CONFIG_DUMP_RESOURCES))}"
+            )
         if response.status_code != 200:
             # e.g. 404 "nonsense not found in config dump" for a mistyped resource name
             raise EnvoyError(

@@ -267,3 +267,14 @@ def test_atexit_stops_envoy_when_python_exits_normally():
     finally:
         if not _gone(envoy_pid):
             os.kill(envoy_pid, signal.SIGKILL)
+
+
+def test_config_dump_sections_absent_yet_are_empty_but_typos_are_errors(envoy):
+    envoy.start()
+    assert envoy.admin.config_dump(resource="dynamic_route_configs") == {"configs": []}
+    with pytest.raises(envoy_mod.EnvoyError, match="dynamic_active_clusters"):
+        envoy.admin.config_dump(resource="dynamic_clusterz")
+    assert envoy_mod.as_admin(envoy) is envoy.admin
+    assert envoy_mod.as_admin(envoy.admin_port).url == envoy.admin_url
+    with pytest.raises(TypeError):
+        envoy_mod.as_admin(3.5)

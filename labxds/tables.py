@@ -1,0 +1,423 @@
+"""Tables a learner reads instead of raw JSON: requests through Envoy, and Envoy's own view.
+
+Every config table reads /config_dump filtered by resource type (never by the
+position of a section, which changes between Envoy versions), and takes anything
+`as_admin` accepts: an admin URL, a port, an EnvoyAdmin or an Envoy, local or in
+docker. pandas is imported inside the functions so `import labxds` stays quick.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from .echo import INSTANCE_HEADER
+from .envoy import EnvoyAdmin, as_admin
+
+if TYPE_CHECKING:
+    import httpx
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
+__all__ = [
+    "clusters_table",
+    "curl",
+    "endpoints_table",
+    "listeners_table",
+    "routes_table",
+    "sandbox_endpoint",
+    "stats_table",
+    "styled",
+]
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _parse_echo(text: str) -> tuple[str | None, dict[str, str]]:
+    """(served_by, echoed request headers) from an echo-server body, or (None, {})."""
+    lines = text.split("\n")
+    first = lines[0] if lines else ""
+    if not first.startswith("Request served by "):
+        return None, {}
+    served_by = first.removeprefix("Request served by ").strip()
+    headers: dict[str, str] = {}
+    # layout: served-by, blank, request line, blank, headers..., [blank, body]
+    for line in lines[4:]:
+        if not line.strip():
+            break
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return served_by, headers
+
+
+def _describe_error(exc: Exception) -> str:
+    """The words curl would use, so the lesson reads like the sandbox."""
+    import httpx
+
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    codes = {getattr(e, "errno", None) for e in chain}
+    text = " ".join(str(e) for e in chain).lower()
+    if errno.ECONNREFUSED in codes or "refused" in text:
+        return "connection refused"
+    if errno.ECONNRESET in codes or "reset" in text:
+        return "connection reset by peer"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "empty reply from server"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _target(url: str | int, path: str) -> str:
+    if isinstance(url, int):
+        url = f"http://127.0.0.1:{url}"
+    if "://" not in url:
+        url = f"http://{url}"
+    if urlsplit(url).path not in ("", "/"):
+        return url  # the caller already named a path
+    return url.rstrip("/") + (path if path.startswith("/") else f"/{path}")
+
+
+def curl(
+    url: str | int,
+    n: int = 1,
+    *,
+    path: str = "/",
+    headers: Mapping[str, str] | None = None,
+    include_headers: bool = False,
+    method: str = "GET",
+    timeout: float = 2.0,
+) -> pd.DataFrame:
+    """Send `n` requests (like `curl` n times) and return one row per request.
+
+    Failures are rows, not exceptions: "connection refused" before Envoy has a
+    listener is part of the lesson. Requests share one keep-alive connection, so
+    with one Envoy worker round robin alternates strictly.
+    """
+    import httpx
+    import pandas as pd
+
+    target = _target(url, path)
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(timeout=timeout, trust_env=False) as client:
+        for i in range(1, n + 1):
+            row: dict[str, Any] = {"request": i, "status": None, "served_by": None, "instance": None,
+                                   "latency_ms": None, "x_request_id": None, "error": None}  # fmt: skip
+            echoed: dict[str, str] = {}
+            start = time.perf_counter()
+            try:
+                response = client.request(method, target, headers=dict(headers or {}))
+            except httpx.HTTPError as exc:
+                row["latency_ms"] = (time.perf_counter() - start) * 1000
+                row["error"] = _describe_error(exc)
+            else:
+                row["latency_ms"] = (time.perf_counter() - start) * 1000
+                row["status"] = response.status_code
+                served_by, echoed = _parse_echo(response.text)
+                row["served_by"] = served_by or response.headers.get("x-served-by")
+                row["instance"] = response.headers.get(INSTANCE_HEADER)
+                row["x_request_id"] = echoed.get("X-Request-Id") or response.headers.get("x-request-id")
+                if served_by is None and response.status_code >= 400:
+                    # Envoy's own answers: "no healthy upstream", "upstream connect error ..."
+                    row["error"] = response.text.strip().split("\n", 1)[0][:120] or response.reason_phrase
+            if include_headers:
+                row.update(echoed)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df["status"] = df["status"].astype("Int64")
+    df["latency_ms"] = df["latency_ms"].astype(float)
+    df["instance"] = pd.to_numeric(df["instance"], errors="coerce").astype("Int64")
+    return df
+
+
+# --------------------------------------------------------------------------- config_dump
+
+
+def _configs(admin: EnvoyAdmin, resource: str, include_eds: bool = False) -> list[dict]:
+    return admin.config_dump(resource=resource, include_eds=include_eds).get("configs", [])
+
+
+def _socket(address: Mapping | None) -> tuple[str | None, int | None]:
+    """(address, port) of an envoy.config.core.v3.Address; pipes show as their path."""
+    address = address or {}
+    if "socket_address" in address:
+        sock = address["socket_address"]
+        return sock.get("address"), sock.get("port_value", 0)
+    if "pipe" in address:
+        return address["pipe"].get("path"), None
+    if "envoy_internal_address" in address:
+        return address["envoy_internal_address"].get("server_listener_name"), None
+    return None, None
+
+
+def _timestamps(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    import pandas as pd
+
+    for column in columns:
+        if column in df:
+            df[column] = pd.to_datetime(df[column], utc=True, errors="coerce")
+    return df
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _cluster_type(cluster: Mapping) -> str:
+    if "cluster_type" in cluster:  # custom cluster extension
+        return cluster["cluster_type"].get("name", "custom")
+    return cluster.get("type", "STATIC")  # proto3 JSON omits the default
+
+
+def _lb_policy(cluster: Mapping) -> str:
+    policies = (cluster.get("load_balancing_policy") or {}).get("policies") or []
+    if policies:
+        return ", ".join(p.get("typed_extension_config", {}).get("name", "?") for p in policies)
+    return cluster.get("lb_policy", "ROUND_ROBIN")
+
+
+def clusters_table(admin: Any, *, include_static: bool = False) -> pd.DataFrame:
+    """Clusters Envoy has accepted over CDS (plus bootstrap ones with include_static)."""
+    admin = as_admin(admin)
+    rows = []
+    sections = [("dynamic_active_clusters", "dynamic")]
+    if include_static:
+        sections.insert(0, ("static_clusters", "static"))
+    for resource, source in sections:
+        for entry in _configs(admin, resource):
+            cluster = entry.get("cluster", {})
+            rows.append({
+                "name": cluster.get("name"),
+                "version_info": entry.get("version_info"),
+                "last_updated": entry.get("last_updated"),
+                "type": _cluster_type(cluster),
+                "lb_policy": _lb_policy(cluster),
+                "source": source,
+            })  # fmt: skip
+    columns = ["name", "version_info", "last_updated", "type", "lb_policy"] + (["source"] if include_static else [])
+    return _timestamps(_frame(rows, columns), "last_updated")
+
+
+def _endpoint_rows(assignment: Mapping, cluster: str) -> Iterable[dict]:
+    for group in assignment.get("endpoints") or []:
+        for lb in group.get("lb_endpoints") or []:
+            endpoint = lb.get("endpoint") or {}
+            address, port = _socket(endpoint.get("address"))
+            yield {
+                "cluster": cluster,
+                "address": address,
+                "port": port,
+                "health": lb.get("health_status", "UNKNOWN"),
+                "weight": (lb.get("load_balancing_weight") or 1),
+                "priority": group.get("priority", 0),
+                "hostname": endpoint.get("hostname") or None,
+            }
+
+
+def endpoints_table(admin: Any, cluster: str | None = None, *, include_static: bool = False) -> pd.DataFrame:
+    """Endpoints as Envoy's cluster manager holds them: EDS ones and DNS/inline ones alike.
+
+    Uses /config_dump?include_eds, whose dynamic_endpoint_configs cover every
+    dynamic cluster (including LOGICAL_DNS with an inline load_assignment) and
+    carry the health status Envoy currently assigns to each host.
+    """
+    admin = as_admin(admin)
+    resources = ["dynamic_endpoint_configs"] + (["static_endpoint_configs"] if include_static else [])
+    rows: list[dict] = []
+    for resource in resources:
+        for entry in _configs(admin, resource, include_eds=True):
+            assignment = entry.get("endpoint_config", {})
+            name = assignment.get("cluster_name")
+            if cluster is None or name == cluster:
+                rows.extend(_endpoint_rows(assignment, name))
+    columns = ["cluster", "address", "port", "health", "weight", "priority", "hostname"]
+    df = _frame(rows, columns)
+    df["port"] = df["port"].astype("Int64")
+    return df
+
+
+def listeners_table(admin: Any) -> pd.DataFrame:
+    """One row per listener state (active, warming, draining) and per rejected update (error)."""
+    admin = as_admin(admin)
+    rows: list[dict] = []
+    seen_errors: set[tuple[str | None, str | None]] = set()
+    for entry in _configs(admin, "dynamic_listeners"):
+        error = entry.get("error_state")
+        name = entry.get("name") or ((error or {}).get("failed_configuration") or {}).get("name")
+        for state in ("active", "warming", "draining"):
+            section = entry.get(f"{state}_state")
+            if not section:
+                continue
+            address, port = _socket(section.get("listener", {}).get("address"))
+            rows.append({"name": name, "address": address, "port": port, "version_info": section.get("version_info"),
+                         "state": state, "last_updated": section.get("last_updated"), "error_state": None})  # fmt: skip
+        if error:
+            key = (name, error.get("details"))
+            if key in seen_errors:  # Envoy repeats rejected listeners in a nameless entry
+                continue
+            seen_errors.add(key)
+            address, port = _socket((error.get("failed_configuration") or {}).get("address"))
+            rows.append({"name": name, "address": address, "port": port, "version_info": None, "state": "error",
+                         "last_updated": error.get("last_update_attempt"), "error_state": error.get("details")})  # fmt: skip
+    columns = ["name", "address", "port", "version_info", "state", "last_updated", "error_state"]
+    df = _timestamps(_frame(rows, columns), "last_updated")
+    df["port"] = df["port"].astype("Int64")
+    return df
+
+
+def _describe_match(match: Mapping) -> str:
+    parts = []
+    for key in ("prefix", "path", "path_separated_prefix"):
+        if key in match:
+            parts.append(f"{key} {match[key]}")
+    if "safe_regex" in match:
+        parts.append(f"regex {match['safe_regex'].get('regex')}")
+    if "connect_matcher" in match:
+        parts.append("CONNECT")
+    if "path_match_policy" in match:
+        parts.append(f"policy {match['path_match_policy'].get('name')}")
+    for header in match.get("headers") or []:
+        value = next((str(v) for k, v in header.items() if k not in ("name", "invert_match")), "present")
+        parts.append(f"[{header.get('name')} {value}]")
+    return " ".join(parts) or "any"
+
+
+def _describe_action(route: Mapping) -> str:
+    action = route.get("route")
+    if action is not None:
+        if "cluster" in action:
+            return action["cluster"]
+        if "weighted_clusters" in action:
+            clusters = action["weighted_clusters"].get("clusters") or []
+            total = sum(int(c.get("weight", 0)) for c in clusters) or 1
+            return ", ".join(f"{c.get('name')} {100 * int(c.get('weight', 0)) / total:g}%" for c in clusters)
+        if "cluster_header" in action:
+            return f"(from header {action['cluster_header']})"
+        return "(cluster specifier plugin)"
+    if "redirect" in route:
+        return f"redirect {route['redirect']}"
+    if "direct_response" in route:
+        return f"direct_response {route['direct_response'].get('status')}"
+    return "?"
+
+
+def _route_rows(route_config: Mapping, version: str | None, updated: str | None, source: str) -> Iterable[dict]:
+    for vhost in route_config.get("virtual_hosts") or []:
+        for route in vhost.get("routes") or []:
+            yield {
+                "route_config": route_config.get("name"),
+                "version_info": version,
+                "virtual_host": vhost.get("name"),
+                "domains": ", ".join(vhost.get("domains") or []),
+                "match": _describe_match(route.get("match") or {}),
+                "cluster": _describe_action(route),
+                "last_updated": updated,
+                "source": source,
+            }
+
+
+def _inline_route_configs(listener: Mapping) -> Iterable[Mapping]:
+    chains = list(listener.get("filter_chains") or [])
+    if listener.get("default_filter_chain"):
+        chains.append(listener["default_filter_chain"])
+    for chain in chains:
+        for flt in chain.get("filters") or []:
+            typed = flt.get("typed_config") or {}
+            if typed.get("@type") == _HCM and "route_config" in typed:
+                yield typed["route_config"]
+
+
+def routes_table(admin: Any) -> pd.DataFrame:
+    """Every route in order of evaluation: RDS route configs, then ones inline in listeners."""
+    admin = as_admin(admin)
+    rows: list[dict] = []
+    for entry in _configs(admin, "dynamic_route_configs"):
+        rows.extend(_route_rows(entry.get("route_config", {}), entry.get("version_info"), entry.get("last_updated"), "rds"))
+    for entry in _configs(admin, "dynamic_listeners"):
+        active = entry.get("active_state")
+        if not active:
+            continue
+        for route_config in _inline_route_configs(active.get("listener", {})):
+            rows.extend(_route_rows(route_config, active.get("version_info"), active.get("last_updated"),
+                                    f"inline in {entry.get('name')}"))  # fmt: skip
+    columns = ["route_config", "version_info", "virtual_host", "domains", "match", "cluster", "last_updated", "source"]
+    return _timestamps(_frame(rows, columns), "last_updated")
+
+
+def sandbox_endpoint(admin: Any, cluster: str | None = None, *, as_dict: bool = False) -> str | dict | None:
+    """The sandbox's one jq query, by resource type instead of by position.
+
+    The sandbox runs `jq '.configs[1].dynamic_active_clusters[0].cluster.load_assignment
+    .endpoints[0].lb_endpoints[0].endpoint.address.socket_address'`. Here: the first
+    endpoint of `cluster` (default: the first dynamic cluster), read from its inline
+    load_assignment (LOGICAL_DNS/STATIC, as in the sandbox) or, for EDS clusters, from
+    the endpoints Envoy received. Returns "host:port" (or the socket_address dict), or
+    None when there is no such cluster yet, as jq prints null.
+    """
+    admin = as_admin(admin)
+    clusters = [entry.get("cluster", {}) for entry in _configs(admin, "dynamic_active_clusters")]
+    chosen = next((c for c in clusters if cluster is None or c.get("name") == cluster), None)
+    if chosen is None:
+        return None
+    assignment = chosen.get("load_assignment")
+    if not assignment:  # EDS: the assignment arrived separately, keyed by service_name or cluster name
+        wanted = (chosen.get("eds_cluster_config") or {}).get("service_name") or chosen.get("name")
+        assignment = next(
+            (
+                entry.get("endpoint_config", {})
+                for entry in _configs(admin, "dynamic_endpoint_configs", include_eds=True)
+                if entry.get("endpoint_config", {}).get("cluster_name") in (wanted, chosen.get("name"))
+            ),
+            None,
+        )
+    for group in (assignment or {}).get("endpoints") or []:
+        for lb in group.get("lb_endpoints") or []:
+            sock = ((lb.get("endpoint") or {}).get("address") or {}).get("socket_address")
+            if sock:
+                if as_dict:
+                    return dict(sock)
+                return f"{sock.get('address')}:{sock.get('port_value', 0)}"
+    return None
+
+
+def stats_table(admin: Any, filter: str | None = None, *, nonzero: bool = False) -> pd.DataFrame:
+    """Counters and gauges matching Envoy's regex `filter` (e.g. "cluster.service1.upstream_rq")."""
+    stats = as_admin(admin).stats(filter)
+    rows = [{"name": k, "value": v} for k, v in sorted(stats.items()) if v or not nonzero]
+    df = _frame(rows, ["name", "value"])
+    df["value"] = df["value"].astype("int64")
+    return df
+
+
+# --------------------------------------------------------------------------- display
+
+_UNITS = {"_ms": "ms", "_s": "s", "_bytes": "bytes", "_pct": "%"}
+
+
+def _header(column: str) -> str:
+    """latency_ms -> "latency (ms)", x_request_id -> "x request id"."""
+    for suffix, unit in _UNITS.items():
+        if column.endswith(suffix):
+            return f"{column.removesuffix(suffix).replace('_', ' ')} ({unit})"
+    return column.replace("_", " ")
+
+
+def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) -> Styler:
+    """A notebook-ready view: no index, units in headers, blanks instead of NaN."""
+    view = df.rename(columns={c: _header(str(c)) for c in df.columns})
+    styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
+    if caption:
+        styler = styler.set_caption(caption)
+    return styler
