@@ -544,8 +544,9 @@ class Envoy:
         with self._lock:
             if self.running:
                 return self
-            if self.admin_port and not _port_is_free(self.admin_host, self.admin_port):
-                raise EnvoyPortBusy(self.admin_host, self.admin_port)
+            wanted = _admin_address(self.bootstrap)[1]  # 0: the kernel picks, nothing to check
+            if wanted and not _port_is_free(self.admin_host, wanted):
+                raise EnvoyPortBusy(self.admin_host, wanted)
             if self._workdir_arg is not None:
                 self._workdir_arg.mkdir(parents=True, exist_ok=True)
                 self.workdir = self._workdir_arg

@@ -17,7 +17,6 @@ from .echo import INSTANCE_HEADER
 from .envoy import EnvoyAdmin, as_admin
 
 if TYPE_CHECKING:
-    import httpx
     import pandas as pd
     from pandas.io.formats.style import Styler
 

@@ -278,3 +278,12 @@ def test_config_dump_sections_absent_yet_are_empty_but_typos_are_errors(envoy):
     assert envoy_mod.as_admin(envoy.admin_port).url == envoy.admin_url
     with pytest.raises(TypeError):
         envoy_mod.as_admin(3.5)
+
+
+def test_restart_after_stop(envoy):
+    envoy.start()
+    first_pid = envoy.pid
+    envoy.stop()
+    envoy.start()
+    assert envoy.running and envoy.pid != first_pid
+    assert envoy.state() in ("PRE_INITIALIZING", "INITIALIZING")
