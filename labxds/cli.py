@@ -1,0 +1,64 @@
+"""``python -m labxds``: serve snapshot files, run the whole lab, echo services, bootstraps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .snapshot_files import serve
+
+    return serve(args.snapshot, host=args.host, port=args.port)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .lab import run_foreground
+
+    return run_foreground(args)
+
+
+def _echo(args: argparse.Namespace) -> int:
+    from .echo import main as echo_main
+
+    argv = ["--name", args.name, "--port", str(args.port), "--host", args.host]
+    return echo_main(argv) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m labxds", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve snapshot files (Envoy's filesystem-config form) over ADS")
+    serve.add_argument("--snapshot", nargs="+", required=True, metavar="PATH",
+                       help="YAML/JSON files or directories; DIR/nodes/<node-id>/ holds one node's own snapshot")
+    serve.add_argument("--port", type=int, default=18000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.set_defaults(func=_serve)
+
+    up = sub.add_parser("up", help="run the whole lab: control plane, Envoy, service1 and service2")
+    up.add_argument("--xds-port", type=int, default=18000)
+    up.add_argument("--admin-port", type=int, default=19000)
+    up.add_argument("--listener-port", type=int, default=10000)
+    up.add_argument("--delta", action="store_true", help="Envoy uses Delta xDS instead of State of the World")
+    up.add_argument("--upstream", default="service1", help="the upstream the first snapshot sends traffic to")
+    up.set_defaults(func=_up)
+
+    echo = sub.add_parser("echo", help="an echo service answering like the sandbox's echo-server")
+    echo.add_argument("--name", required=True)
+    echo.add_argument("--port", type=int, default=8080)
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.set_defaults(func=_echo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"labxds: {exc}", file=sys.stderr)
+        return 2

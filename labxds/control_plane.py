@@ -1,0 +1,271 @@
+"""The control plane a notebook runs: a gRPC xDS server on an event loop of its own.
+
+A Jupyter kernel already runs an asyncio loop in its main thread, so the server gets a daemon
+thread with a fresh loop; the notebook talks to it through thread-safe calls. With grpc.aio a
+thousand open streams are a thousand coroutines, not a thousand threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from .cache import SnapshotCache
+from .server import Authorizer, XdsServer
+from .snapshot import Snapshot
+from .tracking import NodeStatus, Tracker
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["ControlPlane", "PortInUseError"]
+
+log = logging.getLogger("labxds")
+
+_RUNNING: dict[tuple[str, int], ControlPlane] = {}
+_RUNNING_LOCK = threading.Lock()
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+class PortInUseError(OSError):
+    """The port is taken by another process."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        super().__init__(
+            f"port {port} on {host} is already in use by another process; stop it, or choose "
+            f"another port (for example ControlPlane(port={port + 1}) or --port {port + 1})"
+        )
+
+
+class ControlPlane:
+    """An ADS server (SotW and Delta) serving snapshots from a cache.
+
+    ``start()`` returns once the port is bound. Starting a second ControlPlane on a host and port
+    this process already serves returns the running one, so re-running a notebook cell is safe.
+    """
+
+    def __init__(
+        self,
+        port: int = 18000,
+        host: str = "127.0.0.1",
+        *,
+        cache: SnapshotCache | None = None,
+        trace_size: int = 2000,
+        authorize: Authorizer | None = None,
+        server_credentials: grpc.ServerCredentials | None = None,
+        identifier: str = "labxds",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.cache = cache or SnapshotCache()
+        self.tracker = Tracker(trace_size)
+        self._xds = XdsServer(self.cache, self.tracker, identifier=identifier, authorize=authorize)
+        self._credentials = server_credentials
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
+        self._requested_port = port
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> ControlPlane:
+        """Bind and serve; returns the ControlPlane that now serves this host and port."""
+        if self.running:
+            return self
+        with _RUNNING_LOCK:
+            existing = _RUNNING.get((self.host, self._requested_port)) if self._requested_port else None
+            if existing is not None and existing.running:
+                return existing
+            if self.host not in _LOOPBACK:
+                log.warning(
+                    "labxds: the control plane listens on %s, beyond this machine. Anyone who can "
+                    "reach it can read every snapshot (secrets included) and pose as any node; "
+                    "use TLS and node tokens, or bind 127.0.0.1.",
+                    self.host,
+                )
+            started = threading.Event()
+            failure: list[BaseException] = []
+            self._thread = threading.Thread(
+                target=self._run_loop, args=(started, failure), name=f"labxds-xds-{self._requested_port}", daemon=True
+            )
+            self._thread.start()
+            started.wait()
+            if failure:
+                self._thread.join(timeout=5)
+                self._thread = None
+                raise failure[0]
+            _RUNNING[(self.host, self.port)] = self
+            if self._requested_port != self.port:
+                _RUNNING[(self.host, self._requested_port)] = self
+        return self
+
+    def _run_loop(self, started: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._bind())
+        except BaseException as exc:
+            failure.append(exc)
+            started.set()
+            loop.close()
+            self._loop = None
+            return
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _bind(self) -> None:
+        # so_reuseport would let a second server bind the same port silently.
+        server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ])
+        server.add_generic_rpc_handlers(self._xds.handlers())
+        target = f"{self.host}:{self._requested_port}" if ":" not in self.host else f"[{self.host}]:{self._requested_port}"
+        try:
+            if self._credentials is not None:
+                port = server.add_secure_port(target, self._credentials)
+            else:
+                port = server.add_insecure_port(target)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise PortInUseError(self.host, self._requested_port)
+        await server.start()
+        self.port = port
+        self._server = server
+
+    def stop(self, grace: float = 0.5) -> None:
+        """End every stream, free the port and the thread. Safe to call twice."""
+        loop, server, thread = self._loop, self._server, self._thread
+        if server is None or loop is None:
+            return
+        self._server = None
+        with _RUNNING_LOCK:
+            for key in [k for k, v in _RUNNING.items() if v is self]:
+                del _RUNNING[key]
+        future = asyncio.run_coroutine_threadsafe(server.stop(grace), loop)
+        try:
+            future.result(timeout=grace + 5)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)
+            self._loop = None
+            self._thread = None
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"serving {self.address}" if self.running else "stopped"
+        return f"<ControlPlane {state}, {len(self.tracker.connected())} node(s) connected>"
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def set_snapshot(self, snapshot: Snapshot | Iterable[Any], node: str | Iterable[str] | None = None) -> Snapshot:
+        """Serve ``snapshot`` to ``node`` (a node id, several, or None for the default)."""
+        snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot(snapshot)
+        self.cache.set(snap, node)
+        return snap
+
+    def push(
+        self,
+        snapshot: Snapshot | Iterable[Any],
+        node: str | Iterable[str] | None = None,
+        *,
+        wait: bool = True,
+        nodes: Iterable[str] | None = None,
+        timeout: float = 10.0,
+    ) -> Snapshot:
+        """Serve ``snapshot`` and, with ``wait``, return once the nodes have applied it.
+
+        The nodes waited for are ``nodes`` if given, else the connected nodes the push affects.
+        Raises PushRejected with Envoy's own error text if one of them NACKs, PushTimeout naming
+        the nodes that did not answer in time. The snapshot stays served either way: fix it and
+        push again.
+        """
+        snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot(snapshot)
+        if self._thread is threading.current_thread():
+            raise RuntimeError("push(wait=True) from the server's own thread would deadlock; use set_snapshot")
+        since = time.time()
+        if nodes is None:
+            connected = self.tracker.connected()
+            if node is None:
+                own = set(self.cache.node_ids())
+                targets = [n for n in connected if n not in own]
+            else:
+                wanted = {node} if isinstance(node, str) else set(node)
+                targets = [n for n in connected if n in wanted]
+        else:
+            targets = list(nodes)
+        self.cache.set(snap, node)
+        if wait and targets:
+            self.tracker.wait_applied(snap, targets, timeout, since, self.cache.get)
+        return snap
+
+    def snapshot(self, node: str | None = None) -> Snapshot | None:
+        """The snapshot ``node`` runs (the default with no node)."""
+        return self.cache.get(node) if node is not None else self.cache.default
+
+    # -- observing ---------------------------------------------------------------------------
+
+    def nodes(self) -> list[str]:
+        """Ids of the nodes connected now."""
+        return self.tracker.connected()
+
+    def node_status(self, node_id: str) -> NodeStatus | None:
+        return self.tracker.node(node_id)
+
+    def status(self) -> pd.DataFrame:
+        """Per node and type: versions sent, ACKed and NACKed, with Envoy's last error."""
+        return self.tracker.status_frame()
+
+    def trace(self, node: str | None = None, last: int | None = None) -> pd.DataFrame:
+        """Requests and responses, oldest first: the protocol as a table."""
+        return self.tracker.trace_frame(node, last)
+
+    def on(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
+        """Hook ``stream_open``, ``stream_close``, ``request`` or ``response`` (runs on the server thread)."""
+        return self.tracker.on(event, callback)
+
+    @property
+    def stream_count(self) -> int:
+        return self._xds.stream_count
+
+    def wait_for_node(self, node_id: str | None = None, timeout: float = 10.0) -> str:
+        """Block until ``node_id`` (or any node) connects; returns its id."""
+        return self.tracker.wait_connected(node_id, timeout)
+
+
+
+def running(port: int, host: str = "127.0.0.1") -> ControlPlane | None:
+    """The ControlPlane this process serves on ``host:port``, if any."""
+    return _RUNNING.get((host, port))

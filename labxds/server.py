@@ -1,0 +1,576 @@
+"""The xDS protocol: State-of-the-World and Delta streams, ADS and the per-type services.
+
+Each stream runs as one coroutine on the server's event loop. It wakes on a request or on a
+snapshot change, folds everything queued into its state, then decides per type, in
+make-before-break order, what the client still lacks. Decisions follow the rules in Envoy's xDS
+protocol document (the comments cite them as "rule N" of docs/xds-rules.md):
+
+* a type has at most one unanswered response; the next is computed when the ACK or NACK
+  arrives, so bursts of pushes coalesce and a slow client holds back only itself;
+* a version a node NACKed is never sent to it again: it waits for a newer one;
+* nothing is sent that the client already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from . import wire
+from .cache import SnapshotCache
+from .resource_types import (
+    CLUSTER,
+    ENDPOINT,
+    FULL_STATE,
+    LISTENER,
+    ROUTE,
+    RUNTIME,
+    SECRET,
+    order_key,
+)
+from .snapshot import Entry, Snapshot, _connection_managers, _eds_name, _is_eds
+from .tracking import TraceEvent, Tracker
+
+__all__ = ["XdsServer"]
+
+log = logging.getLogger("labxds")
+
+Authorizer = Callable[[str, Mapping[str, str]], bool]
+
+_WAKE = object()
+_END = object()
+_RETAINED = "+retained"
+
+#: Per-type services: (service, SotW method, Delta method, type).
+_TYPED_SERVICES = (
+    ("envoy.service.cluster.v3.ClusterDiscoveryService", "StreamClusters", "DeltaClusters", CLUSTER),
+    ("envoy.service.endpoint.v3.EndpointDiscoveryService", "StreamEndpoints", "DeltaEndpoints", ENDPOINT),
+    ("envoy.service.listener.v3.ListenerDiscoveryService", "StreamListeners", "DeltaListeners", LISTENER),
+    ("envoy.service.route.v3.RouteDiscoveryService", "StreamRoutes", "DeltaRoutes", ROUTE),
+    ("envoy.service.secret.v3.SecretDiscoveryService", "StreamSecrets", "DeltaSecrets", SECRET),
+    ("envoy.service.runtime.v3.RuntimeDiscoveryService", "StreamRuntime", "DeltaRuntime", RUNTIME),
+)
+_ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class XdsServer:
+    """The gRPC handlers; the ControlPlane owns the server and the event loop they run on."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        tracker: Tracker,
+        *,
+        identifier: str = "labxds",
+        authorize: Authorizer | None = None,
+    ) -> None:
+        self.cache = cache
+        self.tracker = tracker
+        self.authorize = authorize
+        self._control_plane = wire.control_plane(identifier)
+        self._stream_ids = itertools.count(1)
+        self._streams: set[_Stream] = set()
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        def sotw(type_url: str | None) -> grpc.RpcMethodHandler:
+            async def handle(requests: AsyncIterator[Any], context: Any) -> None:
+                await self._serve(_SotwStream, requests, context, type_url)
+
+            return grpc.stream_stream_rpc_method_handler(
+                handle,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_identity,
+            )
+
+        def delta(type_url: str | None) -> grpc.RpcMethodHandler:
+            async def handle(requests: AsyncIterator[Any], context: Any) -> None:
+                await self._serve(_DeltaStream, requests, context, type_url)
+
+            return grpc.stream_stream_rpc_method_handler(
+                handle,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_identity,
+            )
+
+        out = [
+            grpc.method_handlers_generic_handler(
+                _ADS, {"StreamAggregatedResources": sotw(None), "DeltaAggregatedResources": delta(None)}
+            )
+        ]
+        for service, stream_method, delta_method, url in _TYPED_SERVICES:
+            out.append(
+                grpc.method_handlers_generic_handler(
+                    service, {stream_method: sotw(url), delta_method: delta(url)}
+                )
+            )
+        return out
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    async def _serve(self, kind: type[_Stream], requests: AsyncIterator[Any], context: Any, type_url: str | None) -> None:
+        stream = kind(self, next(self._stream_ids), context, type_url)
+        self._streams.add(stream)
+        try:
+            await stream.run(requests)
+        finally:
+            self._streams.discard(stream)
+
+
+# -- streams ------------------------------------------------------------------------------
+
+
+class _Stream:
+    """What SotW and Delta streams share: node, queue, wake-ups, the processing loop."""
+
+    delta = False
+
+    def __init__(self, server: XdsServer, sid: int, context: Any, fixed_type: str | None) -> None:
+        self.server = server
+        self.id = sid
+        self.context = context
+        self.fixed_type = fixed_type
+        self.node_id: str | None = None
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self._wake_queued = False
+        self._unwatch: Callable[[], None] | None = None
+        self.snapshot: Snapshot | None = None
+        self._nonce = 0
+
+    # Called by the cache from any thread.
+    def wake(self) -> None:
+        self.loop.call_soon_threadsafe(self._queue_wake)
+
+    def _queue_wake(self) -> None:
+        if not self._wake_queued:
+            self._wake_queued = True
+            self.queue.put_nowait(_WAKE)
+
+    async def _read(self, requests: AsyncIterator[Any]) -> None:
+        try:
+            async for request in requests:
+                self.queue.put_nowait(request)
+        except Exception as exc:  # the client went away or sent garbage
+            self.queue.put_nowait(exc)
+        else:
+            self.queue.put_nowait(_END)
+
+    async def run(self, requests: AsyncIterator[Any]) -> None:
+        tracker = self.server.tracker
+        reader = asyncio.create_task(self._read(requests))
+        try:
+            while True:
+                items = [await self.queue.get()]
+                while not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                ended = False
+                for item in items:
+                    if item is _WAKE:
+                        self._wake_queued = False
+                    elif item is _END:
+                        ended = True
+                    elif isinstance(item, BaseException):
+                        if not isinstance(item, (asyncio.CancelledError, grpc.aio.AioRpcError)):
+                            log.debug("stream %d ended: %r", self.id, item)
+                        ended = True
+                    else:
+                        await self._accept(item)
+                if ended:
+                    return
+                if self.node_id is None:
+                    continue
+                self.snapshot = self.server.cache.get(self.node_id)
+                for response in self.respond():
+                    await self.context.write(response)
+                tracker.settled(self.node_id, self.id, self.snapshot if self.is_settled() else None)
+        finally:
+            reader.cancel()
+            if self._unwatch is not None:
+                self._unwatch()
+            if self.node_id is not None:
+                tracker.stream_closed(self.node_id, self.id)
+                tracker.emit("stream_close", self.node_id, self.id)
+
+    async def _accept(self, request: Any) -> None:
+        if self.node_id is None:
+            await self._open(request)
+        url = request.type_url or self.fixed_type or ""
+        if self.fixed_type is not None and url != self.fixed_type:
+            await self.context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"this service serves {self.fixed_type}, the request asked for {url}",
+            )
+        if not url:
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request without type_url on an ADS stream")
+        self.server.tracker.emit("request", self.node_id, request)
+        self.on_request(url, request)
+
+    async def _open(self, request: Any) -> None:
+        # Rule 1: the node is only guaranteed on the first request, so the stream is keyed on it.
+        node = request.node
+        if not request.HasField("node") or not node.id:
+            await self.context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first request on a stream must carry a node with an id",
+            )
+        server = self.server
+        if server.authorize is not None:
+            metadata = {k: v for k, v in (self.context.invocation_metadata() or ()) if isinstance(v, str)}
+            if not server.authorize(node.id, metadata):
+                log.warning("labxds refused node %r: not authorized", node.id)
+                await self.context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"node {node.id!r} is not authorized"
+                )
+        self.node_id = node.id
+        agent = f"{node.user_agent_name} {node.user_agent_version or node.user_agent_build_version.version}"
+        server.tracker.stream_opened(node.id, node.cluster, agent.strip())
+        self._unwatch = server.cache.watch(node.id, self.wake)
+        server.tracker.emit("stream_open", node.id, self.id)
+
+    def trace(self, direction: str, kind: str, url: str, version: str, nonce: str,
+              resources: Iterable[str], removed: Iterable[str] = (), error: str = "") -> None:
+        assert self.node_id is not None
+        self.server.tracker.record(TraceEvent(
+            time.time(), self.node_id, self.id, direction, kind, url, version, nonce,
+            tuple(resources), tuple(removed), error,
+        ))
+
+    def next_nonce(self) -> str:
+        self._nonce += 1
+        return str(self._nonce)
+
+    # Subclasses
+    def on_request(self, url: str, request: Any) -> None:
+        raise NotImplementedError
+
+    def respond(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def is_settled(self) -> bool:
+        raise NotImplementedError
+
+
+@dataclass
+class _SotwType:
+    url: str
+    wildcard: bool = False
+    named: bool = False  # the client has ever named resources of this type
+    names: set[str] = field(default_factory=set)
+    nonce: str = ""
+    outstanding: bool = False
+    sent_version: str | None = None
+    sent: dict[str, Entry] = field(default_factory=dict)  # what the last response carried
+    held: dict[str, Entry] = field(default_factory=dict)  # what the client last ACKed
+    held_version: str | None = None
+    client_version: str = ""  # version_info of the stream's first request (reconnects)
+
+
+@dataclass
+class _Plan:
+    version: str
+    entries: dict[str, Entry]
+    removed: list[str] = field(default_factory=list)
+
+
+class _SotwStream(_Stream):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.types: dict[str, _SotwType] = {}
+
+    def on_request(self, url: str, req: discovery_pb2.DiscoveryRequest) -> None:
+        st = self.types.get(url)
+        first = st is None
+        if st is None:
+            st = self.types[url] = _SotwType(url)
+        # Rule 5: a nonce that is not the latest sent for this type marks a stale request.
+        if req.response_nonce and req.response_nonce != st.nonce:
+            self.trace("received", "stale", url, req.version_info, req.response_nonce, req.resource_names)
+            return
+        self._subscribe(st, list(req.resource_names), first)
+        if not req.response_nonce:
+            # A client that reconnects says which version it runs; _plan adopts it if current.
+            st.client_version = req.version_info
+            self.trace("received", "request", url, req.version_info, "", req.resource_names)
+            return
+        st.outstanding = False
+        if req.HasField("error_detail"):
+            # Rule 3: error_detail makes a NACK; version_info is the last version that worked.
+            refused = st.sent_version or ""
+            st.sent, st.sent_version = st.held, st.held_version
+            self.trace("received", "NACK", url, refused, req.response_nonce,
+                       req.resource_names, error=req.error_detail.message.strip())
+        else:
+            st.held, st.held_version = st.sent, st.sent_version
+            self.trace("received", "ACK", url, req.version_info, req.response_nonce, req.resource_names)
+
+    @staticmethod
+    def _subscribe(st: _SotwType, names: list[str], first: bool) -> None:
+        # Rule 8: "*" or never having named anything means all; after explicit names an empty
+        # list unsubscribes.
+        explicit = [n for n in names if n != "*"]
+        if "*" in names:
+            st.wildcard = True
+        elif explicit:
+            st.wildcard = False
+        else:
+            st.wildcard = first or not st.named
+        if explicit:
+            st.named = True
+        st.names = set(explicit)
+
+    def _choose(self, st: _SotwType, snap: Snapshot) -> dict[str, Entry]:
+        entries = snap.entries(st.url)
+        if st.wildcard:
+            return dict(entries)
+        # Rules 7 and 10: what was asked for and exists; the rest stays remembered in st.names.
+        return {n: entries[n] for n in sorted(st.names) if n in entries}
+
+    def _refused(self, url: str, version: str) -> bool:
+        # Rule 4: never send a version this node NACKed; wait for a newer one.
+        return self.server.tracker.nacked_version(self.node_id or "", url) == version
+
+    def _plan(self, url: str, snap: Snapshot) -> _Plan | None:
+        """What this type should send now, or None if the client has (or refused) it all."""
+        st = self.types[url]
+        if st.outstanding:
+            return None
+        version = snap.version(url)
+        chosen = self._choose(st, snap)
+        if st.sent_version is None and st.client_version and st.client_version == version:
+            st.sent = st.held = chosen
+            st.sent_version = st.held_version = version
+            return None
+        if self._refused(url, version):
+            return None
+        if url in FULL_STATE:
+            # Rule 9: full state; a resource left out is deleted, so removals count as changes.
+            if version == st.sent_version and _same(chosen, st.sent):
+                return None
+            return _Plan(version, chosen, [n for n in st.sent if n not in chosen])
+        # Rule 6: EDS/RDS and the rest only when a requested resource is new or changed.
+        if not any(st.sent.get(n) is None or st.sent[n].version != e.version for n, e in chosen.items()):
+            return None
+        return _Plan(version, chosen)
+
+    def _routes_pending(self, snap: Snapshot) -> bool:
+        """Whether listeners or routes still have to reach the client (rule 12)."""
+        for url in (LISTENER, ROUTE):
+            st = self.types.get(url)
+            if st is not None and (st.outstanding or self._plan(url, snap) is not None):
+                return True
+        rds = self.types.get(ROUTE)
+        needed = _rds_names(self.types[LISTENER].sent.values()) if LISTENER in self.types else set()
+        return bool(needed) and (rds is None or not (rds.wildcard or needed <= rds.names))
+
+    def respond(self) -> list[bytes]:
+        snap = self.snapshot
+        if snap is None:
+            return []
+        out: list[bytes] = []
+        for url in sorted(self.types, key=order_key):  # Rule 12: CDS, EDS, LDS, RDS, others.
+            plan = self._plan(url, snap)
+            if plan is None:
+                continue
+            st = self.types[url]
+            if url == CLUSTER and plan.removed and self._routes_pending(snap):
+                # Make before break: keep the clusters being removed until the listeners and
+                # routes that stop using them have been delivered.
+                keep = {n: st.sent[n] for n in plan.removed}
+                plan = _Plan(plan.version + _RETAINED, {**plan.entries, **keep})
+                if (plan.version == st.sent_version and _same(plan.entries, st.sent)) or self._refused(url, plan.version):
+                    continue
+            nonce = self.next_nonce()
+            st.nonce, st.outstanding = nonce, True
+            st.sent, st.sent_version = plan.entries, plan.version
+            out.append(wire.sotw_response(
+                version=plan.version, type_url=url, nonce=nonce,
+                resources=[e.sotw for e in plan.entries.values()],
+                control_plane_id=self.server._control_plane,
+            ))
+            self.trace("sent", "response", url, plan.version, nonce, plan.entries)
+            self.server.tracker.emit("response", self.node_id, url, plan.version, nonce, list(plan.entries))
+        return out
+
+    def is_settled(self) -> bool:
+        snap = self.snapshot
+        if snap is None:
+            return False
+        for url, st in self.types.items():
+            if st.outstanding or self._plan(url, snap) is not None:
+                return False
+            if st.sent_version is not None and st.held_version != st.sent_version:
+                return False
+        # EDS and RDS are asked for only once the client has the clusters and listeners
+        # naming them: until it has asked, it has not applied the snapshot.
+        if CLUSTER in self.types:
+            needed = {_eds_name(c.message) for c in self.types[CLUSTER].held.values() if _is_eds(c.message)}
+            eds = self.types.get(ENDPOINT)
+            if needed and (eds is None or not (eds.wildcard or needed <= eds.names)):
+                return False
+        if LISTENER in self.types:
+            needed = _rds_names(self.types[LISTENER].held.values())
+            rds = self.types.get(ROUTE)
+            if needed and (rds is None or not (rds.wildcard or needed <= rds.names)):
+                return False
+        return True
+
+
+def _same(a: Mapping[str, Entry], b: Mapping[str, Entry]) -> bool:
+    return a.keys() == b.keys() and all(b[n].version == e.version for n, e in a.items())
+
+
+def _rds_names(listeners: Iterable[Entry]) -> set[str]:
+    names: set[str] = set()
+    for e in listeners:
+        for hcm in _connection_managers(e.message):
+            if hcm.HasField("rds"):
+                names.add(hcm.rds.route_config_name)
+    return names
+
+
+# -- Delta ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _DeltaType:
+    url: str
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)  # name -> version the client holds
+    nonce: str = ""
+    outstanding: bool = False
+    pending: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    nacked: dict[str, str] = field(default_factory=dict)  # name -> version the client refused
+    system_version: str = ""
+
+
+class _DeltaStream(_Stream):
+    delta = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.types: dict[str, _DeltaType] = {}
+
+    def on_request(self, url: str, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        st = self.types.get(url)
+        first = st is None
+        if st is None:
+            st = self.types[url] = _DeltaType(url)
+            # Rule 13: on reconnect the client says what it holds; only differences are sent.
+            st.known.update(req.initial_resource_versions)
+            if not req.resource_names_subscribe:
+                st.wildcard = True  # legacy wildcard: a first request naming nothing
+        # Rule 13: subscription changes count even when the nonce is stale.
+        for name in req.resource_names_subscribe:
+            if name == "*":
+                st.wildcard = True
+            else:
+                if not first or name not in req.initial_resource_versions:
+                    st.known.pop(name, None)  # a re-subscribed resource is sent again
+                st.names.add(name)
+        for name in req.resource_names_unsubscribe:
+            if name == "*":
+                st.wildcard = False
+            elif name in st.names:
+                st.names.discard(name)
+                st.known.pop(name, None)
+            # unsubscribing a name never subscribed is ignored
+        subs, unsubs = list(req.resource_names_subscribe), list(req.resource_names_unsubscribe)
+        if not req.response_nonce:
+            self.trace("received", "request", url, "", "", subs, unsubs)
+            return
+        if req.response_nonce != st.nonce:
+            self.trace("received", "stale", url, "", req.response_nonce, subs, unsubs)
+            return
+        st.outstanding = False
+        if req.HasField("error_detail"):
+            for name, (old, new) in st.pending.items():
+                if old is None:
+                    st.known.pop(name, None)
+                else:
+                    st.known[name] = old
+                if new is not None:
+                    st.nacked[name] = new
+            self.trace("received", "NACK", url, st.system_version, req.response_nonce, subs, unsubs,
+                       error=req.error_detail.message.strip())
+        else:
+            self.trace("received", "ACK", url, st.system_version, req.response_nonce, subs, unsubs)
+        st.pending = {}
+
+    def _plan(self, url: str, snap: Snapshot) -> tuple[list[Entry], list[str]] | None:
+        st = self.types[url]
+        if st.outstanding:
+            return None
+        entries = snap.entries(url)
+        if st.wildcard:
+            candidates: Iterable[Entry] = entries.values()
+        else:
+            candidates = (entries[n] for n in sorted(st.names) if n in entries)
+        send = [e for e in candidates if st.known.get(e.name) != e.version and st.nacked.get(e.name) != e.version]
+        removed = [n for n in st.known if n not in entries and (st.wildcard or n in st.names)]
+        if not send and not removed:
+            return None
+        return send, removed
+
+    def _routes_pending(self, snap: Snapshot) -> bool:
+        return any(
+            url in self.types and (self.types[url].outstanding or self._plan(url, snap) is not None)
+            for url in (LISTENER, ROUTE)
+        )
+
+    def respond(self) -> list[bytes]:
+        snap = self.snapshot
+        if snap is None:
+            return []
+        out: list[bytes] = []
+        for url in sorted(self.types, key=order_key):
+            plan = self._plan(url, snap)
+            if plan is None:
+                continue
+            send, removed = plan
+            if url == CLUSTER and removed and self._routes_pending(snap):
+                removed = []  # Rule 12: remove clusters only after the routes moved away.
+                if not send:
+                    continue
+            st = self.types[url]
+            nonce = self.next_nonce()
+            st.nonce, st.outstanding = nonce, True
+            st.system_version = snap.version(url)
+            st.pending = {e.name: (st.known.get(e.name), e.version) for e in send}
+            st.pending.update({n: (st.known.get(n), None) for n in removed})
+            for e in send:
+                st.known[e.name] = e.version
+            for n in removed:
+                st.known.pop(n, None)
+            out.append(wire.delta_response(
+                system_version=st.system_version, type_url=url, nonce=nonce,
+                resources=[e.delta for e in send], removed=removed,
+                control_plane_id=self.server._control_plane,
+            ))
+            self.trace("sent", "response", url, st.system_version, nonce, [e.name for e in send], removed)
+            self.server.tracker.emit("response", self.node_id, url, st.system_version, nonce, [e.name for e in send])
+        return out
+
+    def is_settled(self) -> bool:
+        snap = self.snapshot
+        if snap is None:
+            return False
+        for url, st in self.types.items():
+            if st.outstanding or self._plan(url, snap) is not None:
+                return False
+        return True

@@ -1,0 +1,267 @@
+"""Snapshots: an immutable, versioned set of resources that one or more nodes should run.
+
+A snapshot is checked and serialized when it is built, never on the way to a stream: building is
+where a mistake can still be reported without anything reaching Envoy, and every stream then
+shares the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import any_pb2, message
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from . import resource_types, wire
+from .messages import ResourceError, to_message
+from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+__all__ = ["ConsistencyError", "Entry", "Snapshot"]
+
+
+class ConsistencyError(ValueError):
+    """The snapshot refers to resources it does not contain; nothing was pushed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("inconsistent snapshot: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One resource at one version, with the bytes every stream shares."""
+
+    name: str
+    message: message.Message
+    version: str
+    sotw: bytes  # a ready DiscoveryResponse.resources field
+    delta: bytes  # a ready DeltaDiscoveryResponse.resources field
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _entry(type_url: str, name: str, msg: message.Message) -> Entry:
+    body = msg.SerializeToString(deterministic=True)
+    version = _digest(body)
+    packed = wire.encode_any(type_url, body)
+    return Entry(name, msg, version, wire.sotw_resource(packed), wire.delta_resource(name, version, packed))
+
+
+class Snapshot:
+    """Resources by type, each type with its own version.
+
+    ``version`` may be one string for every type (the sandbox's "1", "2", ...), a mapping of type
+    URL to version, or None: then each type's version is a hash of its content, so a type that
+    did not change keeps its version and is never pushed again.
+    """
+
+    __slots__ = ("_types", "_versions", "_explicit")
+
+    def __init__(
+        self,
+        resources: Iterable[Any] | Mapping[str, Iterable[Any]] = (),
+        version: str | int | Mapping[str, str] | None = None,
+        *,
+        check: bool = True,
+    ) -> None:
+        by_type: dict[str, dict[str, Entry]] = {}
+        if isinstance(resources, Mapping):
+            items: Iterable[tuple[str, Any]] = (
+                (f"resources[{url!r}] #{i}", r) for url, rs in resources.items() for i, r in enumerate(rs)
+            )
+        else:
+            items = ((f"resource #{i}", r) for i, r in enumerate(resources))
+        for where, obj in items:
+            msg = to_message(obj, where=where)
+            url = resource_types.type_url_of(msg)
+            try:
+                rtype = resource_types.resource_type(url)
+            except ValueError as exc:
+                raise ResourceError(str(exc), where=where) from None
+            name = rtype.name_of(msg)
+            if not name:
+                field = "cluster_name" if url == ENDPOINT else "name"
+                raise ResourceError(f"{rtype.short} resource has an empty {field!r}", where=where)
+            entries = by_type.setdefault(url, {})
+            if name in entries:
+                raise ResourceError(f"duplicate {rtype.short} resource named {name!r}", where=where)
+            entries[name] = _entry(url, name, msg)
+        self._types = by_type
+        self._explicit: str | Mapping[str, str] | None = (
+            str(version) if isinstance(version, (str, int)) else version
+        )
+        self._versions: dict[str, str] = {}
+        if check:
+            self.check()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The type URLs that have resources, in push order."""
+        return tuple(sorted(self._types, key=resource_types.order_key))
+
+    def version(self, type_url: str) -> str:
+        cached = self._versions.get(type_url)
+        if cached is not None:
+            return cached
+        if isinstance(self._explicit, str):
+            v = self._explicit
+        elif isinstance(self._explicit, Mapping) and type_url in self._explicit:
+            v = str(self._explicit[type_url])
+        else:
+            entries = self._types.get(type_url, {})
+            v = _digest("\n".join(f"{n}={e.version}" for n, e in sorted(entries.items())).encode())
+        self._versions[type_url] = v
+        return v
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {url: self.version(url) for url in self.types}
+
+    def entries(self, type_url: str) -> Mapping[str, Entry]:
+        return self._types.get(type_url, {})
+
+    def resources(self, type_url: str) -> dict[str, message.Message]:
+        return {name: e.message for name, e in self.entries(type_url).items()}
+
+    def names(self, type_url: str) -> frozenset[str]:
+        return frozenset(self.entries(type_url))
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self._types.values())
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{resource_types.short_name(u)} v{self.version(u)}: {len(self._types[u])}" for u in self.types
+        ]
+        return f"Snapshot({', '.join(parts) or 'empty'})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Snapshot):
+            return NotImplemented
+        return self.versions == other.versions and all(
+            {n: e.version for n, e in self.entries(u).items()}
+            == {n: e.version for n, e in other.entries(u).items()}
+            for u in self.types
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- references between resources -----------------------------------------------------
+
+    def eds_names(self) -> frozenset[str]:
+        """The load assignments this snapshot's EDS clusters ask for."""
+        return frozenset(_eds_name(c) for c in self.resources(CLUSTER).values() if _is_eds(c))
+
+    def rds_names(self) -> frozenset[str]:
+        """The route configurations this snapshot's listeners ask for over RDS."""
+        names: set[str] = set()
+        for listener in self.resources(LISTENER).values():
+            for hcm in _connection_managers(listener):
+                if hcm.HasField("rds"):
+                    names.add(hcm.rds.route_config_name)
+        return frozenset(names)
+
+    def check(self) -> None:
+        """Raise ConsistencyError naming every reference that points at nothing."""
+        problems: list[str] = []
+        clusters = self.names(CLUSTER)
+        endpoints = self.names(ENDPOINT)
+        routes = self.names(ROUTE)
+        for name, c in self.resources(CLUSTER).items():
+            if _is_eds(c) and _eds_name(c) not in endpoints:
+                problems.append(
+                    f"EDS cluster {name!r} has no ClusterLoadAssignment named {_eds_name(c)!r}"
+                )
+        for lname, listener in self.resources(LISTENER).items():
+            for hcm in _connection_managers(listener):
+                if hcm.HasField("rds") and hcm.rds.route_config_name not in routes:
+                    problems.append(
+                        f"listener {lname!r} uses route configuration {hcm.rds.route_config_name!r}, "
+                        "which the snapshot does not have"
+                    )
+                if hcm.HasField("route_config"):
+                    problems.extend(_missing_clusters(hcm.route_config, clusters, f"listener {lname!r}"))
+            for cluster in _tcp_proxy_clusters(listener):
+                if cluster not in clusters:
+                    problems.append(f"listener {lname!r} proxies TCP to cluster {cluster!r}, which the snapshot does not have")
+        for rname, rc in self.resources(ROUTE).items():
+            problems.extend(_missing_clusters(rc, clusters, f"route configuration {rname!r}"))
+        if problems:
+            raise ConsistencyError(problems)
+
+
+def _is_eds(c: cluster_pb2.Cluster) -> bool:
+    return c.WhichOneof("cluster_discovery_type") == "type" and c.type == cluster_pb2.Cluster.EDS
+
+
+def _eds_name(c: cluster_pb2.Cluster) -> str:
+    return c.eds_cluster_config.service_name or c.name
+
+
+def _unpack(packed: any_pb2.Any, cls: type[message.Message]) -> message.Message | None:
+    if packed.type_url.split("/")[-1] != cls.DESCRIPTOR.full_name:
+        return None
+    msg = cls()
+    msg.ParseFromString(packed.value)
+    return msg
+
+
+def _filters(listener: Any) -> Iterable[Any]:
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        yield from chain.filters
+
+
+def _connection_managers(listener: Any) -> Iterable[Any]:
+    hcm_cls = http_connection_manager_pb2.HttpConnectionManager
+    if listener.HasField("api_listener"):
+        hcm = _unpack(listener.api_listener.api_listener, hcm_cls)
+        if hcm is not None:
+            yield hcm
+    for f in _filters(listener):
+        if f.HasField("typed_config"):
+            hcm = _unpack(f.typed_config, hcm_cls)
+            if hcm is not None:
+                yield hcm
+
+
+def _tcp_proxy_clusters(listener: Any) -> Iterable[str]:
+    for f in _filters(listener):
+        if f.HasField("typed_config"):
+            tcp = _unpack(f.typed_config, tcp_proxy_pb2.TcpProxy)
+            if tcp is not None:
+                if tcp.cluster:
+                    yield tcp.cluster
+                for wc in tcp.weighted_clusters.clusters:
+                    yield wc.name
+
+
+def _missing_clusters(rc: Any, clusters: frozenset[str], owner: str) -> list[str]:
+    missing: list[str] = []
+    for vh in rc.virtual_hosts:
+        for route in vh.routes:
+            if not route.HasField("route"):
+                continue
+            action = route.route
+            targets = [action.cluster] if action.cluster else []
+            targets += [wc.name for wc in action.weighted_clusters.clusters]
+            for target in targets:
+                if target not in clusters:
+                    missing.append(
+                        f"{owner} routes virtual host {vh.name!r} to cluster {target!r}, "
+                        "which the snapshot does not have (a cluster defined in Envoy's bootstrap "
+                        "needs check=False)"
+                    )
+    return missing

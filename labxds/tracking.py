@@ -1,0 +1,321 @@
+"""What each node was sent, what it acknowledged, and the trace of the conversation.
+
+The protocol is the lesson: every request and response is recorded (bounded per node) so a
+notebook can show versions, nonces, ACKs and NACKs as a table. The same records let a push wait
+until nodes have really applied a snapshot, woken by the server rather than by polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .resource_types import order_key, short_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .snapshot import Snapshot
+
+__all__ = ["NodeStatus", "PushRejected", "PushTimeout", "Tracker", "TypeStatus"]
+
+log = logging.getLogger("labxds")
+
+EVENTS = ("stream_open", "stream_close", "request", "response")
+
+
+class PushRejected(RuntimeError):
+    """A node NACKed the pushed version; ``errors`` holds Envoy's own words per node and type."""
+
+    def __init__(self, errors: dict[tuple[str, str], str]) -> None:
+        self.errors = errors
+        lines = [f"{node} rejected {short_name(url)}: {text}" for (node, url), text in errors.items()]
+        super().__init__("; ".join(lines))
+
+
+class PushTimeout(TimeoutError):
+    """Some nodes did not apply the snapshot in time; ``missing`` names them."""
+
+    def __init__(self, missing: list[str], timeout: float) -> None:
+        self.missing = missing
+        super().__init__(
+            f"after {timeout:g}s these nodes had not acknowledged the snapshot: {', '.join(missing)}"
+        )
+
+
+@dataclass
+class TypeStatus:
+    """One node's state for one resource type."""
+
+    type_url: str
+    sent_version: str | None = None
+    sent_at: float | None = None
+    acked_version: str | None = None
+    acked_at: float | None = None
+    nacked_version: str | None = None
+    nack_error: str | None = None
+    nacked_at: float | None = None
+
+
+@dataclass
+class NodeStatus:
+    node_id: str
+    cluster: str = ""
+    user_agent: str = ""
+    connected_since: float | None = None
+    last_seen: float | None = None
+    streams: int = 0
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def type(self, url: str) -> TypeStatus:
+        st = self.types.get(url)
+        if st is None:
+            st = self.types[url] = TypeStatus(url)
+        return st
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    time: float
+    node: str
+    stream: int
+    direction: str  # "received" (from the client) or "sent"
+    kind: str  # request, ACK, NACK, stale, response
+    type_url: str
+    version: str
+    nonce: str
+    resources: tuple[str, ...]
+    removed: tuple[str, ...] = ()
+    error: str = ""
+
+
+class Tracker:
+    """Thread-safe record of nodes and streams, shared by the server and its users."""
+
+    def __init__(self, trace_size: int = 2000) -> None:
+        self._cond = threading.Condition()
+        self._nodes: dict[str, NodeStatus] = {}
+        self._trace: dict[str, deque[TraceEvent]] = {}
+        self._trace_size = trace_size
+        self._settled: dict[int, tuple[str, object]] = {}  # stream id -> (node, snapshot)
+        self._hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in EVENTS}
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def on(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
+        """Call ``callback`` on the server's thread for ``event``; returns a function to remove it."""
+        if event not in self._hooks:
+            raise ValueError(f"unknown event {event!r}; choose from {', '.join(EVENTS)}")
+        self._hooks[event].append(callback)
+        return lambda: self._hooks[event].remove(callback)
+
+    def emit(self, event: str, *args: Any) -> None:
+        for callback in list(self._hooks[event]):
+            try:
+                callback(*args)
+            except Exception:  # a user's hook must never break a stream
+                log.exception("labxds %s hook %r failed", event, callback)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def stream_opened(self, node_id: str, cluster: str, user_agent: str) -> None:
+        now = time.time()
+        with self._cond:
+            node = self._nodes.setdefault(node_id, NodeStatus(node_id))
+            node.cluster, node.user_agent = cluster, user_agent
+            if node.streams == 0:
+                node.connected_since = now
+            node.streams += 1
+            node.last_seen = now
+            self._cond.notify_all()
+
+    def stream_closed(self, node_id: str, stream: int) -> None:
+        with self._cond:
+            node = self._nodes.get(node_id)
+            if node is not None:
+                node.streams = max(0, node.streams - 1)
+                if node.streams == 0:
+                    node.connected_since = None
+            self._settled.pop(stream, None)
+            self._cond.notify_all()
+
+    def settled(self, node_id: str, stream: int, snapshot: object | None) -> None:
+        """A stream says it has nothing left to send and everything sent is acknowledged."""
+        with self._cond:
+            if snapshot is None:
+                self._settled.pop(stream, None)
+            else:
+                self._settled[stream] = (node_id, snapshot)
+            self._cond.notify_all()
+
+    # -- protocol events --------------------------------------------------------------------
+
+    def record(self, event: TraceEvent) -> None:
+        with self._cond:
+            node = self._nodes.setdefault(event.node, NodeStatus(event.node))
+            node.last_seen = event.time
+            st = node.type(event.type_url)
+            if event.kind == "response":
+                st.sent_version, st.sent_at = event.version, event.time
+            elif event.kind == "ACK":
+                st.acked_version, st.acked_at = event.version, event.time
+            elif event.kind == "NACK":
+                st.nacked_version, st.nack_error, st.nacked_at = event.version, event.error, event.time
+            q = self._trace.get(event.node)
+            if q is None:
+                q = self._trace[event.node] = deque(maxlen=self._trace_size)
+            q.append(event)
+            self._cond.notify_all()
+
+    def nacked_version(self, node_id: str, type_url: str) -> str | None:
+        with self._cond:
+            node = self._nodes.get(node_id)
+            st = node.types.get(type_url) if node else None
+            return st.nacked_version if st else None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def node(self, node_id: str) -> NodeStatus | None:
+        with self._cond:
+            return self._nodes.get(node_id)
+
+    def connected(self) -> list[str]:
+        with self._cond:
+            return sorted(n for n, s in self._nodes.items() if s.streams > 0)
+
+    def events(self, node: str | None = None) -> list[TraceEvent]:
+        with self._cond:
+            queues = [self._trace.get(node, ())] if node is not None else list(self._trace.values())
+            merged = [e for q in queues for e in q]
+        merged.sort(key=lambda e: e.time)
+        return merged
+
+    def trace_frame(self, node: str | None = None, last: int | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        rows = [
+            {
+                "time": pd.Timestamp(e.time, unit="s"),
+                "node": e.node,
+                "stream": e.stream,
+                "direction": e.direction,
+                "type": short_name(e.type_url),
+                "kind": e.kind,
+                "version": e.version,
+                "nonce": e.nonce,
+                "resources": ", ".join(e.resources),
+                "removed": ", ".join(e.removed),
+                "error": e.error,
+            }
+            for e in self.events(node)
+        ]
+        frame = pd.DataFrame(rows, columns=[
+            "time", "node", "stream", "direction", "type", "kind", "version", "nonce",
+            "resources", "removed", "error",
+        ])
+        return frame.tail(last).reset_index(drop=True) if last else frame
+
+    def status_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        def ts(t: float | None) -> Any:
+            return pd.Timestamp(t, unit="s") if t else pd.NaT
+
+        with self._cond:
+            rows = [
+                {
+                    "node": n.node_id,
+                    "connected_since": ts(n.connected_since),
+                    "last_seen": ts(n.last_seen),
+                    "type": short_name(url),
+                    "sent": st.sent_version,
+                    "acked": st.acked_version,
+                    "nacked": st.nacked_version,
+                    "nack_error": st.nack_error,
+                }
+                for n in self._nodes.values()
+                for url, st in sorted(n.types.items(), key=lambda kv: order_key(kv[0]))
+            ]
+        return pd.DataFrame(rows, columns=[
+            "node", "connected_since", "last_seen", "type", "sent", "acked", "nacked", "nack_error",
+        ])
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait_applied(
+        self,
+        snapshot: Snapshot,
+        nodes: Iterable[str],
+        timeout: float,
+        since: float,
+        current: Callable[[str], object],
+    ) -> None:
+        """Block until every node in ``nodes`` has applied ``snapshot``.
+
+        Raises PushRejected as soon as one of them NACKs a version of this snapshot (after
+        ``since``), PushTimeout naming the stragglers otherwise. ``current`` tells which snapshot
+        a node should run now: if a newer push replaced ours, that node no longer counts.
+        """
+        targets = list(dict.fromkeys(nodes))
+        versions = snapshot.versions
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                errors: dict[tuple[str, str], str] = {}
+                missing: list[str] = []
+                for node_id in targets:
+                    node = self._nodes.get(node_id)
+                    if node is not None:
+                        for url, st in node.types.items():
+                            if (
+                                st.nacked_at is not None
+                                and st.nacked_at >= since
+                                and st.nacked_version is not None
+                                and _is_version_of(st.nacked_version, versions.get(url))
+                            ):
+                                errors[(node_id, url)] = st.nack_error or ""
+                    if current(node_id) is not snapshot:
+                        continue
+                    if not self._node_settled(node_id, snapshot):
+                        missing.append(node_id)
+                if errors:
+                    raise PushRejected(errors)
+                if not missing:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PushTimeout(missing, timeout)
+                self._cond.wait(left)
+
+    def wait_connected(self, node_id: str | None, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                connected = sorted(n for n, s in self._nodes.items() if s.streams > 0)
+                if node_id is None and connected:
+                    return connected[0]
+                if node_id is not None and node_id in connected:
+                    return node_id
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    who = f"node {node_id!r}" if node_id else "no node"
+                    raise TimeoutError(f"{who} connected within {timeout:g}s" if node_id is None
+                                       else f"{who} did not connect within {timeout:g}s")
+                self._cond.wait(left)
+
+    def _node_settled(self, node_id: str, snapshot: object) -> bool:
+        node = self._nodes.get(node_id)
+        if node is None or node.streams == 0:
+            return False
+        mine = [snap for (n, snap) in self._settled.values() if n == node_id]
+        return len(mine) >= node.streams and all(s is snapshot for s in mine)
+
+
+def _is_version_of(sent: str, version: str | None) -> bool:
+    """A NACKed version belongs to this push if it is the push's version (or its interim form)."""
+    return version is not None and (sent == version or sent.startswith(version + "+"))
