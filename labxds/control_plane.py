@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import grpc
+# The lab forks Envoy while the server thread is inside gRPC; gRPC's fork handlers are not
+# needed for an exec'd child and only print a notice. Set before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from .cache import SnapshotCache
+import grpc  # noqa: E402
+
+from .cache import SnapshotCache  # noqa: E402
 from .server import Authorizer, XdsServer
 from .snapshot import Snapshot
 from .tracking import NodeStatus, Tracker

