@@ -64,18 +64,20 @@ class Lab:
     def __init__(
         self,
         *,
-        xds_port: int = 18000,
-        admin_port: int = 19000,
-        listener_port: int = 10000,
+        xds_port: int | None = None,
+        admin_port: int | None = None,
+        listener_port: int | None = None,
         delta: bool = False,
         services: Mapping[str, int] | None = None,
         node_id: str | None = None,
         mode: str | None = None,
         envoy_log_level: str = "warning",
     ) -> None:
-        self.xds_port = xds_port
-        self.admin_port = admin_port
-        self.listener_port = listener_port
+        # The sandbox's ports unless told otherwise, here or by LABXDS_*_PORT (how CI runs the
+        # notebooks beside other labs).
+        self.xds_port = _port(xds_port, "LABXDS_XDS_PORT", 18000)
+        self.admin_port = _port(admin_port, "LABXDS_ADMIN_PORT", 19000)
+        self.listener_port = _port(listener_port, "LABXDS_LISTENER_PORT", 10000)
         self.delta = delta
         self.service_counts = dict(services or {"service1": 1, "service2": 1})
         self.node_id = node_id
@@ -261,6 +263,17 @@ class Lab:
         from .tables import stats_table
 
         return stats_table(self.admin, filter)
+
+
+def _port(given: int | None, env: str, default: int) -> int:
+    if given is not None:
+        return given
+    raw = os.environ.get(env)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ValueError(f"{env}={raw!r} is not a port number")
+    return int(raw)
 
 
 def _progress(total: int, enabled: bool) -> Any:
