@@ -1,0 +1,196 @@
+"""Snapshots: versions, names, and the consistency check that runs before anything is pushed."""
+
+from __future__ import annotations
+
+import pytest
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from labxds import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    ConsistencyError,
+    ResourceError,
+    Snapshot,
+    cluster,
+    http_listener,
+    load_assignment,
+    route_configuration,
+)
+
+
+def _web(port: int = 8080):
+    return [
+        cluster("web", type="EDS"),
+        load_assignment("web", [("127.0.0.1", port)]),
+        route_configuration("routes", "web"),
+        http_listener("l0", 10000, "routes"),
+    ]
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+def test_content_hash_version_is_stable():
+    a, b = Snapshot(_web()), Snapshot(_web())
+    assert a.versions == b.versions
+    assert set(a.versions) == {CLUSTER, ENDPOINT, LISTENER, ROUTE}
+    assert all(len(v) == 16 for v in a.versions.values())  # blake2b-64, hex
+    assert a == b
+
+
+def test_unchanged_type_keeps_its_version():
+    a, b = Snapshot(_web(8080)), Snapshot(_web(8081))
+    assert a.version(ENDPOINT) != b.version(ENDPOINT)
+    for url in (CLUSTER, LISTENER, ROUTE):
+        assert a.version(url) == b.version(url), url
+    assert a != b
+
+
+def test_resource_order_does_not_change_the_version():
+    res = _web() + [cluster("other", [("127.0.0.1", 1)], type="STATIC")]
+    assert Snapshot(res).versions == Snapshot(list(reversed(res))).versions
+
+
+def test_explicit_version_applies_to_every_type():
+    snap = Snapshot(_web(), version="1")
+    assert snap.versions == {CLUSTER: "1", ENDPOINT: "1", LISTENER: "1", ROUTE: "1"}
+    assert Snapshot(_web(), version=2).version(CLUSTER) == "2"
+
+
+def test_per_type_version_mapping_falls_back_to_hash():
+    snap = Snapshot(_web(), version={CLUSTER: "c7", LISTENER: "l3"})
+    assert snap.version(CLUSTER) == "c7" and snap.version(LISTENER) == "l3"
+    assert snap.version(ENDPOINT) == Snapshot(_web()).version(ENDPOINT)  # not in the mapping: hashed
+
+
+def test_types_are_in_push_order():
+    snap = Snapshot(list(reversed(_web())))
+    assert snap.types == (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+    assert len(snap) == 4
+    assert "CDS v" in repr(snap)
+    assert repr(Snapshot()) == "Snapshot(empty)"
+
+
+def test_mapping_of_type_to_resources():
+    snap = Snapshot({CLUSTER: [cluster("c", [("127.0.0.1", 1)], type="STATIC")]})
+    assert snap.names(CLUSTER) == {"c"}
+
+
+def test_entries_carry_shared_pre_encoded_bytes():
+    snap = Snapshot(_web())
+    entry = snap.entries(CLUSTER)["web"]
+    resp = discovery_pb2.DiscoveryResponse.FromString(entry.sotw)
+    got = cluster_pb2.Cluster()
+    assert resp.resources[0].Unpack(got) and got == snap.resources(CLUSTER)["web"]
+    delta = discovery_pb2.DeltaDiscoveryResponse.FromString(entry.delta)
+    assert delta.resources[0].name == "web" and delta.resources[0].version == entry.version
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_duplicate_names_raise_naming_them():
+    with pytest.raises(ResourceError, match="duplicate CDS resource named 'web'") as info:
+        Snapshot([cluster("web", [("a", 1)], type="STATIC"), cluster("web", [("b", 2)], type="STATIC")])
+    assert "resource #1" in str(info.value)
+    with pytest.raises(ResourceError, match="duplicate EDS resource named 'x'"):
+        Snapshot([load_assignment("x", []), load_assignment("x", [])], check=False)
+
+
+def test_same_name_in_different_types_is_fine():
+    snap = Snapshot([cluster("web", type="EDS"), load_assignment("web", []),
+                     route_configuration("web", "web")])
+    assert snap.names(CLUSTER) == snap.names(ENDPOINT) == snap.names(ROUTE) == {"web"}
+
+
+def test_empty_names_raise_naming_the_field():
+    with pytest.raises(ResourceError, match=r"CDS resource has an empty 'name'") as info:
+        Snapshot([cluster_pb2.Cluster()])
+    assert "resource #0" in str(info.value)
+    with pytest.raises(ResourceError, match=r"EDS resource has an empty 'cluster_name'"):
+        Snapshot([endpoint_pb2.ClusterLoadAssignment()])
+
+
+def test_a_message_that_is_not_a_resource_is_refused():
+    with pytest.raises(ResourceError, match="no 'name' field"):
+        Snapshot([hcm_pb2.HttpConnectionManager()])
+
+
+# -- consistency -----------------------------------------------------------------------------
+
+
+def test_consistent_snapshot_passes():
+    Snapshot(_web()).check()
+
+
+def test_eds_cluster_without_load_assignment():
+    with pytest.raises(ConsistencyError, match="EDS cluster 'web' has no ClusterLoadAssignment named 'web'"):
+        Snapshot([cluster("web", type="EDS")])
+
+
+def test_eds_cluster_with_service_name_needs_that_assignment():
+    c = cluster("web", type="EDS", service_name="web-eds")
+    with pytest.raises(ConsistencyError, match="'web-eds'"):
+        Snapshot([c, load_assignment("web", [])])
+    snap = Snapshot([c, load_assignment("web-eds", [])])
+    assert snap.eds_names() == {"web-eds"}
+
+
+def test_listener_naming_a_missing_route_configuration():
+    with pytest.raises(ConsistencyError) as info:
+        Snapshot([http_listener("l0", 10000, "nowhere")])
+    assert "listener 'l0'" in str(info.value) and "'nowhere'" in str(info.value)
+    assert len(info.value.problems) == 1
+
+
+def test_route_to_a_missing_cluster():
+    with pytest.raises(ConsistencyError, match="route configuration 'r' routes virtual host 'local_service' to cluster 'ghost'"):
+        Snapshot([route_configuration("r", "ghost")])
+
+
+def test_weighted_clusters_are_checked_each():
+    rc = route_configuration("r", weights={"blue": 90, "green": 10})
+    with pytest.raises(ConsistencyError) as info:
+        Snapshot([rc, cluster("blue", [("127.0.0.1", 1)], type="STATIC")])
+    assert "'green'" in str(info.value) and "'blue'" not in str(info.value)
+
+
+def test_inline_route_config_and_tcp_proxy_are_checked():
+    inline = hcm_pb2.HttpConnectionManager(stat_prefix="x", route_config=route_configuration("inline", "nope"))
+    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix="t", cluster="tcp-missing")
+    listener = listener_pb2.Listener(name="l", filter_chains=[listener_components_pb2.FilterChain(filters=[
+        listener_components_pb2.Filter(name="hcm"), listener_components_pb2.Filter(name="tcp"),
+    ])])
+    listener.filter_chains[0].filters[0].typed_config.Pack(inline)
+    listener.filter_chains[0].filters[1].typed_config.Pack(tcp)
+    with pytest.raises(ConsistencyError) as info:
+        Snapshot([listener])
+    assert len(info.value.problems) == 2
+    assert "'nope'" in str(info.value) and "'tcp-missing'" in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConsistencyError) as info:
+        Snapshot([cluster("web", type="EDS"), route_configuration("r", "ghost"), http_listener("l", 1, "r2")])
+    assert len(info.value.problems) == 3
+
+
+def test_check_false_skips_the_check():
+    snap = Snapshot([route_configuration("r", "bootstrap_cluster")], check=False)
+    assert snap.names(ROUTE) == {"r"}
+    with pytest.raises(ConsistencyError, match="check=False"):
+        snap.check()
+
+
+def test_rds_and_eds_names():
+    snap = Snapshot(_web())
+    assert snap.rds_names() == {"routes"} and snap.eds_names() == {"web"}
+    assert isinstance(snap.resources(ROUTE)["routes"], route_pb2.RouteConfiguration)
