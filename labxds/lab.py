@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Lab", "run_foreground"]
 
 _LABS: dict[int, Lab] = {}
-_LABS_LOCK = threading.Lock()
+_LABS_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,8 @@ def run_foreground(args: argparse.Namespace) -> int:
         lab.push(lab.sandbox_snapshot(args.upstream, version="1"))
         print(f"labxds lab up in {time.monotonic() - started:.2f}s", flush=True)
         print(f"  listener       {lab.listener_url}  (curl it: Request served by {args.upstream})")
-        print(f"  Envoy admin    {lab.admin_url}/config_dump")
+        pid = f" (Envoy pid {lab.envoy.pid})" if lab.envoy is not None else ""
+        print(f"  Envoy admin    {lab.admin_url}/config_dump{pid}")
         print(f"  control plane  {lab.cp.address}  ({'Delta' if args.delta else 'SotW'} ADS)")
         for name in lab.service_counts:
             host, port = lab.upstream(name)
