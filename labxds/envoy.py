@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import ipaddress
 import ctypes
 import importlib.util
 import os
@@ -411,6 +412,17 @@ class _Spawner:
                 reply.put((False, exc))
 
 
+def _reachable(host: str) -> str:
+    """The address to reach a socket bound to ``host``: loopback for a wildcard bind."""
+    try:
+        address = ipaddress.ip_address(host) if host else ipaddress.IPv4Address(0)
+    except ValueError:
+        return host  # a name
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return host
+
+
 def _port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -460,7 +472,8 @@ class Envoy:
         if admin_port is not None:
             port = int(admin_port)
             self.bootstrap["admin"]["address"]["socket_address"]["port_value"] = port
-        self.admin_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        # A wildcard admin address (as under compose) is reached here through loopback.
+        self.admin_host = _reachable(host)
         self.admin_port = port
         self.log_level = log_level
         self.component_log_level = component_log_level
@@ -599,9 +612,7 @@ class Envoy:
         """Read back 'host:port' from --admin-address-path (matters when admin_port was 0)."""
         host, _, port = text.rpartition(":")
         self.admin_port = int(port)
-        host = host.strip("[]")
-        if host and host not in ("0.0.0.0", "::"):
-            self.admin_host = host
+        self.admin_host = _reachable(host.strip("[]") or self.admin_host)
 
     def _raise_exited(self, code: int) -> None:
         lines = self.logs(20)
