@@ -302,6 +302,12 @@ class _SotwStream(_Stream):
             self.trace("received", "stale", url, req.version_info, req.response_nonce, req.resource_names)
             return
         self._subscribe(st, list(req.resource_names), first)
+        if not st.wildcard:
+            # A client forgets the resources it stops asking for: drop them from what it is
+            # known to hold, so asking again resends them (rule 7) and unsubscribing is not
+            # mistaken for a removal to announce (rule 8).
+            st.sent = {n: e for n, e in st.sent.items() if n in st.names}
+            st.held = {n: e for n, e in st.held.items() if n in st.names}
         if not req.response_nonce:
             # A client that reconnects says which version it runs; _plan adopts it if current.
             st.client_version = req.version_info
@@ -349,6 +355,8 @@ class _SotwStream(_Stream):
         st = self.types[url]
         if st.outstanding:
             return None
+        if not st.wildcard and not st.names:
+            return None  # Rule 8: unsubscribed from everything of this type
         version = snap.version(url)
         chosen = self._choose(st, snap)
         if st.sent_version is None and st.client_version and st.client_version == version:
