@@ -1,0 +1,594 @@
+"""The State-of-the-World protocol, rule by rule (docs: /work/shared/xds-rules.md), with the
+tests' own xDS client against a real ControlPlane on a kernel-chosen port."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from labxds import ControlPlane, Snapshot, cluster, http_listener, load_assignment, route_configuration
+from xds_client import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SotwClient,
+    StreamEnded,
+    describe,
+    names,
+    resources,
+)
+
+
+@pytest.fixture
+def cp():
+    plane = ControlPlane(port=0).start()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture
+def connect(cp):
+    clients: list[SotwClient] = []
+
+    def make(node: str | None = "node-a", **kw) -> SotwClient:
+        c = SotwClient(cp.address, node, **kw)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def static(name: str, port: int = 1) -> object:
+    return cluster(name, [("127.0.0.1", port)], type="STATIC")
+
+
+def web(version=None, *, port: int = 8080, timeout: float = 5.0, listener_port: int = 10000,
+        routes_to: str = "web") -> Snapshot:
+    """An EDS cluster, its endpoints, a listener and its route configuration."""
+    return Snapshot([
+        cluster("web", type="EDS", connect_timeout=timeout),
+        load_assignment("web", [("127.0.0.1", port)]),
+        route_configuration("routes", routes_to),
+        http_listener("l0", listener_port, "routes"),
+    ], version=version, check=False)
+
+
+def routes(*names_and_clusters: tuple[str, str], version=None) -> Snapshot:
+    return Snapshot([route_configuration(n, c) for n, c in names_and_clusters], version=version, check=False)
+
+
+def kinds(cp: ControlPlane, node: str = "node-a") -> list[tuple[str, str, str]]:
+    """(type, kind, version) of every trace row, oldest first."""
+    t = cp.trace(node)
+    return list(zip(t["type"], t["kind"], t["version"]))
+
+
+# -- rule 1: the node comes on the first request ------------------------------------------
+
+
+def test_rule01_stream_keyed_on_the_first_requests_node(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect("node-a")
+    r = c.subscribe(CLUSTER)
+    assert c.sent[0].HasField("node")
+    c.ack(r)
+    # later requests carry no node and are still served, for the first request's node
+    c.send(LISTENER, node=False)
+    lds = c.recv()
+    assert not c.sent[-1].HasField("node")
+    assert names(lds) == ["l0"]
+    assert cp.nodes() == ["node-a"]
+    assert {row for row in cp.trace("node-a")["node"]} == {"node-a"}
+
+
+def test_rule01_first_request_without_node_is_invalid_argument(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect("node-a")
+    c.send(CLUSTER, node=False)
+    with pytest.raises(StreamEnded) as info:
+        c.recv()
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node" in info.value.details
+    assert cp.nodes() == []
+
+
+def test_rule01_node_without_id_is_invalid_argument(cp, connect):
+    c = connect("")
+    c.send(CLUSTER, node=True)
+    assert c.ended().code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- rule 2: versions are per type --------------------------------------------------------
+
+
+def test_rule02_types_advance_independently(cp, connect):
+    cp.set_snapshot(web())
+    c = connect()
+    versions = {}
+    for url, wanted in ((CLUSTER, []), (ENDPOINT, ["web"]), (LISTENER, []), (ROUTE, ["routes"])):
+        r = c.subscribe(url, wanted)
+        versions[url] = r.version_info
+        c.ack(r, wanted)
+    assert len(set(versions.values())) == 4, "hash versions differ per type"
+    cp.set_snapshot(web(port=8081))  # only the endpoints change
+    eds = c.recv()
+    assert eds.type_url == ENDPOINT and eds.version_info != versions[ENDPOINT]
+    c.ack(eds, ["web"])
+    c.expect_nothing()
+    status = cp.status().set_index("type")
+    assert status.loc["CDS", "acked"] == versions[CLUSTER]
+    assert status.loc["EDS", "acked"] == eds.version_info
+    assert status.loc["LDS", "acked"] == versions[LISTENER]
+
+
+def test_rule02_explicit_per_type_versions(cp, connect):
+    cp.set_snapshot(web({CLUSTER: "c1", LISTENER: "l1"}))
+    c = connect()
+    cds = c.subscribe(CLUSTER)
+    c.ack(cds)
+    lds = c.subscribe(LISTENER)
+    assert (cds.version_info, lds.version_info) == ("c1", "l1")
+
+
+# -- rule 3: ACK and NACK by error_detail -------------------------------------------------
+
+
+def test_rule03_nack_is_error_detail_not_the_version(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    r1 = c.subscribe(CLUSTER)
+    c.ack(r1)
+    cp.set_snapshot(web("2", timeout=2))
+    r2 = c.recv()
+    assert r2.version_info == "2"
+    # version_info equal to the version sent, but with error_detail: still a NACK
+    c.send(CLUSTER, version="2", nonce=r2.nonce, error="cluster web: bad timeout")
+    c.expect_nothing()
+    status = cp.status().set_index("type").loc["CDS"]
+    assert (status["acked"], status["nacked"]) == ("1", "2")
+    assert status["nack_error"] == "cluster web: bad timeout"
+    last = cp.trace().iloc[-1]
+    assert (last["kind"], last["version"], last["error"]) == ("NACK", "2", "cluster web: bad timeout")
+
+
+def test_rule03_ack_with_an_unexpected_version_is_still_an_ack(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    r = c.subscribe(CLUSTER)
+    c.send(CLUSTER, version="", nonce=r.nonce)  # no error_detail: an ACK, whatever the version says
+    c.expect_nothing()
+    kinds_seen = [k for t, k, v in kinds(cp) if t == "CDS"]
+    assert kinds_seen == ["request", "response", "ACK"]
+    assert cp.status().set_index("type").loc["CDS", "nacked"] is None
+
+
+# -- rule 4: a NACKed version is never sent again -------------------------------------------
+
+
+def test_rule04_nacked_version_is_not_resent(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    r1 = c.subscribe(CLUSTER)
+    c.ack(r1)
+    bad = web("2", timeout=2)
+    cp.set_snapshot(bad)
+    r2 = c.recv()
+    c.nack(r2, "rejected", last_good="1")
+    c.expect_nothing()
+    cp.set_snapshot(bad)  # pushing it again does not resend it
+    c.expect_nothing()
+    c.send(CLUSTER, version="1", nonce=r2.nonce)  # nor does another request
+    c.expect_nothing()
+    cp.set_snapshot(web("3", timeout=3))
+    r3 = c.recv()
+    assert r3.version_info == "3"
+    sent = [v for t, k, v in kinds(cp) if t == "CDS" and k == "response"]
+    assert sent == ["1", "2", "3"]
+
+
+def test_rule04_nacked_version_not_resent_after_reconnect(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(web("2", timeout=2))
+    r2 = c.recv()
+    c.nack(r2, "rejected", last_good="1")
+    c.expect_nothing()
+    c.close()
+    again = connect()  # the same node, a new stream, running version 1
+    again.send(CLUSTER, version="1")
+    again.expect_nothing(0.5)
+    cp.set_snapshot(web("3", timeout=3))
+    assert again.recv().version_info == "3"
+
+
+# -- rule 5: nonces -------------------------------------------------------------------------
+
+
+def test_rule05_every_response_has_a_fresh_nonce(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    seen = []
+    for url, wanted in ((CLUSTER, []), (ENDPOINT, ["web"]), (LISTENER, []), (ROUTE, ["routes"])):
+        r = c.subscribe(url, wanted)
+        seen.append(r.nonce)
+        c.ack(r, wanted)
+    for v in ("2", "3"):
+        cp.set_snapshot(web(v, timeout=int(v)))
+        r = c.recv()
+        seen.append(r.nonce)
+        c.ack(r)
+    assert all(seen) and len(set(seen)) == len(seen)
+
+
+def test_rule05_stale_nonce_is_ignored(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x"), version="1"))
+    c = connect()
+    r1 = c.subscribe(ROUTE, ["a"])
+    c.ack(r1, ["a"])
+    cp.set_snapshot(routes(("a", "y"), ("b", "x"), version="2"))
+    r2 = c.recv()
+    assert r2.nonce != r1.nonce
+    # a request echoing the old nonce is stale: neither its NACK nor its new names count
+    c.send(ROUTE, ["a", "b"], "1", r1.nonce, error="late complaint")
+    c.expect_nothing()
+    assert cp.status().set_index("type").loc["RDS", "nacked"] is None
+    assert ("RDS", "stale", "1") in kinds(cp)
+    c.ack(r2, ["a"])
+    c.expect_nothing()
+    assert cp.status().set_index("type").loc["RDS", "acked"] == "2"
+
+
+# -- rule 6: silence when nothing changed ---------------------------------------------------
+
+
+def test_rule06_identical_snapshot_sends_nothing(cp, connect):
+    cp.set_snapshot(web())
+    c = connect()
+    for url, wanted in ((CLUSTER, []), (ENDPOINT, ["web"]), (LISTENER, []), (ROUTE, ["routes"])):
+        c.ack(c.subscribe(url, wanted), wanted)
+    c.expect_nothing()
+    cp.set_snapshot(web())  # a new object, the same content
+    c.expect_nothing()
+    cp.set_snapshot(cp.snapshot())  # the same object again
+    c.expect_nothing()
+    assert sum(k == "response" for _, k, _ in kinds(cp)) == 4
+
+
+def test_rule06_an_ack_gets_no_echo(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    r = c.subscribe(CLUSTER)
+    c.ack(r)
+    c.ack(r)  # a duplicate ACK is stale (its nonce is answered) and changes nothing
+    c.expect_nothing()
+
+
+# -- rule 7: named subscriptions ------------------------------------------------------------
+
+
+def test_rule07_only_the_named_resources_are_sent(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x"), ("c", "x")))
+    c = connect()
+    r = c.subscribe(ROUTE, ["a", "c"])
+    assert sorted(names(r)) == ["a", "c"]
+
+
+def test_rule07_growing_set_gets_the_new_names_even_unchanged(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x"), version="1"))
+    c = connect()
+    r1 = c.subscribe(ROUTE, ["a"])
+    assert names(r1) == ["a"]
+    c.send(ROUTE, ["a", "b"], r1.version_info, r1.nonce)  # ACK that also asks for b
+    r2 = c.recv()
+    assert "b" in names(r2)
+    c.ack(r2, ["a", "b"])
+    c.expect_nothing()
+
+
+def test_rule07_resubscribed_name_is_sent_again(cp, connect):
+    """A client that dropped a name and asks again has forgotten it: it must come again."""
+    cp.set_snapshot(routes(("a", "x"), ("b", "x"), version="1"))
+    c = connect()
+    r1 = c.subscribe(ROUTE, ["a", "b"])
+    assert sorted(names(r1)) == ["a", "b"]
+    c.ack(r1, ["a"])  # drops b
+    c.expect_nothing()
+    c.ack(r1, ["a", "b"])  # wants b back: nonce r1 is still the latest
+    r2 = c.recv()
+    assert "b" in names(r2)
+
+
+def test_rule07_named_cluster_subscription(cp, connect):
+    """gRPC's xDS client names its clusters and listeners."""
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")]))
+    c = connect()
+    assert names(c.subscribe(CLUSTER, ["c2"])) == ["c2"]
+
+
+# -- rule 8: wildcard -----------------------------------------------------------------------
+
+
+def test_rule08_empty_first_request_is_wildcard(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")]))
+    c = connect()
+    assert sorted(names(c.subscribe(CLUSTER))) == ["c1", "c2"]
+
+
+def test_rule08_star_is_wildcard(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")]))
+    c = connect()
+    r = c.subscribe(CLUSTER, ["*"])
+    assert sorted(names(r)) == ["c1", "c2"]
+    c.ack(r, ["*"])
+    cp.set_snapshot(Snapshot([static("c1"), static("c2"), static("c3")]))
+    assert sorted(names(c.recv())) == ["c1", "c2", "c3"]
+
+
+def test_rule08_star_with_names_is_still_wildcard(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")]))
+    c = connect()
+    assert sorted(names(c.subscribe(CLUSTER, ["*", "c1"]))) == ["c1", "c2"]
+
+
+def test_rule08_wildcard_ack_with_empty_names_stays_wildcard(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1")]))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")]))
+    assert sorted(names(c.recv())) == ["c1", "c2"]
+
+
+def test_rule08_explicit_names_then_empty_list_unsubscribes(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")], version="1"))
+    c = connect()
+    r = c.subscribe(CLUSTER, ["c1"])
+    assert names(r) == ["c1"]
+    c.ack(r, [])  # unsubscribe from everything
+    c.expect_nothing()
+    cp.set_snapshot(Snapshot([static("c1", 2), static("c2", 2)], version="2"))
+    c.expect_nothing()
+
+
+def test_rule08_empty_list_unsubscribes_routes(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), version="1"))
+    c = connect()
+    r = c.subscribe(ROUTE, ["a"])
+    c.ack(r, [])
+    cp.set_snapshot(routes(("a", "y"), version="2"))
+    c.expect_nothing()
+
+
+# -- rule 9: full state for LDS/CDS ---------------------------------------------------------
+
+
+def test_rule09_removed_cluster_is_absent_from_the_next_response(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")]))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(Snapshot([static("c1")]))
+    r = c.recv()
+    assert names(r) == ["c1"]
+
+
+def test_rule09_removing_every_listener_sends_an_empty_response(cp, connect):
+    cp.set_snapshot(Snapshot([http_listener("l0", 10000, "r")], check=False))
+    c = connect()
+    c.ack(c.subscribe(LISTENER))
+    cp.set_snapshot(Snapshot([]))
+    r = c.recv()
+    assert r.type_url == LISTENER and names(r) == []
+
+
+def test_rule09_no_duplicates_even_when_names_repeat(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")]))
+    c = connect()
+    r = c.subscribe(CLUSTER, ["c1", "c1", "c2", "c1"])
+    assert sorted(names(r)) == ["c1", "c2"]
+
+
+def test_rule09_rds_removal_goes_through_the_listener(cp, connect):
+    """In SotW a route configuration is deleted by its listener: no RDS response for it."""
+    cp.set_snapshot(routes(("a", "x"), ("b", "x"), version="1"))
+    c = connect()
+    c.ack(c.subscribe(ROUTE, ["a", "b"]), ["a", "b"])
+    cp.set_snapshot(routes(("a", "x"), version="1"))
+    c.expect_nothing()
+
+
+# -- rule 10: requested but missing ---------------------------------------------------------
+
+
+def test_rule10_missing_names_are_sent_when_they_appear(cp, connect):
+    cp.set_snapshot(routes(("a", "x")))
+    c = connect()
+    r = c.subscribe(ROUTE, ["a", "late"])
+    assert names(r) == ["a"]
+    c.ack(r, ["a", "late"])
+    c.expect_nothing()
+    cp.set_snapshot(routes(("a", "x"), ("late", "x")))
+    assert "late" in names(c.recv())
+
+
+def test_rule10_no_snapshot_yet_then_one_arrives(cp, connect):
+    c = connect()
+    c.send(CLUSTER)
+    c.expect_nothing()
+    cp.set_snapshot(Snapshot([static("c1")]))
+    assert names(c.recv()) == ["c1"]
+
+
+# -- rules 11 and 12: make before break -----------------------------------------------------
+
+
+def _subscribe_all(c: SotwClient, eds=("web",), rds=("routes",)) -> None:
+    for url, wanted in ((CLUSTER, []), (ENDPOINT, list(eds)), (LISTENER, []), (ROUTE, list(rds))):
+        c.ack(c.subscribe(url, wanted), wanted)
+
+
+def test_rule12_push_order_is_cds_eds_lds_rds(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    _subscribe_all(c)
+    c.expect_nothing()
+    cp.set_snapshot(Snapshot([
+        cluster("web", type="EDS", connect_timeout=3), load_assignment("web", [("127.0.0.1", 8082)]),
+        route_configuration("routes", "web", prefix="/v2"), http_listener("l0", 10002, "routes"),
+    ], version="2"))
+    got = [c.recv() for _ in range(4)]
+    assert [r.type_url for r in got] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+    assert {r.version_info for r in got} == {"2"}
+
+
+def test_one_outstanding_response_per_type_and_pushes_coalesce(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(web("2", timeout=2))
+    r2 = c.recv()
+    cp.set_snapshot(web("3", timeout=3))
+    cp.set_snapshot(web("4", timeout=4))
+    c.expect_nothing()  # version 2 is not answered yet
+    c.ack(r2)
+    r4 = c.recv()
+    assert r4.version_info == "4", "3 was superseded before it could be sent"
+    c.ack(r4)
+    c.expect_nothing()
+
+
+def test_rule11_new_eds_cluster_gets_its_load_assignment_when_asked(cp, connect):
+    cp.set_snapshot(web())
+    c = connect()
+    _subscribe_all(c)
+    cp.set_snapshot(Snapshot([  # hashed versions: only CDS and EDS change
+        cluster("web", type="EDS"), load_assignment("web", [("127.0.0.1", 8080)]),
+        cluster("api", type="EDS"), load_assignment("api", [("127.0.0.1", 9090)]),
+        route_configuration("routes", "web"), http_listener("l0", 10000, "routes"),
+    ]))
+    cds = c.recv()
+    assert sorted(names(cds)) == ["api", "web"]
+    c.ack(cds)
+    c.expect_nothing()  # EDS only for the names asked for
+    # the cluster warms until its endpoints arrive: Envoy asks for them
+    c.send(ENDPOINT, ["web", "api"], c.received[1].version_info, c.received[1].nonce)
+    eds = c.recv()
+    assert eds.type_url == ENDPOINT and "api" in names(eds)
+    c.ack(eds, ["web", "api"])
+    c.expect_nothing()
+
+
+def test_rule12_clusters_removed_only_after_routes_moved(cp, connect):
+    cp.set_snapshot(Snapshot([
+        cluster("old", type="EDS"), load_assignment("old", [("127.0.0.1", 8080)]),
+        route_configuration("routes", "old"), http_listener("l0", 10000, "routes"),
+    ], version={CLUSTER: "1", ENDPOINT: "1", ROUTE: "1"}))
+    c = connect()
+    _subscribe_all(c, eds=["old"])
+    cp.set_snapshot(Snapshot([  # the listener does not change
+        cluster("new", type="EDS"), load_assignment("new", [("127.0.0.1", 8081)]),
+        route_configuration("routes", "new"), http_listener("l0", 10000, "routes"),
+    ], version={CLUSTER: "2", ENDPOINT: "2", ROUTE: "2"}))
+    interim = c.recv()
+    assert interim.type_url == CLUSTER
+    assert interim.version_info == "2+retained"
+    assert sorted(names(interim)) == ["new", "old"], "the old cluster stays while routes use it"
+    rds = c.recv()
+    assert rds.type_url == ROUTE and rds.version_info == "2"
+    assert resources(rds)["routes"].virtual_hosts[0].routes[0].route.cluster == "new"
+    c.ack(interim)
+    c.send(ENDPOINT, ["old", "new"], "1", c.received[1].nonce)  # the new cluster warms
+    eds = c.recv()
+    assert names(eds) == ["new"]
+    c.ack(eds, ["old", "new"])
+    c.expect_nothing()  # routes not ACKed yet: the old cluster must stay
+    c.ack(rds, ["routes"])
+    final = c.recv()
+    assert final.type_url == CLUSTER and final.version_info == "2"
+    assert names(final) == ["new"]
+    c.ack(final)
+    c.expect_nothing()
+    sent = [(t, v) for t, k, v in kinds(cp) if k == "response"]
+    assert sent[-4:] == [("CDS", "2+retained"), ("RDS", "2"), ("EDS", "2"), ("CDS", "2")]
+
+
+def test_rule12_cluster_only_client_removes_at_once(cp, connect):
+    cp.set_snapshot(Snapshot([static("a"), static("b")], version="1"))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(Snapshot([static("a")], version="2"))
+    r = c.recv()
+    assert (r.version_info, names(r)) == ("2", ["a"])
+
+
+# -- several nodes, per-type services --------------------------------------------------------
+
+
+def test_two_nodes_with_their_own_snapshots(cp, connect):
+    cp.set_snapshot(Snapshot([static("for-a")], version="a1"), "node-a")
+    cp.set_snapshot(Snapshot([static("for-b")], version="b1"), "node-b")
+    a, b = connect("node-a"), connect("node-b")
+    ra, rb = a.subscribe(CLUSTER), b.subscribe(CLUSTER)
+    assert (names(ra), names(rb)) == (["for-a"], ["for-b"])
+    a.ack(ra)
+    b.ack(rb)
+    cp.set_snapshot(Snapshot([static("for-a2")], version="a2"), "node-a")
+    assert names(a.recv()) == ["for-a2"]
+    b.expect_nothing()
+
+
+def test_default_snapshot_does_not_reach_nodes_with_their_own(cp, connect):
+    cp.set_snapshot(Snapshot([static("own")], version="o"), "node-a")
+    cp.set_snapshot(Snapshot([static("default")], version="d1"))
+    a, other = connect("node-a"), connect("node-x")
+    a.ack(a.subscribe(CLUSTER))
+    assert names(other.subscribe(CLUSTER)) == ["default"]
+    other.ack(other.received[-1])
+    cp.set_snapshot(Snapshot([static("default2")], version="d2"))
+    assert names(other.recv()) == ["default2"]
+    a.expect_nothing()
+
+
+@pytest.mark.parametrize("url", [CLUSTER, LISTENER])
+def test_per_type_service(cp, connect, url):
+    cp.set_snapshot(web("1"))
+    c = connect(service=url)
+    r = c.subscribe(url)
+    assert r.type_url == url and r.version_info == "1"
+    c.ack(r)
+    c.expect_nothing()
+
+
+def test_per_type_service_fills_in_a_missing_type_url(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect(service=ROUTE)
+    r = c.subscribe("", ["routes"])
+    assert r.type_url == ROUTE and names(r) == ["routes"]
+
+
+def test_per_type_service_refuses_another_type(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect(service=CLUSTER)
+    c.send(LISTENER)
+    ended = c.ended()
+    assert ended.code == grpc.StatusCode.INVALID_ARGUMENT and "Cluster" in ended.details
+
+
+def test_ads_request_without_type_url_is_refused(cp, connect):
+    c = connect()
+    c.send("")
+    assert c.ended().code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_responses_name_the_control_plane(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    assert c.subscribe(CLUSTER).control_plane.identifier == "labxds"
+
+
+def test_describe_helper_is_readable(cp, connect):
+    cp.set_snapshot(web("1"))
+    c = connect()
+    assert describe(c.subscribe(CLUSTER)) == "CDS v1 nonce=1 ['web']"
