@@ -464,6 +464,7 @@ class _DeltaType:
     outstanding: bool = False
     pending: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     nacked: dict[str, str] = field(default_factory=dict)  # name -> version the client refused
+    nacked_removals: dict[str, str] = field(default_factory=dict)  # name -> system version
     system_version: str = ""
 
 
@@ -514,6 +515,9 @@ class _DeltaStream(_Stream):
                     st.known[name] = old
                 if new is not None:
                     st.nacked[name] = new
+                else:
+                    # Rule 4 holds for removals too: the refused removal waits for a new version.
+                    st.nacked_removals[name] = st.system_version
             self.trace("received", "NACK", url, st.system_version, req.response_nonce, subs, unsubs,
                        error=req.error_detail.message.strip())
         else:
@@ -530,7 +534,11 @@ class _DeltaStream(_Stream):
         else:
             candidates = (entries[n] for n in sorted(st.names) if n in entries)
         send = [e for e in candidates if st.known.get(e.name) != e.version and st.nacked.get(e.name) != e.version]
-        removed = [n for n in st.known if n not in entries and (st.wildcard or n in st.names)]
+        version = snap.version(url)
+        removed = [
+            n for n in st.known
+            if n not in entries and (st.wildcard or n in st.names) and st.nacked_removals.get(n) != version
+        ]
         if not send and not removed:
             return None
         return send, removed
@@ -551,8 +559,10 @@ class _DeltaStream(_Stream):
             if plan is None:
                 continue
             send, removed = plan
-            if url == CLUSTER and removed and self._routes_pending(snap):
-                removed = []  # Rule 12: remove clusters only after the routes moved away.
+            if url in (CLUSTER, ENDPOINT) and removed and self._routes_pending(snap):
+                # Rule 12: remove clusters, and the endpoints of the clusters still routed to,
+                # only after the routes moved away.
+                removed = []
                 if not send:
                     continue
             st = self.types[url]
