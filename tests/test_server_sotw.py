@@ -8,6 +8,7 @@ import pytest
 
 from labxds import ControlPlane, Snapshot, cluster, http_listener, load_assignment, route_configuration
 from xds_client import (
+    wait_processed,
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -36,6 +37,7 @@ def connect(cp):
         clients.append(c)
         return c
 
+    make.sync = lambda: wait_processed(cp, clients)  # type: ignore[attr-defined]
     yield make
     for c in clients:
         c.close()
@@ -147,6 +149,7 @@ def test_rule03_nack_is_error_detail_not_the_version(cp, connect):
     # version_info equal to the version sent, but with error_detail: still a NACK
     c.send(CLUSTER, version="2", nonce=r2.nonce, error="cluster web: bad timeout")
     c.expect_nothing()
+    connect.sync()
     status = cp.status().set_index("type").loc["CDS"]
     assert (status["acked"], status["nacked"]) == ("1", "2")
     assert status["nack_error"] == "cluster web: bad timeout"
@@ -160,6 +163,7 @@ def test_rule03_ack_with_an_unexpected_version_is_still_an_ack(cp, connect):
     r = c.subscribe(CLUSTER)
     c.send(CLUSTER, version="", nonce=r.nonce)  # no error_detail: an ACK, whatever the version says
     c.expect_nothing()
+    connect.sync()
     kinds_seen = [k for t, k, v in kinds(cp) if t == "CDS"]
     assert kinds_seen == ["request", "response", "ACK"]
     assert cp.status().set_index("type").loc["CDS", "nacked"] is None
@@ -178,6 +182,7 @@ def test_rule04_nacked_version_is_not_resent(cp, connect):
     r2 = c.recv()
     c.nack(r2, "rejected", last_good="1")
     c.expect_nothing()
+    connect.sync()
     cp.set_snapshot(bad)  # pushing it again does not resend it
     c.expect_nothing()
     c.send(CLUSTER, version="1", nonce=r2.nonce)  # nor does another request
@@ -197,6 +202,7 @@ def test_rule04_nacked_version_not_resent_after_reconnect(cp, connect):
     r2 = c.recv()
     c.nack(r2, "rejected", last_good="1")
     c.expect_nothing()
+    connect.sync()
     c.close()
     again = connect()  # the same node, a new stream, running version 1
     again.send(CLUSTER, version="1")
@@ -235,6 +241,7 @@ def test_rule05_stale_nonce_is_ignored(cp, connect):
     # a request echoing the old nonce is stale: neither its NACK nor its new names count
     c.send(ROUTE, ["a", "b"], "1", r1.nonce, error="late complaint")
     c.expect_nothing()
+    connect.sync()
     assert cp.status().set_index("type").loc["RDS", "nacked"] is None
     assert ("RDS", "stale", "1") in kinds(cp)
     c.ack(r2, ["a"])
@@ -297,6 +304,7 @@ def test_rule07_resubscribed_name_is_sent_again(cp, connect):
     assert sorted(names(r1)) == ["a", "b"]
     c.ack(r1, ["a"])  # drops b
     c.expect_nothing()
+    connect.sync()
     c.ack(r1, ["a", "b"])  # wants b back: nonce r1 is still the latest
     r2 = c.recv()
     assert "b" in names(r2)
@@ -349,6 +357,7 @@ def test_rule08_explicit_names_then_empty_list_unsubscribes(cp, connect):
     assert names(r) == ["c1"]
     c.ack(r, [])  # unsubscribe from everything
     c.expect_nothing()
+    connect.sync()
     cp.set_snapshot(Snapshot([static("c1", 2), static("c2", 2)], version="2"))
     c.expect_nothing()
 
@@ -358,6 +367,7 @@ def test_rule08_empty_list_unsubscribes_routes(cp, connect):
     c = connect()
     r = c.subscribe(ROUTE, ["a"])
     c.ack(r, [])
+    connect.sync()
     cp.set_snapshot(routes(("a", "y"), version="2"))
     c.expect_nothing()
 
@@ -409,6 +419,7 @@ def test_rule10_missing_names_are_sent_when_they_appear(cp, connect):
     assert names(r) == ["a"]
     c.ack(r, ["a", "late"])
     c.expect_nothing()
+    connect.sync()
     cp.set_snapshot(routes(("a", "x"), ("late", "x")))
     assert "late" in names(c.recv())
 

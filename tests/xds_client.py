@@ -291,3 +291,27 @@ def describe(response) -> str:
         return (f"Delta {short(response.type_url)} v{response.system_version_info} nonce={response.nonce} "
                 f"{names(response)} removed={list(response.removed_resources)}")
     return f"{short(response.type_url)} v{response.version_info} nonce={response.nonce} {names(response)}"
+
+
+def wait_processed(cp, clients: Iterable[_Base], timeout: float = 10.0) -> None:
+    """Block until ``cp`` has taken in every request these clients sent.
+
+    The server traces each request it handles (request, ACK, NACK or stale), after applying
+    it: once the counts match, a following snapshot change cannot overtake a request.
+    """
+    import time
+
+    want: dict[str, int] = {}
+    for c in clients:
+        if c.node_id:
+            want[c.node_id] = want.get(c.node_id, 0) + len(c.sent)
+    deadline = time.monotonic() + timeout
+    while True:
+        have = {
+            node: sum(1 for e in cp.tracker.events(node) if e.direction == "received") for node in want
+        }
+        if all(have[n] >= want[n] for n in want):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server took in {have} requests, the clients sent {want}")
+        time.sleep(0.005)

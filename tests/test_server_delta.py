@@ -1,0 +1,334 @@
+"""The incremental (Delta) protocol, rule 13 and the rules it shares with SotW, with the tests'
+own xDS client against a real ControlPlane on a kernel-chosen port."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from labxds import ControlPlane, Snapshot, cluster, http_listener, load_assignment, route_configuration
+from xds_client import wait_processed, CLUSTER, ENDPOINT, LISTENER, ROUTE, DeltaClient, describe, names, resources, versions
+
+
+@pytest.fixture
+def cp():
+    plane = ControlPlane(port=0).start()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture
+def connect(cp):
+    clients: list[DeltaClient] = []
+
+    def make(node: str | None = "node-a", **kw) -> DeltaClient:
+        c = DeltaClient(cp.address, node, **kw)
+        clients.append(c)
+        return c
+
+    make.sync = lambda: wait_processed(cp, clients)  # type: ignore[attr-defined]
+    yield make
+    for c in clients:
+        c.close()
+
+
+def static(name: str, port: int = 1):
+    return cluster(name, [("127.0.0.1", port)], type="STATIC")
+
+
+def clusters(*spec: str | tuple[str, int], version=None) -> Snapshot:
+    return Snapshot([static(s) if isinstance(s, str) else static(*s) for s in spec], version=version)
+
+
+def routes(*pairs: tuple[str, str], version=None) -> Snapshot:
+    return Snapshot([route_configuration(n, c) for n, c in pairs], version=version, check=False)
+
+
+def kinds(cp: ControlPlane, node: str = "node-a") -> list[tuple[str, str]]:
+    t = cp.trace(node)
+    return list(zip(t["type"], t["kind"]))
+
+
+def test_rule13_wildcard_and_system_version(cp, connect):
+    cp.set_snapshot(clusters("a", "b", version="7"))
+    c = connect()
+    c.send(CLUSTER)  # a first request naming nothing: wildcard
+    r = c.recv()
+    assert sorted(names(r)) == ["a", "b"]
+    assert r.system_version_info == "7"
+    assert all(v for v in versions(r).values()), "every Resource carries its own version"
+    assert r.nonce
+    c.ack(r)
+    c.expect_nothing()
+
+
+def test_rule13_star_subscription(cp, connect):
+    cp.set_snapshot(clusters("a", "b"))
+    c = connect()
+    c.send(CLUSTER, ["*"])
+    assert sorted(names(c.recv())) == ["a", "b"]
+
+
+def test_rule13_only_changes_are_sent(cp, connect):
+    cp.set_snapshot(clusters("a", "b"))
+    c = connect()
+    c.send(CLUSTER)
+    first = c.recv()
+    c.ack(first)
+    cp.set_snapshot(clusters("a", ("b", 2), "c"))
+    r = c.recv()
+    assert sorted(names(r)) == ["b", "c"], "a did not change"
+    assert versions(r)["b"] != versions(first)["b"]
+    assert list(r.removed_resources) == []
+
+
+def test_rule13_removed_resources(cp, connect):
+    cp.set_snapshot(clusters("a", "b"))
+    c = connect()
+    c.send(CLUSTER)
+    c.ack(c.recv())
+    cp.set_snapshot(clusters("a"))
+    r = c.recv()
+    assert names(r) == [] and list(r.removed_resources) == ["b"]
+    c.ack(r)
+    c.expect_nothing()
+
+
+def test_rule13_subscribe_and_unsubscribe(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x"), version="1"))
+    c = connect()
+    c.send(ROUTE, ["a"])
+    r1 = c.recv()
+    assert names(r1) == ["a"]
+    c.ack(r1)
+    c.send(ROUTE, ["b"], nonce=r1.nonce)
+    r2 = c.recv()
+    assert names(r2) == ["b"], "only the newly subscribed one"
+    c.ack(r2)
+    c.send(ROUTE, unsubscribe=["a"], nonce=r2.nonce)
+    c.expect_nothing()  # unsubscribing needs no answer
+    connect.sync()
+    cp.set_snapshot(routes(("a", "y"), ("b", "x"), version="2"))
+    c.expect_nothing()  # a changed, but nobody asks for it any more
+    cp.set_snapshot(routes(("a", "y"), ("b", "y"), version="3"))
+    assert names(c.recv()) == ["b"]
+
+
+def test_rule13_unsubscribe_star_ends_wildcard(cp, connect):
+    cp.set_snapshot(clusters("a"))
+    c = connect()
+    c.send(CLUSTER)
+    r = c.recv()
+    c.ack(r)
+    c.send(CLUSTER, unsubscribe=["*"], nonce=r.nonce)
+    connect.sync()
+    cp.set_snapshot(clusters("a", "b"))
+    c.expect_nothing()
+
+
+def test_rule13_unsubscribing_never_subscribed_names_is_ignored(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), version="1"))
+    c = connect()
+    c.send(ROUTE, ["a"])
+    r = c.recv()
+    c.ack(r)
+    c.send(ROUTE, unsubscribe=["never"], nonce=r.nonce)
+    c.expect_nothing()
+    connect.sync()
+    cp.set_snapshot(routes(("a", "y"), version="2"))
+    assert names(c.recv()) == ["a"], "the real subscription is intact"
+
+
+def test_rule13_resubscribe_resends(cp, connect):
+    cp.set_snapshot(routes(("a", "x")))
+    c = connect()
+    c.send(ROUTE, ["a"])
+    r1 = c.recv()
+    c.ack(r1)
+    c.send(ROUTE, ["a"], nonce=r1.nonce)  # subscribing again means "send it again"
+    r2 = c.recv()
+    assert names(r2) == ["a"] and versions(r2) == versions(r1)
+    c.ack(r2)
+    c.send(ROUTE, unsubscribe=["a"], nonce=r2.nonce)
+    c.send(ROUTE, ["a"], nonce=r2.nonce)
+    assert names(c.recv()) == ["a"]
+
+
+def test_rule13_subscription_change_honoured_with_stale_nonce(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x")))
+    c = connect()
+    c.send(ROUTE, ["a"])
+    r1 = c.recv()
+    c.ack(r1)
+    c.send(ROUTE, ["b"], nonce="no-such-nonce")
+    r2 = c.recv()
+    assert names(r2) == ["b"]
+    assert ("RDS", "stale") in kinds(cp)
+
+
+def test_rule13_nack_is_per_resource_and_never_resent(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x")))
+    c = connect()
+    c.send(ROUTE, ["a", "b"])
+    c.ack(c.recv())
+    cp.set_snapshot(routes(("a", "y"), ("b", "y")))
+    bad = c.recv()
+    assert sorted(names(bad)) == ["a", "b"]
+    c.nack(bad, "route a: unknown cluster y")
+    c.expect_nothing()
+    connect.sync()
+    status = cp.status().set_index("type").loc["RDS"]
+    assert status["nack_error"] == "route a: unknown cluster y"
+    cp.set_snapshot(routes(("a", "z"), ("b", "y")))  # a changes again, b is still the refused one
+    r = c.recv()
+    assert names(r) == ["a"]
+    assert resources(r)["a"].virtual_hosts[0].routes[0].route.cluster == "z"
+
+
+def test_rule13_nack_of_a_removal_restores_it(cp, connect):
+    cp.set_snapshot(clusters("a", "b"))
+    c = connect()
+    c.send(CLUSTER)
+    c.ack(c.recv())
+    cp.set_snapshot(clusters("a"))
+    r = c.recv()
+    assert list(r.removed_resources) == ["b"]
+    c.nack(r, "cannot remove b")
+    c.expect_nothing()  # the refused removal is not repeated in a loop
+    connect.sync()
+    cp.set_snapshot(clusters("a"))  # the same version again: still nothing
+    c.expect_nothing()
+    cp.set_snapshot(clusters(("a", 2)))  # a new version: the removal is tried again with it
+    r2 = c.recv()
+    assert names(r2) == ["a"] and list(r2.removed_resources) == ["b"]
+
+
+def test_rule13_reconnect_with_matching_versions_sends_nothing(cp, connect):
+    cp.set_snapshot(clusters("a", "b"))
+    c = connect()
+    c.send(CLUSTER)
+    first = c.recv()
+    c.ack(first)
+    c.close()
+    again = connect()
+    again.send(CLUSTER, initial_versions=versions(first))
+    again.expect_nothing()
+
+
+def test_rule13_reconnect_sends_only_what_changed(cp, connect):
+    cp.set_snapshot(clusters("a", "b", "c"))
+    c = connect()
+    c.send(CLUSTER)
+    first = c.recv()
+    c.ack(first)
+    c.close()
+    cp.set_snapshot(clusters("a", ("b", 2), "d"))  # b changed, c gone, d new
+    again = connect()
+    again.send(CLUSTER, initial_versions=versions(first))
+    r = again.recv()
+    assert sorted(names(r)) == ["b", "d"]
+    assert list(r.removed_resources) == ["c"]
+
+
+def test_rule13_reconnect_with_named_subscriptions(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x")))
+    c = connect()
+    c.send(ROUTE, ["a", "b"])
+    first = c.recv()
+    c.ack(first)
+    c.close()
+    cp.set_snapshot(routes(("a", "x"), ("b", "y")))
+    again = connect()
+    again.send(ROUTE, ["a", "b"], initial_versions=versions(first))
+    assert names(again.recv()) == ["b"]
+
+
+def test_rule13_delta_first_request_without_node_is_refused(cp, connect):
+    c = connect()
+    c.send(CLUSTER, node=False)
+    assert c.ended().code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_rule12_delta_removes_clusters_after_routes_moved(cp, connect):
+    cp.set_snapshot(Snapshot([
+        cluster("old", type="EDS"), load_assignment("old", [("127.0.0.1", 8080)]),
+        route_configuration("routes", "old"), http_listener("l0", 10000, "routes"),
+    ]))
+    c = connect()
+    for url, sub in ((CLUSTER, []), (ENDPOINT, ["old"]), (LISTENER, []), (ROUTE, ["routes"])):
+        c.send(url, sub)
+        c.ack(c.recv())
+    cp.set_snapshot(Snapshot([
+        cluster("new", type="EDS"), load_assignment("new", [("127.0.0.1", 8081)]),
+        route_configuration("routes", "new"), http_listener("l0", 10000, "routes"),
+    ]))
+    cds = c.recv()
+    assert cds.type_url == CLUSTER and names(cds) == ["new"]
+    assert list(cds.removed_resources) == [], "old is still routed to"
+    rds = c.recv()
+    assert rds.type_url == ROUTE and names(rds) == ["routes"]
+    c.ack(cds)
+    c.send(ENDPOINT, ["new"], nonce=c.received[1].nonce)  # the new cluster warms
+    eds = c.recv()
+    assert names(eds) == ["new"]
+    assert list(eds.removed_resources) == [], "old's endpoints stay while routes use old"
+    c.ack(eds)
+    c.expect_nothing()
+    c.ack(rds)
+    final_cds, final_eds = c.recv(), c.recv()
+    assert final_cds.type_url == CLUSTER and list(final_cds.removed_resources) == ["old"]
+    assert names(final_cds) == []
+    assert final_eds.type_url == ENDPOINT and list(final_eds.removed_resources) == ["old"]
+
+
+def test_rule12_delta_push_order(cp, connect):
+    cp.set_snapshot(Snapshot([
+        cluster("web", type="EDS"), load_assignment("web", [("127.0.0.1", 8080)]),
+        route_configuration("routes", "web"), http_listener("l0", 10000, "routes"),
+    ], version="1"))
+    c = connect()
+    for url, sub in ((CLUSTER, []), (ENDPOINT, ["web"]), (LISTENER, []), (ROUTE, ["routes"])):
+        c.send(url, sub)
+        c.ack(c.recv())
+    cp.set_snapshot(Snapshot([
+        cluster("web", type="EDS", connect_timeout=2), load_assignment("web", [("127.0.0.1", 8081)]),
+        route_configuration("routes", "web", prefix="/v2"), http_listener("l0", 10001, "routes"),
+    ], version="2"))
+    assert [c.recv().type_url for _ in range(4)] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+
+
+def test_two_delta_nodes_are_independent(cp, connect):
+    cp.set_snapshot(clusters("for-a"), "node-a")
+    cp.set_snapshot(clusters("for-b"), "node-b")
+    a, b = connect("node-a"), connect("node-b")
+    for cl in (a, b):
+        cl.send(CLUSTER)
+    ra, rb = a.recv(), b.recv()
+    assert (names(ra), names(rb)) == (["for-a"], ["for-b"])
+    a.ack(ra)
+    b.ack(rb)
+    cp.set_snapshot(clusters("for-a", "more"), "node-a")
+    assert names(a.recv()) == ["more"]
+    b.expect_nothing()
+
+
+@pytest.mark.parametrize("url", [CLUSTER, ROUTE])
+def test_delta_per_type_service(cp, connect, url):
+    cp.set_snapshot(Snapshot([static("c"), route_configuration("routes", "c")]))
+    c = connect(service=url)
+    c.send(url, [] if url == CLUSTER else ["routes"])
+    r = c.recv()
+    assert r.type_url == url and len(names(r)) == 1
+    assert describe(r).startswith("Delta ")
+
+
+def test_delta_and_sotw_streams_of_one_node(cp, connect):
+    from xds_client import SotwClient
+
+    cp.set_snapshot(clusters("a"))
+    d = connect()
+    d.send(CLUSTER)
+    d.ack(d.recv())
+    with SotwClient(cp.address, "node-a") as s:
+        assert names(s.subscribe(CLUSTER)) == ["a"]
+    assert cp.node_status("node-a").streams == 1 or cp.node_status("node-a").streams == 2
