@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Lab", "run_foreground"]
 
-_LABS: dict[int, Lab] = {}
+_LABS: dict[Any, Lab] = {}
 _LABS_LOCK = threading.RLock()
 
 
@@ -72,7 +72,13 @@ class Lab:
         node_id: str | None = None,
         mode: str | None = None,
         envoy_log_level: str = "warning",
+        control_plane: str | None = None,
+        token: str | None = None,
+        tls: tuple[str, str, str] | None = None,
     ) -> None:
+        """``control_plane="HOST:PORT"`` runs a learner's lab: Envoy and the echo services here,
+        configured by that (the instructor's) control plane instead of one of our own; ``node_id``
+        is then the learner's name, ``token`` and ``tls=(ca, cert, key)`` what the workshop asks."""
         # The sandbox's ports unless told otherwise, here or by LABXDS_*_PORT (how CI runs the
         # notebooks beside other labs).
         self.xds_port = _port(xds_port, "LABXDS_XDS_PORT", 18000)
@@ -87,16 +93,29 @@ class Lab:
         self.envoy: Envoy | None = None
         self.services: EchoFleet | None = None
         self._admin: EnvoyAdmin | None = None
+        self.remote = control_plane
+        self.token = token
+        self.tls = tls
+        if control_plane is not None:
+            from .workshop import parse_address
+
+            self.xds_port = parse_address(control_plane)[1]
+            if not node_id:
+                raise ValueError("a lab on a remote control plane needs node_id= (the learner's name)")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
+        if self.remote is not None:
+            return self.envoy is not None and self.envoy.running
         cp_ok = self.control_plane is not None and self.control_plane.running
         return cp_ok and (self.mode.docker or (self.envoy is not None and self.envoy.running))
 
     def start(self, *, progress: bool = True, timeout: float = 15.0) -> Lab:
         """Start what is not running yet; returns the running lab for this xDS port."""
+        if self.remote is not None:
+            return self._start_remote(progress, timeout)
         with _LABS_LOCK:
             existing = _LABS.get(self.xds_port)
             if existing is not None and existing.running:
@@ -133,6 +152,59 @@ class Lab:
             _LABS[self.xds_port] = self
         return self
 
+    def _start_remote(self, progress: bool, timeout: float) -> Lab:
+        """Echo services and Envoy here; the control plane is the instructor's."""
+        from .workshop import Learner, learner_bootstrap
+
+        key = ("remote", self.remote, self.node_id, self.token)
+        with _LABS_LOCK:
+            existing = _LABS.get(key)
+            if existing is not None and existing.running:
+                return existing
+            bar = _progress(2, progress)
+            try:
+                bar.set_description("echo services")
+                self.services = EchoFleet(self.service_counts).start()
+                bar.update()
+                bar.set_description("Envoy")
+                if not self.admin_port:  # the instructor's checks need the port before Envoy starts
+                    self.admin_port = _free_port(self.mode.envoy_host)
+                learner = Learner(
+                    self.node_id or "", listener_port=self.listener_port, listener_host=self.mode.listen_host,
+                    admin_url=self.admin_url, services={n: self.endpoints(n) for n in self.service_counts},
+                )
+                ca, cert, key_file = self.tls if self.tls is not None else (None, None, None)
+                bootstrap = learner_bootstrap(
+                    self.node_id or "", self.remote or "", token=self.token, tls_ca=ca, tls_cert=cert,
+                    tls_key=key_file, admin_port=self.admin_port, delta=self.delta, learner=learner,
+                )
+                self.envoy = Envoy(bootstrap, admin_port=self.admin_port, log_level=self.envoy_log_level)
+                self.envoy.start(timeout=timeout)
+                self._wait_connected(timeout)
+                bar.update()
+            except BaseException:
+                bar.close()
+                self.stop()
+                raise
+            bar.close()
+            _LABS[key] = self
+        return self
+
+    def _wait_connected(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.admin.stats("^control_plane.connected_state$").get("control_plane.connected_state") == 1:
+                    return
+            except Exception:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(
+            f"Envoy (node {self.node_id!r}) did not connect to the control plane at {self.remote} within "
+            f"{timeout:g}s: check the address, your token and TLS files; Envoy's last log lines:\n"
+            + "\n".join(_stream_lines(self.envoy.logs(200)) if self.envoy else [])
+        )
+
     def stop(self) -> None:
         """Stop Envoy, the services and the control plane. Safe to call twice."""
         if self.envoy is not None:
@@ -161,6 +233,11 @@ class Lab:
 
     @property
     def cp(self) -> ControlPlane:
+        if self.remote is not None:
+            raise RuntimeError(
+                f"this lab's Envoy is configured by the control plane at {self.remote}, not by one of "
+                "this kernel: push through the workshop (labxds.workshop.LearnerSession)"
+            )
         if self.control_plane is None or not self.control_plane.running:
             raise RuntimeError("the lab is not running: call lab.start() first")
         return self.control_plane
@@ -202,8 +279,13 @@ class Lab:
         """What runs where, as a table."""
         import pandas as pd
 
+        cp_row = (
+            {"component": "control plane (ADS)", "address": self.remote, "detail": "the instructor's"}
+            if self.remote is not None
+            else {"component": "control plane (ADS)", "address": self.cp.address, "detail": "SotW and Delta, this kernel"}
+        )
         rows = [
-            {"component": "control plane (ADS)", "address": self.cp.address, "detail": "SotW and Delta, this kernel"},
+            cp_row,
             {"component": "Envoy admin", "address": self.admin_url, "detail": f"node {self.node_id}"},
             {"component": "Envoy listener", "address": self.listener_url, "detail": "listener_0, once pushed"},
         ]
@@ -263,6 +345,20 @@ class Lab:
         from .tables import stats_table
 
         return stats_table(self.admin, filter)
+
+
+def _stream_lines(lines: list[str]) -> list[str]:
+    """Envoy's own words about its ADS stream (refusals, TLS failures), else its last lines."""
+    about = [line for line in lines if "config stream" in line or "xds_cluster" in line or "TLS" in line]
+    return (about or lines)[-5:]
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def _port(given: int | None, env: str, default: int) -> int:
