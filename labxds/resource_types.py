@@ -45,6 +45,11 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 #: Types whose SotW responses carry the full state: a resource left out is deleted.
 FULL_STATE: frozenset[str] = frozenset({CLUSTER, LISTENER})
 
+#: Types a client drops when their parent (cluster, listener) stops naming them: they are
+#: removed through their parents, never by a removal of their own, in Delta as in SotW.
+#: Envoy logs an error for a Delta RDS removal and ignores it.
+REMOVED_WITH_PARENT: frozenset[str] = frozenset({ENDPOINT, ROUTE})
+
 
 @dataclass(frozen=True)
 class ResourceType:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -32,6 +33,7 @@ from .resource_types import (
     ENDPOINT,
     FULL_STATE,
     LISTENER,
+    REMOVED_WITH_PARENT,
     ROUTE,
     RUNTIME,
     SECRET,
@@ -47,6 +49,7 @@ log = logging.getLogger("labxds")
 Authorizer = Callable[[str, Mapping[str, str]], bool]
 
 _WAKE = object()
+_UNKNOWN = "\x00unknown"  # a Delta resource version no snapshot has: what the client runs is unknown
 _END = object()
 _RETAINED = "+retained"
 
@@ -83,6 +86,9 @@ class XdsServer:
         self._control_plane = wire.control_plane(identifier)
         self._stream_ids = itertools.count(1)
         self._streams: set[_Stream] = set()
+        # Delta: per node and type, the resource versions and removals the node refused. They
+        # outlive the stream, so a reconnect does not bring a NACKed version back (rule 4).
+        self.delta_refused: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         def sotw(type_url: str | None) -> grpc.RpcMethodHandler:
@@ -185,6 +191,11 @@ class _Stream:
                     elif item is _END:
                         ended = True
                     elif isinstance(item, BaseException):
+                        if isinstance(item, DecodeError):
+                            # Bytes that are no request: say so, not end the stream as if all was well.
+                            await self.context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT, f"could not parse the request: {item}"
+                            )
                         if not isinstance(item, (asyncio.CancelledError, grpc.aio.AioRpcError)):
                             log.debug("stream %d ended: %r", self.id, item)
                         ended = True
@@ -278,6 +289,10 @@ class _SotwType:
     held: dict[str, Entry] = field(default_factory=dict)  # what the client last ACKed
     held_version: str | None = None
     client_version: str = ""  # version_info of the stream's first request (reconnects)
+    # After a NACK the client may run part of the refused response (rule 15: Envoy applies the
+    # valid listeners and clusters of an update), so "held" is a guess: send the next
+    # acceptable version even if it equals what the client held before.
+    unsure: bool = False
 
 
 @dataclass
@@ -318,6 +333,7 @@ class _SotwStream(_Stream):
             # Rule 3: error_detail makes a NACK; version_info is the last version that worked.
             refused = st.sent_version or ""
             st.sent, st.sent_version = st.held, st.held_version
+            st.unsure = True
             self.trace("received", "NACK", url, refused, req.response_nonce,
                        req.resource_names, error=req.error_detail.message.strip())
         else:
@@ -359,7 +375,7 @@ class _SotwStream(_Stream):
             return None  # Rule 8: unsubscribed from everything of this type
         version = snap.version(url)
         chosen = self._choose(st, snap)
-        if st.sent_version is None and st.client_version and st.client_version == version:
+        if st.sent_version is None and st.client_version and st.client_version == version and not st.unsure:
             st.sent = st.held = chosen
             st.sent_version = st.held_version = version
             return None
@@ -367,11 +383,12 @@ class _SotwStream(_Stream):
             return None
         if url in FULL_STATE:
             # Rule 9: full state; a resource left out is deleted, so removals count as changes.
-            if version == st.sent_version and _same(chosen, st.sent):
+            if version == st.sent_version and _same(chosen, st.sent) and not st.unsure:
                 return None
             return _Plan(version, chosen, [n for n in st.sent if n not in chosen])
         # Rule 6: EDS/RDS and the rest only when a requested resource is new or changed.
-        if not any(st.sent.get(n) is None or st.sent[n].version != e.version for n, e in chosen.items()):
+        changed = any(st.sent.get(n) is None or st.sent[n].version != e.version for n, e in chosen.items())
+        if not changed and not (st.unsure and chosen):
             return None
         return _Plan(version, chosen)
 
@@ -400,10 +417,11 @@ class _SotwStream(_Stream):
                 # routes that stop using them have been delivered.
                 keep = {n: st.sent[n] for n in plan.removed}
                 plan = _Plan(plan.version + _RETAINED, {**plan.entries, **keep})
-                if (plan.version == st.sent_version and _same(plan.entries, st.sent)) or self._refused(url, plan.version):
+                same = plan.version == st.sent_version and _same(plan.entries, st.sent) and not st.unsure
+                if same or self._refused(url, plan.version):
                     continue
             nonce = self.next_nonce()
-            st.nonce, st.outstanding = nonce, True
+            st.nonce, st.outstanding, st.unsure = nonce, True, False
             st.sent, st.sent_version = plan.entries, plan.version
             out.append(wire.sotw_response(
                 version=plan.version, type_url=url, nonce=nonce,
@@ -423,23 +441,26 @@ class _SotwStream(_Stream):
                 return False
             if st.sent_version is not None and st.held_version != st.sent_version:
                 return False
-        # EDS and RDS are asked for only once the client has the clusters and listeners
-        # naming them: until it has asked, it has not applied the snapshot.
-        if CLUSTER in self.types:
-            needed = {_eds_name(c.message) for c in self.types[CLUSTER].held.values() if _is_eds(c.message)}
-            eds = self.types.get(ENDPOINT)
-            if needed and (eds is None or not (eds.wildcard or needed <= eds.names)):
-                return False
-        if LISTENER in self.types:
-            needed = _rds_names(self.types[LISTENER].held.values())
-            rds = self.types.get(ROUTE)
-            if needed and (rds is None or not (rds.wildcard or needed <= rds.names)):
-                return False
-        return True
+        held = {url: st.held.values() for url, st in self.types.items()}
+        return _dependencies_asked(self.types, held.get(CLUSTER, ()), held.get(LISTENER, ()))
 
 
 def _same(a: Mapping[str, Entry], b: Mapping[str, Entry]) -> bool:
     return a.keys() == b.keys() and all(b[n].version == e.version for n, e in a.items())
+
+
+def _dependencies_asked(types: Mapping[str, Any], clusters: Iterable[Entry], listeners: Iterable[Entry]) -> bool:
+    """Whether the client asks for the EDS and RDS resources its clusters and listeners name.
+
+    EDS and RDS are asked for only once the client has the clusters and listeners naming
+    them: until it has asked (and got them), it has not applied the snapshot.
+    """
+    eds = {_eds_name(e.message) for e in clusters if _is_eds(e.message)}
+    for url, needed in ((ENDPOINT, eds), (ROUTE, _rds_names(listeners))):
+        st = types.get(url)
+        if needed and (st is None or not (st.wildcard or needed <= st.names)):
+            return False
+    return True
 
 
 def _rds_names(listeners: Iterable[Entry]) -> set[str]:
@@ -480,6 +501,8 @@ class _DeltaStream(_Stream):
         first = st is None
         if st is None:
             st = self.types[url] = _DeltaType(url)
+            assert self.node_id is not None
+            st.nacked, st.nacked_removals = self.server.delta_refused.setdefault((self.node_id, url), ({}, {}))
             # Rule 13: on reconnect the client says what it holds; only differences are sent.
             st.known.update(req.initial_resource_versions)
             if not req.resource_names_subscribe:
@@ -509,13 +532,15 @@ class _DeltaStream(_Stream):
         st.outstanding = False
         if req.HasField("error_detail"):
             for name, (old, new) in st.pending.items():
-                if old is None:
-                    st.known.pop(name, None)
-                else:
-                    st.known[name] = old
                 if new is not None:
+                    # Envoy applies the valid resources of a refused update (rule 15): which
+                    # version the client runs is unknown, so any other version (a rollback
+                    # included) is sent, and a later removal is announced.
+                    st.known[name] = _UNKNOWN
                     st.nacked[name] = new
                 else:
+                    if old is not None:
+                        st.known[name] = old
                     # Rule 4 holds for removals too: the refused removal waits for a new version.
                     st.nacked_removals[name] = st.system_version
             self.trace("received", "NACK", url, st.system_version, req.response_nonce, subs, unsubs,
@@ -538,7 +563,7 @@ class _DeltaStream(_Stream):
         removed = [
             n for n in st.known
             if n not in entries and (st.wildcard or n in st.names) and st.nacked_removals.get(n) != version
-        ]
+        ] if url not in REMOVED_WITH_PARENT else []
         if not send and not removed:
             return None
         return send, removed
@@ -559,10 +584,8 @@ class _DeltaStream(_Stream):
             if plan is None:
                 continue
             send, removed = plan
-            if url in (CLUSTER, ENDPOINT) and removed and self._routes_pending(snap):
-                # Rule 12: remove clusters, and the endpoints of the clusters still routed to,
-                # only after the routes moved away.
-                removed = []
+            if url == CLUSTER and removed and self._routes_pending(snap):
+                removed = []  # Rule 12: remove clusters only after the routes moved away.
                 if not send:
                     continue
             st = self.types[url]
@@ -591,4 +614,8 @@ class _DeltaStream(_Stream):
         for url, st in self.types.items():
             if st.outstanding or self._plan(url, snap) is not None:
                 return False
-        return True
+        held = {
+            url: [e for n, e in snap.entries(url).items() if self.types[url].known.get(n) == e.version]
+            for url in (CLUSTER, LISTENER) if url in self.types
+        }
+        return _dependencies_asked(self.types, held.get(CLUSTER, ()), held.get(LISTENER, ()))
