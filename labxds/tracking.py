@@ -272,12 +272,7 @@ class Tracker:
                     node = self._nodes.get(node_id)
                     if node is not None:
                         for url, st in node.types.items():
-                            if (
-                                st.nacked_at is not None
-                                and st.nacked_at >= since
-                                and st.nacked_version is not None
-                                and _is_version_of(st.nacked_version, versions.get(url))
-                            ):
+                            if _rejects(st, versions.get(url), since):
                                 errors[(node_id, url)] = st.nack_error or ""
                     if current(node_id) is not snapshot:
                         continue
@@ -319,3 +314,18 @@ class Tracker:
 def _is_version_of(sent: str, version: str | None) -> bool:
     """A NACKed version belongs to this push if it is the push's version (or its interim form)."""
     return version is not None and (sent == version or sent.startswith(version + "+"))
+
+
+def _rejects(st: TypeStatus, version: str | None, since: float) -> bool:
+    """Whether this type's NACK means the node will not apply ``version``.
+
+    A NACK of this push's version (or its interim form) after the push began, or an earlier
+    NACK of exactly this version not ACKed since: the server never resends a version a node
+    refused (rule 4), so re-pushing it can never be applied and must not look like success.
+    """
+    if st.nacked_version is None or st.nacked_at is None or version is None:
+        return False
+    if st.nacked_at >= since and _is_version_of(st.nacked_version, version):
+        return True
+    acked_since = st.acked_version == version and st.acked_at is not None and st.acked_at >= st.nacked_at
+    return st.nacked_version == version and not acked_since
