@@ -243,6 +243,40 @@ def test_rule13_reconnect_with_named_subscriptions(cp, connect):
     assert names(again.recv()) == ["b"]
 
 
+def test_rule04_delta_nacked_versions_not_resent_after_reconnect(cp, connect):
+    cp.set_snapshot(routes(("a", "x"), ("b", "x")))
+    c = connect()
+    c.send(ROUTE, ["a", "b"])
+    good = c.recv()
+    c.ack(good)
+    cp.set_snapshot(routes(("a", "y"), ("b", "x")))
+    bad = c.recv()
+    assert names(bad) == ["a"]
+    c.nack(bad, "route a: cluster y unknown")
+    c.expect_nothing()
+    connect.sync()
+    c.close()
+    again = connect()  # the same node reconnects, holding the good versions
+    again.send(ROUTE, ["a", "b"], initial_versions=versions(good))
+    again.expect_nothing(0.5)
+    cp.set_snapshot(routes(("a", "z"), ("b", "x")))
+    r = again.recv()
+    assert names(r) == ["a"] and resources(r)["a"].virtual_hosts[0].routes[0].route.cluster == "z"
+
+
+def test_rule09_delta_routes_are_removed_through_their_listener(cp, connect):
+    """Envoy ignores (and logs an error for) a Delta RDS removal: the listener removes it."""
+    cp.set_snapshot(routes(("a", "x"), ("b", "x")))
+    c = connect()
+    c.send(ROUTE, ["a", "b"])
+    c.ack(c.recv())
+    cp.set_snapshot(routes(("a", "x")))
+    c.expect_nothing()
+    connect.sync()
+    c.send(ROUTE, unsubscribe=["b"], nonce=c.received[-1].nonce)
+    c.expect_nothing()
+
+
 def test_rule13_delta_first_request_without_node_is_refused(cp, connect):
     c = connect()
     c.send(CLUSTER, node=False)
@@ -275,10 +309,12 @@ def test_rule12_delta_removes_clusters_after_routes_moved(cp, connect):
     c.ack(eds)
     c.expect_nothing()
     c.ack(rds)
-    final_cds, final_eds = c.recv(), c.recv()
-    assert final_cds.type_url == CLUSTER and list(final_cds.removed_resources) == ["old"]
-    assert names(final_cds) == []
-    assert final_eds.type_url == ENDPOINT and list(final_eds.removed_resources) == ["old"]
+    final = c.recv()
+    assert final.type_url == CLUSTER and list(final.removed_resources) == ["old"]
+    assert names(final) == []
+    c.ack(final)
+    # old's endpoints go with their cluster: the client unsubscribes, no removal is sent (rule 9)
+    c.expect_nothing()
 
 
 def test_rule12_delta_push_order(cp, connect):

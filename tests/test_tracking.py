@@ -141,6 +141,28 @@ def test_old_nacks_do_not_reject_a_new_push():
         tr.wait_applied(snap, ["a"], 0.1, time.time() - 1, lambda n: snap)
 
 
+def test_an_earlier_nack_of_exactly_this_version_rejects_a_repush():
+    """The server never resends a refused version: pushing it again cannot succeed."""
+    tr = Tracker()
+    snap = _snap("5")
+    tr.stream_opened("a", "c", "ua")
+    tr.settled("a", 1, snap)
+    tr.record(_ev("NACK", version="5", error="still bad", t=time.time() - 10))
+    with pytest.raises(PushRejected, match="still bad"):
+        tr.wait_applied(snap, ["a"], 1, time.time(), lambda n: snap)
+    tr.record(_ev("ACK", version="5"))  # applied after all (Delta: fixed resources, same label)
+    tr.wait_applied(snap, ["a"], 1, time.time(), lambda n: snap)
+
+
+def test_an_earlier_nack_of_the_interim_version_does_not_reject():
+    tr = Tracker()
+    snap = _snap("5")
+    tr.stream_opened("a", "c", "ua")
+    tr.settled("a", 1, snap)
+    tr.record(_ev("NACK", version="5+retained", error="x", t=time.time() - 10))
+    tr.wait_applied(snap, ["a"], 1, time.time(), lambda n: snap)
+
+
 def test_push_timeout_names_the_missing_nodes():
     tr = Tracker()
     snap = _snap()
