@@ -244,6 +244,12 @@ def test_fix_the_nacked_listener(workshop: Workshop, baseline: dict[str, Lab]) -
     status = workshop.control_plane.node_status("bob")
     lds = next(st for url, st in status.types.items() if url.endswith("Listener"))
     assert "StatPrefix" in (lds.nack_error or "")
+    from labxds.dashboard import Dashboard
+
+    rows = Dashboard(workshop, live=False).frame().set_index("learner")
+    assert rows.loc["bob", "nack_open"] and "StatPrefix" in rows.loc["bob", "last_nack"]  # the real Envoy's words
+    assert rows.loc["bob", "last_nack"].startswith("LDS v")
+    assert not rows.loc["carol", "nack_open"]
     result = workshop.check("fix-nack", "bob")
     assert not result.passed and "stat_prefix" in result.hint and "StatPrefix" in result.detail
     assert served(labs["bob"], 1) == ["service1"]  # Envoy kept the listener it had

@@ -1,0 +1,274 @@
+"""The instructor's dashboard: one row per learner, refreshing live, and a push selector.
+
+Each row: connected since, the version of each resource type the learner's Envoy ACKed, the last
+NACK with Envoy's own message, when the control plane last heard from it, where its snapshot comes
+from (its own or the class default) and its exercise progress. A dropdown sorts the rows; a
+multiple selection of learners, a dropdown of prepared snapshots and a button push one to them.
+
+Everything a click does, code can do: ``dash.sort.value = "last NACK"``, ``dash.learners.value =
+("alice",)``, ``dash.snapshots.value = "canary: solution"``, ``dash.click()``; ``dash.frame()`` is
+the pandas table shown.
+
+Thread safety: the control plane reports from its own thread and the workshop's desk from its
+HTTP threads. Those only *schedule* a refresh on the kernel's asyncio loop with
+``loop.call_soon_threadsafe`` (at most one pending); the refresh itself, which writes the widgets,
+runs on the kernel's thread between cells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from .resource_types import order_key, short_name
+from .tracking import PushRejected, PushTimeout
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .workshop import Workshop
+
+__all__ = ["SORTS", "Dashboard"]
+
+TYPES = ("CDS", "EDS", "LDS", "RDS")
+COLUMNS = [
+    "learner", "connected", "connected_since", "last_seen", *TYPES, "snapshot",
+    "last_nack", "nack_open", "nack_at", "passed", "progress",
+]  # fmt: skip
+
+
+def _by(column: str, ascending: bool = True) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def sort(df: pd.DataFrame) -> pd.DataFrame:
+        return df.sort_values([column, "learner"], ascending=[ascending, True], na_position="last", kind="stable")
+
+    return sort
+
+
+#: Sort choices: label -> function of the frame.
+SORTS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    "learner": _by("learner"),
+    "connected since": _by("connected_since"),
+    "last seen": _by("last_seen", ascending=False),
+    "last NACK": lambda df: df.sort_values(["nack_open", "nack_at", "learner"], ascending=[False, False, True],
+                                           na_position="last", kind="stable"),
+    "progress": lambda df: df.sort_values(["passed", "learner"], ascending=[False, True], kind="stable"),
+}
+
+
+def _ts(t: float | None) -> Any:
+    import pandas as pd
+
+    return pd.Timestamp(t, unit="s") if t else pd.NaT
+
+
+def _clip(value: Any, n: int) -> str:
+    if not isinstance(value, str):
+        return ""
+    return value[:n] + ("…" if len(value) > n else "")
+
+
+class Dashboard:
+    """``Dashboard(workshop)``: display it in a cell; ``live=True`` (default) redraws on events."""
+
+    def __init__(self, workshop: Workshop, *, live: bool = True, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.workshop = workshop
+        self.refreshes = 0
+        self.refresh_threads: set[int] = set()  # which threads redrew (tests check: only the kernel's)
+        self.last_push: dict[str, Any] | None = None
+        self.header = widgets.HTML()
+        self.sort = widgets.Dropdown(options=list(SORTS), value="learner", description="sort by")
+        self.refresh_button = widgets.Button(description="refresh", icon="refresh", layout=widgets.Layout(width="110px"))
+        self.table = widgets.HTML()
+        self.learners = widgets.SelectMultiple(options=[], description="learners", rows=6)
+        self.snapshots = widgets.Dropdown(options=[], description="snapshot")
+        self.push_button = widgets.Button(description="push to selected", button_style="primary", icon="upload")
+        self.message = widgets.HTML()
+        self.widget = widgets.VBox([
+            widgets.HBox([self.refresh_button, self.sort, self.header]),
+            self.table,
+            widgets.HBox([self.learners, widgets.VBox([self.snapshots, self.push_button])]),
+            self.message,
+        ])  # fmt: skip
+        self.sort.observe(lambda _: self.refresh(), names="value")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.push_button.on_click(lambda _: self.push_selected())
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unhook: Callable[[], None] | None = None
+        if live:
+            self.start_live(loop)
+        self.refresh()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- the table -----------------------------------------------------------------------------
+
+    def frame(self) -> pd.DataFrame:
+        """One row per learner, sorted as the dropdown says: what the table shows."""
+        import pandas as pd
+
+        ws = self.workshop
+        tracker = ws.control_plane.tracker
+        connected = set(tracker.connected())
+        rows = []
+        for name in ws.learners():
+            node = tracker.node(name)
+            row: dict[str, Any] = {
+                "learner": name,
+                "connected": name in connected,
+                "connected_since": _ts(node.connected_since if node else None),
+                "last_seen": _ts(node.last_seen if node else None),
+                "snapshot": ws.source_of(name),
+                "last_nack": None, "nack_open": False, "nack_at": pd.NaT,
+            }  # fmt: skip
+            for t in TYPES:
+                row[t] = None
+            latest = None
+            for url, st in sorted((node.types.items() if node else ()), key=lambda kv: order_key(kv[0])):
+                short = short_name(url)
+                if short in TYPES:
+                    row[short] = st.acked_version
+                if st.nacked_at is not None and (latest is None or st.nacked_at > latest[1].nacked_at):
+                    latest = (short, st)
+            if latest is not None:
+                short, st = latest
+                row["last_nack"] = f"{short} v{st.nacked_version}: {st.nack_error or ''}"
+                row["nack_open"] = st.acked_at is None or st.nacked_at > st.acked_at
+                row["nack_at"] = _ts(st.nacked_at)
+            results = ws.progress.get(name, {})
+            row["passed"] = sum(1 for r in results.values() if r.passed)
+            row["progress"] = ", ".join(
+                f"{key} {'✓' if results[key].passed else '✗'}" for key in ws.exercises if key in results
+            )
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=COLUMNS)
+        df["passed"] = df["passed"].astype("int64")
+        df["nack_open"] = df["nack_open"].astype(bool)
+        return SORTS[self.sort.value](df).reset_index(drop=True)
+
+    def _table_html(self, df: pd.DataFrame) -> str:
+        view = df.copy()
+        for col in ("connected_since", "last_seen", "nack_at"):
+            view[col] = view[col].map(lambda t: "" if t is None or t != t else t.strftime("%H:%M:%S"))
+        for t in TYPES:
+            view[t] = view[t].map(lambda v: _clip(v, 8))
+        view["last_nack"] = view["last_nack"].map(lambda v: _clip(v, 160))
+        body = view.to_html(index=False, escape=True, na_rep="", classes="labxds-dashboard", border=0)
+        style = ("<style>.labxds-dashboard td,.labxds-dashboard th{padding:2px 8px;text-align:left;"
+                 "font-size:12px}</style>")  # fmt: skip
+        return style + body
+
+    # -- drawing (on the kernel's thread) --------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Redraw everything from the workshop's current state."""
+        self.refresh_threads.add(threading.get_ident())
+        ws = self.workshop
+        cp = ws.control_plane
+        df = self.frame()
+        names = ws.learners()
+        keep = tuple(n for n in self.learners.value if n in names)
+        if list(self.learners.options) != names:
+            self.learners.options = names
+            self.learners.value = keep
+        prepared = list(ws.prepared)
+        if list(self.snapshots.options) != prepared:
+            current = self.snapshots.value
+            self.snapshots.options = prepared
+            if current in prepared:
+                self.snapshots.value = current
+        state = f"serving {html.escape(cp.address)}" if cp.running else "<b style='color:#cf222e'>STOPPED</b>"
+        open_nacks = int(df["nack_open"].sum()) if not df.empty else 0
+        self.header.value = (f"control plane {state} | {int(df['connected'].sum()) if not df.empty else 0}"
+                             f"/{len(df)} learners connected | {open_nacks} open NACK(s)")  # fmt: skip
+        self.table.value = self._table_html(df)
+        self.refreshes += 1
+
+    def push_selected(self) -> dict[str, Any]:
+        """What the push button does: the chosen snapshot to the chosen learners, waiting for ACKs."""
+        names = list(self.learners.value)
+        choice = self.snapshots.value
+        outcome: dict[str, Any] = {"snapshot": choice, "learners": names, "ok": False, "error": None}
+        if not names or choice is None:
+            outcome["error"] = "choose learners and a snapshot first"
+        else:
+            try:
+                self.workshop.push(choice, names)
+                outcome["ok"] = True
+            except PushRejected as exc:
+                outcome["error"] = f"NACK: {exc}"
+            except PushTimeout as exc:
+                outcome["error"] = str(exc)
+            except (KeyError, ValueError) as exc:
+                outcome["error"] = str(exc)
+        self.last_push = outcome
+        if outcome["ok"]:
+            text = f"pushed {html.escape(str(choice))} to {html.escape(', '.join(names))}: ACKed"
+            self.message.value = f"<span style='color:#1a7f37'>{text}</span>"
+        else:
+            self.message.value = f"<span style='color:#cf222e'>{html.escape(str(outcome['error']))}</span>"
+        self.refresh()
+        return outcome
+
+    def click(self) -> None:
+        """Press the push button."""
+        self.push_button.click()
+
+    # -- live ---------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self._unhook is not None
+
+    def start_live(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Redraw after every workshop event, on ``loop`` (default: the kernel's running loop)."""
+        if self.live:
+            return
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "live refresh needs the kernel's asyncio loop: create the dashboard in a notebook cell, "
+                    "pass loop=, or live=False and call refresh()"
+                ) from None
+        self._loop = loop
+        self._unhook = self.workshop.on_change(self._poke)
+
+    def stop_live(self) -> None:
+        if self._unhook is not None:
+            try:
+                self._unhook()
+            except ValueError:
+                pass
+            self._unhook = None
+
+    def _poke(self, *_: Any) -> None:
+        # Any thread: touch no widget, only schedule one refresh on the kernel's loop.
+        with self._lock:
+            if self._scheduled or self._loop is None:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._scheduled_refresh)
+        except RuntimeError:  # the loop is closed: the kernel is going away
+            with self._lock:
+                self._scheduled = False
+
+    def _scheduled_refresh(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self.refresh()
+
+    def close(self) -> None:
+        self.stop_live()
+        self.widget.close()
