@@ -1,0 +1,157 @@
+"""``python -m labxds serve --snapshot DIR`` as a process: serves Envoy, follows edits, stops cleanly."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from labxds import CLUSTER
+from labxds.echo import EchoService
+from labxds.envoy import Envoy, render_bootstrap
+from labxds.snapshot_files import load_path
+from envoy_helpers import free_port
+from test_snapshot_files import atomic_write, cluster_version, curl, wait_cluster_version, write_sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+SERVING = re.compile(r"serving ADS \(SotW and Delta\) on 127\.0\.0\.1:(\d+) from ")
+
+
+class Serve:
+    """The CLI in a subprocess, its stdout and stderr collected line by line."""
+
+    def __init__(self, *paths: Path, port: int = 0) -> None:
+        args = [sys.executable, "-m", "labxds", "serve", "--snapshot", *map(str, paths), "--port", str(port)]
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        self._err_lock = threading.Lock()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.out.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self._add_err), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, sink) -> None:
+        for line in stream:
+            sink(line.rstrip("\n"))
+
+    def _add_err(self, line: str) -> None:
+        with self._err_lock:
+            self.stderr.append(line)
+
+    def serving_port(self, timeout: float = 20.0) -> int:
+        """Wait for the one line saying what is served where; return the ADS port."""
+        try:
+            line = self.out.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no 'serving' line; stderr: {self.stderr}") from None
+        m = SERVING.search(line)
+        assert m, line
+        self.line = line
+        return int(m.group(1))
+
+    def wait_stderr(self, pattern: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._err_lock:
+                hit = next((line for line in self.stderr if re.search(pattern, line)), None)
+            if hit is not None:
+                return hit
+            assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}: {self.stderr}"
+            time.sleep(0.02)
+        raise AssertionError(f"nothing matching {pattern!r} on stderr: {self.stderr}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def serve_proc():
+    started: list[Serve] = []
+
+    def start(*paths: Path, port: int = 0) -> Serve:
+        started.append(Serve(*paths, port=port))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+@pytest.mark.envoy
+def test_serve_drives_envoy_follows_edits_survives_a_bad_file_and_stops_on_sigterm(tmp_path, serve_proc):
+    with EchoService("service1") as one, EchoService("service2") as two:
+        listener = free_port()
+        write_sandbox(tmp_path, "127.0.0.1", one.port, listener_port=listener, version=None)
+        serve = serve_proc(tmp_path)
+        xds_port = serve.serving_port()
+        assert "default version" not in serve.line  # no version_info: content hashes, per type
+        assert "1 cluster (version " in serve.line and "1 listener" in serve.line and "1 route configuration" in serve.line
+        with Envoy(render_bootstrap(xds_port=xds_port, admin_port=0)) as envoy:
+            assert "Request served by service1" in curl(listener, expect="service1")
+            assert cluster_version(envoy) == load_path(tmp_path).version(CLUSTER)
+
+            cds = tmp_path / "cds.yaml"
+            atomic_write(cds, cds.read_text().replace(f"port_value: {one.port}", f"port_value: {two.port}"))
+            new_version = load_path(tmp_path).version(CLUSTER)
+            took = wait_cluster_version(envoy, new_version)
+            print(f"\nfile change -> Envoy config_dump through the CLI: {took * 1000:.0f} ms")
+            assert "Request served by service2" in curl(listener, expect="service2")
+            serve.wait_stderr(r"pushed 1 cluster \(version .*\(changed: CDS\)")
+
+            lds = tmp_path / "lds.yaml"
+            lds.write_text(lds.read_text().replace("stat_prefix: http", "stat_prefx: http"))
+            reported = serve.wait_stderr(re.escape(str(lds)))
+            assert "unknown field 'stat_prefx'" in reported and "still serving" in reported
+            time.sleep(0.3)
+            assert serve.proc.poll() is None
+            assert cluster_version(envoy) == new_version
+            assert "Request served by service2" in curl(listener, expect="service2")
+
+            assert serve.stop(signal.SIGTERM) == 0
+        assert not any("Traceback" in line for line in serve.stderr), serve.stderr
+
+
+def test_serve_stops_cleanly_on_sigint(tmp_path, serve_proc):
+    write_sandbox(tmp_path, version="1")
+    serve = serve_proc(tmp_path)
+    serve.serving_port()
+    assert "default version 1: 1 cluster, 1 listener, 1 route configuration" in serve.line
+    assert serve.stop(signal.SIGINT) == 0
+    assert not any("Traceback" in line for line in serve.stderr), serve.stderr
+
+
+def test_bad_file_at_startup_exits_2_naming_file_line_and_reason(tmp_path, serve_proc):
+    write_sandbox(tmp_path)
+    cds = tmp_path / "cds.yaml"
+    cds.write_text(cds.read_text().replace("type: LOGICAL_DNS", "type: LOGICAL"))
+    serve = serve_proc(tmp_path)
+    assert serve.proc.wait(20) == 2
+    time.sleep(0.1)  # let the pump threads drain
+    text = "\n".join(serve.stderr)
+    line = next(i for i, s in enumerate(cds.read_text().splitlines(), 1) if "type: LOGICAL" in s)
+    assert f"{cds}:{line}: resource #0 (example_proxy_cluster): field type: Invalid enum value LOGICAL" in text
+    assert "Traceback" not in text
+    assert serve.out.empty()
+
+
+def test_missing_path_exits_2(tmp_path, serve_proc):
+    serve = serve_proc(tmp_path / "nowhere")
+    assert serve.proc.wait(20) == 2
+    time.sleep(0.1)
+    assert f"{tmp_path / 'nowhere'}: no such file or directory" in "\n".join(serve.stderr)
