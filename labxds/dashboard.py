@@ -101,6 +101,7 @@ class Dashboard:
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unhook: Callable[[], None] | None = None
+        self._owner = threading.get_ident()  # the kernel's thread: the one that made the widgets
         if live:
             self.start_live(loop)
         self.refresh()
@@ -252,8 +253,13 @@ class Dashboard:
                 pass
             self._unhook = None
 
-    def _poke(self, *_: Any) -> None:
-        # Any thread: touch no widget, only schedule one refresh on the kernel's loop.
+    def _poke(self, kind: str = "", *_: Any) -> None:
+        if kind in ("prepared", "group") and threading.get_ident() == self._owner:
+            # A change made from the kernel's own thread (ws.prepare in a cell): the selector must
+            # offer it at once, so the same cell can choose it.
+            self.refresh()
+            return
+        # Any other thread: touch no widget, only schedule one refresh on the kernel's loop.
         with self._lock:
             if self._scheduled or self._loop is None:
                 return
