@@ -603,3 +603,26 @@ def test_describe_helper_is_readable(cp, connect):
     cp.set_snapshot(web("1"))
     c = connect()
     assert describe(c.subscribe(CLUSTER)) == "CDS v1 nonce=1 ['web']"
+
+
+# -- rule 14: TTL and heartbeats --------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="rule 14 (resource TTL and heartbeats) is not implemented: "
+                   "Snapshot has no ttl and SotW responses never use the Resource wrapper")
+def test_rule14_ttl_only_for_clients_that_support_it(cp, connect):
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    cp.set_snapshot(Snapshot([static("c1")], version="1", ttl=1.0))
+    plain = connect("node-old")
+    r = plain.subscribe(CLUSTER)
+    assert r.resources[0].type_url == CLUSTER, "no TTL wrapper for a client that did not ask"
+    ttl = connect("node-ttl", client_features=["xds.config.supports-resource-ttl"])
+    r = ttl.subscribe(CLUSTER)
+    wrapped = discovery_pb2.Resource()
+    assert r.resources[0].Unpack(wrapped)
+    assert wrapped.name == "c1" and wrapped.ttl.ToNanoseconds() == 1_000_000_000
+    ttl.ack(r)
+    heartbeat = ttl.recv(2)  # before the TTL runs out: the resource again, without its body
+    beat = discovery_pb2.Resource()
+    assert heartbeat.resources[0].Unpack(beat) and beat.name == "c1" and not beat.HasField("resource")
