@@ -423,3 +423,38 @@ def test_hundreds_of_simulated_learners_each_get_their_own_snapshot() -> None:
         asyncio.run(run())
     finally:
         ws.stop()
+
+
+def test_listens_beyond_loopback_only_when_asked(caplog) -> None:
+    assert Workshop(port=0, desk_port=None).control_plane.host == "127.0.0.1"
+    caplog.set_level(logging.WARNING, "labxds")
+    wide = Workshop(port=0, host="0.0.0.0", desk_port=None).start()
+    try:
+        assert "beyond this machine" in caplog.text
+    finally:
+        wide.stop()
+
+
+def test_desk_answers_bad_requests_in_words() -> None:
+    import httpx
+
+    from labxds.resources import route_configuration
+
+    ws = Workshop(port=0).start()
+    try:
+        with httpx.Client(base_url=ws.desk_url, trust_env=False) as client:
+            assert [e["key"] for e in client.get("/v1/exercises").json()["exercises"]] == list(EXERCISES)
+            assert client.post("/v1/learners/zed/snapshot", content=b"{nope").status_code == 400
+            assert client.post("/v1/nowhere").status_code == 404
+            # A route to a cluster the snapshot lacks: refused before anything reaches Envoy.
+            rc = route_configuration("local_route", "missing")
+            body = {"resources": [{"type_url": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                                   "value": __import__("base64").b64encode(rc.SerializeToString()).decode()}]}
+            answer = client.post("/v1/learners/zed/snapshot", json=body)
+            assert answer.status_code == 400 and "missing" in answer.json()["error"]
+            answer = client.post("/v1/learners/zed/result", json={"exercise": "canary", "passed": True})
+            assert answer.status_code == 200
+        assert ws.progress["zed"]["canary"].passed
+        assert ws.snapshot_of("zed") is None  # the refused snapshot was never served
+    finally:
+        ws.stop()
