@@ -313,7 +313,9 @@ class _SotwStream(_Stream):
         if st is None:
             st = self.types[url] = _SotwType(url)
         # Rule 5: a nonce that is not the latest sent for this type marks a stale request.
-        if req.response_nonce and req.response_nonce != st.nonce:
+        # Nonces live within one stream: before this stream answered the type, any nonce is
+        # another stream's, and the request is an initial one.
+        if req.response_nonce and st.nonce and req.response_nonce != st.nonce:
             self.trace("received", "stale", url, req.version_info, req.response_nonce, req.resource_names)
             return
         self._subscribe(st, list(req.resource_names), first)
@@ -323,7 +325,7 @@ class _SotwStream(_Stream):
             # mistaken for a removal to announce (rule 8).
             st.sent = {n: e for n, e in st.sent.items() if n in st.names}
             st.held = {n: e for n, e in st.held.items() if n in st.names}
-        if not req.response_nonce:
+        if not req.response_nonce or not st.nonce:
             # A client that reconnects says which version it runs; _plan adopts it if current.
             st.client_version = req.version_info
             self.trace("received", "request", url, req.version_info, "", req.resource_names)
