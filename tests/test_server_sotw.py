@@ -626,3 +626,48 @@ def test_rule14_ttl_only_for_clients_that_support_it(cp, connect):
     heartbeat = ttl.recv(2)  # before the TTL runs out: the resource again, without its body
     beat = discovery_pb2.Resource()
     assert heartbeat.resources[0].Unpack(beat) and beat.name == "c1" and not beat.HasField("resource")
+
+
+def test_rule05_nonces_live_within_one_stream(cp, connect):
+    """A nonce from an earlier stream does not make a new stream's first request stale."""
+    cp.set_snapshot(Snapshot([static("c1")], version="1"))
+    c = connect()
+    r = c.subscribe(CLUSTER)
+    c.ack(r)
+    c.close()
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")], version="2"))
+    again = connect()
+    again.send(CLUSTER, version="1", nonce=r.nonce)  # a client that kept its old nonce
+    r2 = again.recv()
+    assert (r2.version_info, sorted(names(r2))) == ("2", ["c1", "c2"])
+
+
+def test_reconnect_running_the_current_version_gets_nothing_again(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1")], version="1"))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    c.close()
+    again = connect()
+    again.send(CLUSTER, version="1")  # Envoy reconnecting says which version it runs
+    again.expect_nothing()
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")], version="2"))
+    assert again.recv().version_info == "2"
+    stale = connect("node-b")
+    stale.send(CLUSTER, version="0")  # an older version: the current one is sent
+    assert stale.recv().version_info == "2"
+
+
+def test_rule15_after_a_nack_the_previous_version_is_sent_again(cp, connect):
+    """A NACKed response may be partly applied (Envoy's LDS keeps the valid listeners), so going
+    back to the version the client held before is a change to send, not a no-op."""
+    good = Snapshot([static("c1")], version="1")
+    cp.set_snapshot(good)
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")], version="2"))
+    c.nack(c.recv(), "c2 refused", last_good="1")
+    c.expect_nothing()
+    connect.sync()
+    cp.set_snapshot(good)
+    r = c.recv()
+    assert (r.version_info, names(r)) == ("1", ["c1"])
