@@ -66,10 +66,7 @@ __all__ = [
 
 log = logging.getLogger("labxds")
 
-try:  # the security module owns the header name and the token check
-    from .security import TOKEN_HEADER
-except ImportError:  # pragma: no cover - only while security.py is being written
-    TOKEN_HEADER = "x-labxds-token"
+from .security import TOKEN_HEADER  # the header name and the token check live there
 
 #: Node metadata key under which a learner's Envoy says where its listener and services are.
 METADATA_KEY = "labxds"
@@ -232,12 +229,8 @@ def _grpc_services(bootstrap: dict) -> list[dict]:
 
 
 def _add_token(bootstrap: dict, token: str) -> None:
-    try:
-        from .security import add_token
-    except ImportError:  # pragma: no cover
-        for service in _grpc_services(bootstrap):
-            service["initial_metadata"] = [{"key": TOKEN_HEADER, "value": token}]
-        return
+    from .security import add_token
+
     add_token(bootstrap, token)
 
 
