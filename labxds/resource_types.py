@@ -46,8 +46,9 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 FULL_STATE: frozenset[str] = frozenset({CLUSTER, LISTENER})
 
 #: Types a client drops when their parent (cluster, listener) stops naming them: they are
-#: removed through their parents, never by a removal of their own, in Delta as in SotW.
-#: Envoy logs an error for a Delta RDS removal and ignores it.
+#: removed through their parents, never by a removal of their own, in Delta as in SotW. A
+#: Delta removal would race the parent's update: sent in the same batch as the new listener,
+#: it takes away a route configuration the old listener still uses.
 REMOVED_WITH_PARENT: frozenset[str] = frozenset({ENDPOINT, ROUTE})
 
 
