@@ -413,10 +413,30 @@ def _header(column: str) -> str:
     return column.replace("_", " ")
 
 
+def _time_of_day(value: Any) -> str:
+    import pandas as pd
+
+    if pd.isna(value):
+        return ""
+    if value.tzinfo is not None:
+        value = value.tz_convert("UTC")
+    return value.strftime("%H:%M:%S.%f")[:-3]
+
+
 def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) -> Styler:
-    """A notebook-ready view: no index, units in headers, blanks instead of NaN."""
-    view = df.rename(columns={c: _header(str(c)) for c in df.columns})
+    """A notebook-ready view: no index, units in headers, blanks instead of NaN.
+
+    Timestamps (all UTC in labxds's tables) show as the time of day to the millisecond, with
+    "(UTC)" in their header.
+    """
+    import pandas as pd
+
+    times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
+    headers = {c: _header(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
+    view = df.rename(columns=headers)
     styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
+    if times:
+        styler = styler.format(_time_of_day, subset=[headers[c] for c in times])
     if caption:
         styler = styler.set_caption(caption)
     return styler

@@ -224,3 +224,24 @@ def test_status_panel_accepts_a_lab_and_survives_a_control_plane_restart(lab: La
     lab.control_plane.wait_for_node(lab.node_id, timeout=30)
     panel.refresh()
     assert "serving" in panel.header.value and lab.node_id in panel.header.value
+
+
+# --------------------------------------------------------------------------- tables.styled
+
+
+def test_styled_shows_timestamps_as_utc_time_of_day() -> None:
+    # The lessons' trace and config_dump tables carry timestamps; styled keeps them short.
+    import re
+
+    import pandas as pd
+
+    from labxds.tables import styled
+
+    df = pd.DataFrame({
+        "time": [pd.Timestamp("2026-01-02 03:04:05.678901"), pd.NaT],
+        "last_updated": pd.to_datetime(["2026-01-02T03:04:05.5+01:00", None], utc=True),
+        "latency_ms": [1.26, None],
+    })  # fmt: skip
+    text = re.sub(r"<[^>]+>", " ", styled(df, "when").to_html()).split()
+    assert text == ["when", "time", "(UTC)", "last", "updated", "(UTC)", "latency", "(ms)",
+                    "03:04:05.678", "02:04:05.500", "1.3"]  # fmt: skip
