@@ -1061,15 +1061,18 @@ def test_first_request_without_a_node_is_refused_with_invalid_argument(make_rig,
 def test_nonces_never_sent_are_ignored(make_rig):
     rig = make_rig()
     with SotwClient(rig.cp.address, "forger") as client:
-        client.send(CLUSTER, version="7", nonce="424242")  # a nonce this stream never saw: stale
-        client.expect_nothing(0.3)
-        client.send(CLUSTER)
+        # Before the stream answered a type, a nonce can only be another stream's: the request
+        # counts as an initial one (a reconnecting client echoing its old stream's nonce).
+        client.send(CLUSTER, version="7", nonce="424242")
         response = client.recv()
+        # Once answered, a nonce this stream never sent is stale: ignored, NACK or not.
         client.send(CLUSTER, version=response.version_info, nonce="nope", error="fake NACK")
+        client.send(CLUSTER, version=response.version_info, nonce="99")
         client.expect_nothing(0.3)
         kinds = [e.kind for e in rig.cp.tracker.events("forger") if e.direction == "received"]
-        assert kinds == ["stale", "request", "stale"]
+        assert kinds == ["request", "stale", "stale"]
         assert rig.cp.node_status("forger").types[CLUSTER].nacked_version is None
+        assert rig.cp.node_status("forger").types[CLUSTER].acked_version is None
     with DeltaClient(rig.cp.address, "forger-delta") as client:
         # Delta honours the subscription even with a stale nonce (rule 13), nothing else.
         client.send(CLUSTER, nonce="424242")
