@@ -669,7 +669,9 @@ def test_config_only_envoy_rejects_is_reported_never_resent_and_traffic_unhurt(b
     assert [c["cluster"]["name"] for c in clusters] == ["example_proxy_cluster"]
     listeners = running_listeners(admin)
     assert [n for n, state in listeners.items() if state.startswith("active")] == ["listener_0"], listeners
-    record("4. bad config NACKed", **{case.name: round(reported * 1000, 1)})
+    record("4. bad config NACKed (ms)", **{case.name: round(reported * 1000, 1)})
+    words = errors[(NODE, case.type_url)]
+    record("4. Envoy's words", **{case.name: words if len(words) < 200 else f"{words[:80]} … {words[-110:]}"})
 
 
 def running_listeners(admin: EnvoyAdmin) -> dict[str, str]:
