@@ -7,7 +7,18 @@ import grpc
 import pytest
 
 from labxds import ControlPlane, Snapshot, cluster, http_listener, load_assignment, route_configuration
-from xds_client import wait_processed, CLUSTER, ENDPOINT, LISTENER, ROUTE, DeltaClient, describe, names, resources, versions
+from xds_client import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    DeltaClient,
+    describe,
+    names,
+    resources,
+    versions,
+    wait_processed,
+)
 
 
 @pytest.fixture
@@ -366,5 +377,10 @@ def test_delta_and_sotw_streams_of_one_node(cp, connect):
     d.send(CLUSTER)
     d.ack(d.recv())
     with SotwClient(cp.address, "node-a") as s:
-        assert names(s.subscribe(CLUSTER)) == ["a"]
-    assert cp.node_status("node-a").streams == 1 or cp.node_status("node-a").streams == 2
+        first = s.subscribe(CLUSTER)
+        assert names(first) == ["a"]
+        s.ack(first)
+        assert cp.node_status("node-a").streams == 2
+        cp.set_snapshot(clusters("a", "b"))
+        assert names(d.recv()) == ["b"]
+        assert sorted(names(s.recv())) == ["a", "b"]

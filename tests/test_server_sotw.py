@@ -8,7 +8,6 @@ import pytest
 
 from labxds import ControlPlane, Snapshot, cluster, http_listener, load_assignment, route_configuration
 from xds_client import (
-    wait_processed,
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -18,6 +17,7 @@ from xds_client import (
     describe,
     names,
     resources,
+    wait_processed,
 )
 
 
