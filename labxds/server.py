@@ -422,6 +422,10 @@ class _SotwStream(_Stream):
                 same = plan.version == st.sent_version and _same(plan.entries, st.sent) and not st.unsure
                 if same or self._refused(url, plan.version):
                     continue
+            if url == CLUSTER and ENDPOINT in self.types:
+                rewarm = _rewarmed_endpoints({n: e.version for n, e in st.sent.items()}, plan.entries.values())
+                eds = self.types[ENDPOINT]
+                eds.sent = {n: e for n, e in eds.sent.items() if n not in rewarm}
             nonce = self.next_nonce()
             st.nonce, st.outstanding, st.unsure = nonce, True, False
             st.sent, st.sent_version = plan.entries, plan.version
@@ -445,6 +449,20 @@ class _SotwStream(_Stream):
                 return False
         held = {url: st.held.values() for url, st in self.types.items()}
         return _dependencies_asked(self.types, held.get(CLUSTER, ()), held.get(LISTENER, ()))
+
+
+def _rewarmed_endpoints(held: Mapping[str, str], sending: Iterable[Entry]) -> set[str]:
+    """Load assignments to send again because the clusters naming them change.
+
+    Rule 11: Envoy replaces a changed cluster with a new one that warms until it receives its
+    ClusterLoadAssignment, even an unchanged one; without it the cluster warms until Envoy's
+    initial fetch timeout.
+    """
+    return {
+        _eds_name(e.message)
+        for e in sending
+        if e.name in held and held[e.name] != e.version and _is_eds(e.message)
+    }
 
 
 def _same(a: Mapping[str, Entry], b: Mapping[str, Entry]) -> bool:
@@ -591,6 +609,10 @@ class _DeltaStream(_Stream):
                 if not send:
                     continue
             st = self.types[url]
+            if url == CLUSTER and ENDPOINT in self.types:
+                eds = self.types[ENDPOINT]
+                for name in _rewarmed_endpoints(st.known, send):
+                    eds.known.pop(name, None)
             nonce = self.next_nonce()
             st.nonce, st.outstanding = nonce, True
             st.system_version = snap.version(url)

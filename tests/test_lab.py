@@ -201,3 +201,22 @@ def test_labxds_up_serves_service1_and_stops_on_sigint() -> None:
         assert _wait_gone(envoy_pid, 5)
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_changed_eds_cluster_gets_its_unchanged_assignment_again(delta: bool) -> None:
+    """Rule 11: Envoy's replacement cluster warms until it receives its ClusterLoadAssignment."""
+    with Lab(xds_port=0, admin_port=0, listener_port=free_port(), delta=delta) as lab:
+
+        def snapshot(policy: str, version: str) -> labxds.Snapshot:
+            return labxds.Snapshot([
+                labxds.cluster("web", type="EDS", lb_policy=policy),
+                labxds.load_assignment("web", lab.endpoints("service1")),
+                labxds.route_configuration("local_route", "web"),
+                labxds.http_listener("listener_0", lab.listener_port, "local_route"),
+            ], version=version)
+
+        lab.push(snapshot("ROUND_ROBIN", "1"))
+        lab.push(snapshot("RANDOM", "2"), timeout=5)  # timed out waiting for warming before the fix
+        assert lab.clusters().loc[0, "lb_policy"] == "RANDOM"
+        assert lab.curl(1).loc[0, "served_by"] == "service1"
