@@ -114,7 +114,30 @@ def test_envoy_follows_the_control_plane(cp, envoy, services, delta):
     assert int(sock["port_value"]) == service2.port
     assert envoy.pid == pid, "Envoy was reconfigured, not restarted"
 
-    # Version "3" adds a listener on a port something else holds: Envoy NACKs it with its own
+    # The listener moves to a route configuration of another name: the old one is removed
+    # through its listener (rule 9), never by an RDS removal racing the listener update.
+    moved = Snapshot([
+        cluster("example_proxy_cluster", [("127.0.0.1", service1.port)], type="LOGICAL_DNS"),
+        route_configuration("other_route", "example_proxy_cluster"),
+        http_listener("listener_0", port, "other_route"),
+    ], version="3")
+    cp.push(moved, timeout=10)
+    wait_served_by(port, "service1")
+    routes = envoy.admin.config_dump(resource="dynamic_route_configs")["configs"]
+    assert "other_route" in [r["route_config"]["name"] for r in routes]
+    trace = cp.trace(NODE)
+    rds = trace[trace["type"] == "RDS"]
+    assert (rds["removed"] == "").all(), rds[rds["removed"] != ""]
+
+
+def test_rule15_nacked_update_keeps_the_valid_listeners_running(cp, envoy, services, delta):
+    service1, service2 = services["service1"][0], services["service2"][0]
+    port = free_port()
+    pid = envoy.pid
+    cp.push(sandbox_snapshot("127.0.0.1", service2.port, listener_port=port), timeout=10)
+    wait_served_by(port, "service2")
+
+    # Version "2" adds a listener on a port something else holds: Envoy NACKs it with its own
     # words, keeps the good listener running, and the bad version is never sent again.
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -123,7 +146,7 @@ def test_envoy_follows_the_control_plane(cp, envoy, services, delta):
         bad = Snapshot(
             sandbox_resources("127.0.0.1", service2.port, listener_port=port)
             + [http_listener("listener_busy", busy, "local_route")],
-            version="3",
+            version="2",
         )
         with pytest.raises(PushRejected) as info:
             cp.push(bad, timeout=10)
@@ -144,40 +167,25 @@ def test_envoy_follows_the_control_plane(cp, envoy, services, delta):
         assert "active_state" in listeners["listener_0"]
         assert "error_state" not in listeners["listener_0"]
         status = cp.status().set_index("type")
-        assert status.loc["LDS", "nacked"] == "3"
-        # SotW sends CDS "3" (a new version of a full-state type); Delta sends only what changed
-        assert status.loc["CDS", "acked"] == ("2" if delta else "3")
+        assert status.loc["LDS", "nacked"] == "2"
+        # SotW sends CDS "2" (a new version of a full-state type); Delta sends only what changed
+        assert status.loc["CDS", "acked"] == ("1" if delta else "2")
 
         # Rule 4: the refused version is not resent, not even when pushed again.
         with pytest.raises(PushRejected):
             cp.push(bad, timeout=2)
         time.sleep(0.5)
-        sent = lds_responses(cp, "3")
+        sent = lds_responses(cp, "2")
         assert len(sent) == 1, sent
         assert "listener_busy" in sent[0]
 
     # The next good version is applied.
-    cp.push(sandbox_snapshot("127.0.0.1", service1.port, version="4", listener_port=port), timeout=10)
+    cp.push(sandbox_snapshot("127.0.0.1", service1.port, version="3", listener_port=port), timeout=10)
     wait_served_by(port, "service1")
-    assert cp.status().set_index("type").loc["LDS", "acked"] == "4"
+    assert cp.status().set_index("type").loc["LDS", "acked"] == "3"
     names = [e["name"] for e in envoy.admin.config_dump(resource="dynamic_listeners")["configs"]]
     assert "listener_0" in names
     assert envoy.pid == pid
-
-    # The listener moves to a route configuration of another name: the old one is removed
-    # through its listener (rule 9), never by an RDS removal racing the listener update.
-    moved = Snapshot([
-        cluster("example_proxy_cluster", [("127.0.0.1", service1.port)], type="LOGICAL_DNS"),
-        route_configuration("other_route", "example_proxy_cluster"),
-        http_listener("listener_0", port, "other_route"),
-    ], version="5")
-    cp.push(moved, timeout=10)
-    wait_served_by(port, "service1")
-    routes = envoy.admin.config_dump(resource="dynamic_route_configs")["configs"]
-    assert "other_route" in [r["route_config"]["name"] for r in routes]
-    trace = cp.trace(NODE)
-    rds = trace[trace["type"] == "RDS"]
-    assert (rds["removed"] == "").all(), rds[rds["removed"] != ""]
 
 
 def test_round_robin_over_two_instances(cp, envoy, delta):
