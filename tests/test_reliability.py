@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import statistics
@@ -35,6 +36,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # Envoy and child pr
 import grpc  # noqa: E402
 import httpx
 import pytest
+import yaml
 from google.protobuf import struct_pb2
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -390,6 +392,94 @@ def test_control_plane_sigkilled_and_restarted_under_traffic(tmp_path):
     finally:
         for child in children:
             child.kill()
+        if envoy is not None:
+            envoy.stop()
+        services.stop()
+
+
+class ServeProcess:
+    """``python -m labxds serve --snapshot DIR --port P``: the command-line control plane."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "labxds", "serve", "--snapshot", str(directory), "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            found = re.search(r"serving ADS .* on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                self.at = time.time()
+                break
+        else:
+            raise AssertionError(f"labxds serve exited ({self.proc.wait()}): {''.join(self.lines)[-2000:]}")
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def _write_snapshot_file(directory: Path, resources: list[Any], version: str) -> None:
+    """One snapshot file, replaced atomically (the watcher never sees half a file)."""
+    plain = json.loads(json.dumps([to_dict(r) for r in resources]))  # OrderedDicts from Any fields
+    text = yaml.safe_dump({"version_info": version, "resources": plain}, sort_keys=False)
+    tmp = directory / ".sandbox.yaml.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, directory / "sandbox.yaml")
+
+
+def test_labxds_serve_sigkilled_and_restarted_under_traffic(tmp_path):
+    """The same fault with the command-line control plane: the change is an edited file."""
+    services = EchoFleet({"service1": 1, "service2": 1}).start()
+    listener_port = free_port()
+    directory = tmp_path / "snapshot"
+    directory.mkdir()
+
+    def resources(upstream: str) -> list[Any]:
+        host, port = services.endpoints(upstream)[0]
+        return sandbox_resources(host, port, listener_port=listener_port)
+
+    _write_snapshot_file(directory, resources("service1"), "1")
+    servers: list[ServeProcess] = []
+    envoy = None
+    try:
+        servers.append(ServeProcess(directory, 0))
+        port = servers[0].port
+        envoy = Envoy(render_bootstrap(xds_port=port, admin_port=0)).start()
+        connected = lambda: envoy.admin.stats("control_plane.connected_state").get("control_plane.connected_state")  # noqa: E731
+        wait_until(lambda: served_by(listener_port) == "service1", 10, "Envoy serving service1")
+        with Traffic(listener_port) as traffic:
+            traffic.wait_for(30)
+            killed_at = time.time()
+            servers[0].kill()
+            wait_until(lambda: connected() == 0, 10, "Envoy to notice the control plane is gone")
+            time.sleep(1.0)
+            servers.append(ServeProcess(directory, port))
+            wait_until(lambda: connected() == 1, 30, "Envoy to reconnect")
+            reconnected_at = time.time()
+            _write_snapshot_file(directory, resources("service2"), "2")
+            edited = time.monotonic()
+            wait_until(lambda: traffic.last == "service2", 15, "the edited file to reach Envoy")
+            applied = time.monotonic() - edited
+            traffic.wait_for(30)
+        record(
+            "1. labxds serve SIGKILL + restart",
+            requests=traffic.ok + traffic.failed,
+            failed=traffic.failed,
+            outage_s=servers[1].at - killed_at,
+            envoy_reconnect_after_restart_s=reconnected_at - servers[1].at,
+            file_edit_to_traffic_s=applied,
+        )
+        assert traffic.failed == 0, traffic.errors[:5]
+        assert traffic.served["service1"] > 0 and traffic.served["service2"] > 0
+    finally:
+        for server in servers:
+            server.kill()
         if envoy is not None:
             envoy.stop()
         services.stop()
