@@ -74,14 +74,16 @@ class Snapshot:
     ) -> None:
         by_type: dict[str, dict[str, Entry]] = {}
         if isinstance(resources, Mapping):
-            items: Iterable[tuple[str, Any]] = (
-                (f"resources[{url!r}] #{i}", r) for url, rs in resources.items() for i, r in enumerate(rs)
+            items: Iterable[tuple[str, str | None, Any]] = (
+                (f"resources[{url!r}] #{i}", url, r) for url, rs in resources.items() for i, r in enumerate(rs)
             )
         else:
-            items = ((f"resource #{i}", r) for i, r in enumerate(resources))
-        for where, obj in items:
+            items = ((f"resource #{i}", None, r) for i, r in enumerate(resources))
+        for where, expected, obj in items:
             msg = to_message(obj, where=where)
             url = resource_types.type_url_of(msg)
+            if expected is not None and url != expected:
+                raise ResourceError(f"is a {url}, not a {expected}", where=where)
             try:
                 rtype = resource_types.resource_type(url)
             except ValueError as exc:
