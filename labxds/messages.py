@@ -108,9 +108,12 @@ def _from_dict(data: Mapping[str, Any], where: str) -> message.Message:
         raise ResourceError('missing "@type" (for example "type.googleapis.com/envoy.config.cluster.v3.Cluster")', where=label)
     try:
         cls = resource_types.message_class(type_url)
-        _import_nested_types(data)
     except ValueError as exc:
         raise ResourceError(f"@type {type_url!r}: {exc}", where=label) from None
+    try:
+        _import_nested_types(data)
+    except ValueError as exc:
+        raise ResourceError(f'a nested "@type": {exc}', where=label) from None
     body = {k: v for k, v in data.items() if k != "@type"}
     msg = cls()
     try:
