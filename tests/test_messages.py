@@ -208,3 +208,13 @@ def test_to_dict_round_trips():
     assert d["@type"] == LISTENER and d["name"] == "listener_0"
     assert d["filter_chains"][0]["filters"][0]["typed_config"]["@type"] == HCM
     assert to_message(d) == msg
+
+
+def test_unknown_nested_type_is_named_as_the_nested_one():
+    listener = _listener_dict()
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["@type"] = HCM + "x"
+    with pytest.raises(ResourceError) as info:
+        to_message(listener)
+    text = str(info.value)
+    assert "nested" in text and "HttpConnectionManagerx" in text
+    assert f"@type {LISTENER!r}" not in text, "the listener's own @type is fine"

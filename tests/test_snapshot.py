@@ -194,3 +194,10 @@ def test_rds_and_eds_names():
     snap = Snapshot(_web())
     assert snap.rds_names() == {"routes"} and snap.eds_names() == {"web"}
     assert isinstance(snap.resources(ROUTE)["routes"], route_pb2.RouteConfiguration)
+
+
+def test_mapping_key_must_match_the_resources_type():
+    with pytest.raises(ResourceError) as info:
+        Snapshot({ROUTE: [cluster("c", [("127.0.0.1", 1)], type="STATIC")]})
+    text = str(info.value)
+    assert "envoy.config.cluster.v3.Cluster" in text and "RouteConfiguration" in text and "#0" in text
