@@ -27,6 +27,7 @@ import ipywidgets as widgets
 
 from .resource_types import order_key, short_name
 from .tracking import PushRejected, PushTimeout
+from .widgets import LoopRefresher
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,9 +98,7 @@ class Dashboard:
         self.sort.observe(lambda _: self.refresh(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
         self.push_button.on_click(lambda _: self.push_selected())
-        self._lock = threading.Lock()
-        self._scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refresher = LoopRefresher(lambda: self.refresh())  # late-bound: overridable
         self._unhook: Callable[[], None] | None = None
         self._owner = threading.get_ident()  # the kernel's thread: the one that made the widgets
         if live:
@@ -234,15 +233,7 @@ class Dashboard:
         """Redraw after every workshop event, on ``loop`` (default: the kernel's running loop)."""
         if self.live:
             return
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                raise RuntimeError(
-                    "live refresh needs the kernel's asyncio loop: create the dashboard in a notebook cell, "
-                    "pass loop=, or live=False and call refresh()"
-                ) from None
-        self._loop = loop
+        self._refresher.attach(loop, "create the dashboard in a notebook cell, pass loop=, or live=False and call refresh()")
         self._unhook = self.workshop.on_change(self._poke)
 
     def stop_live(self) -> None:
@@ -260,20 +251,7 @@ class Dashboard:
             self.refresh()
             return
         # Any other thread: touch no widget, only schedule one refresh on the kernel's loop.
-        with self._lock:
-            if self._scheduled or self._loop is None:
-                return
-            self._scheduled = True
-        try:
-            self._loop.call_soon_threadsafe(self._scheduled_refresh)
-        except RuntimeError:  # the loop is closed: the kernel is going away
-            with self._lock:
-                self._scheduled = False
-
-    def _scheduled_refresh(self) -> None:
-        with self._lock:
-            self._scheduled = False
-        self.refresh()
+        self._refresher.poke()
 
     def close(self) -> None:
         self.stop_live()

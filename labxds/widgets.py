@@ -17,7 +17,7 @@ import asyncio
 import html
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -323,10 +323,8 @@ class StatusPanel(_Displayed):
         self.table = widgets.HTML()
         self.widget = widgets.VBox([widgets.HBox([self.button, self.header]), self.table])
         self.button.on_click(lambda _: self.refresh())
-        self._lock = threading.Lock()
-        self._scheduled = False
+        self._refresher = LoopRefresher(lambda: self.refresh())  # late-bound: overridable
         self._unhook: list[Any] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         if live:
             self.start_live(loop)
         self.refresh()
@@ -406,17 +404,9 @@ class StatusPanel(_Displayed):
         """Redraw after every stream and protocol event, on ``loop`` (default: the running one)."""
         if self.live:
             return
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                raise RuntimeError(
-                    "live refresh needs the kernel's asyncio loop: create the panel in a notebook cell "
-                    "(or pass loop=)"
-                ) from None
-        self._loop = loop
+        self._refresher.attach(loop, "create the panel in a notebook cell (or pass loop=)")
         for event in ("stream_open", "stream_close", "request", "response"):
-            self._unhook.append(self.control_plane.on(event, self._poke))
+            self._unhook.append(self.control_plane.on(event, self._refresher.poke))
 
     def stop_live(self) -> None:
         for unhook in self._unhook:
@@ -426,23 +416,45 @@ class StatusPanel(_Displayed):
                 pass
         self._unhook.clear()
 
-    def _poke(self, *_: Any) -> None:
-        # On the control plane's thread: touch no widget, only schedule (at most one pending).
+    def close(self) -> None:
+        self.stop_live()
+        super().close()
+
+
+class LoopRefresher:
+    """Runs ``refresh`` on the kernel's asyncio loop when poked from any thread.
+
+    Widgets belong to the kernel's thread, while the engine's hooks run on the control plane's:
+    a poke touches no widget, it schedules one refresh on the loop (at most one pending, so a
+    burst of protocol events costs one redraw).
+    """
+
+    def __init__(self, refresh: Callable[[], None]) -> None:
+        self._refresh = refresh
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop | None, hint: str) -> None:
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(f"live refresh needs the kernel's asyncio loop: {hint}") from None
+        self.loop = loop
+
+    def poke(self, *_: Any) -> None:
         with self._lock:
-            if self._scheduled or self._loop is None:
+            if self._scheduled or self.loop is None:
                 return
             self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._refresh_scheduled)
+            self.loop.call_soon_threadsafe(self._run)
         except RuntimeError:  # the loop is closed: the kernel is going away
             with self._lock:
                 self._scheduled = False
 
-    def _refresh_scheduled(self) -> None:
+    def _run(self) -> None:
         with self._lock:
             self._scheduled = False
-        self.refresh()
-
-    def close(self) -> None:
-        self.stop_live()
-        super().close()
+        self._refresh()
