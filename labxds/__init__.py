@@ -13,6 +13,7 @@ from .control_plane import ControlPlane, PortInUseError
 from .messages import ResourceError, to_dict, to_message
 from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME, SECRET
 from .resources import (
+    api_listener,
     cluster,
     http_listener,
     load_assignment,
@@ -44,6 +45,7 @@ __all__ = [
     "ResourceError",
     "Snapshot",
     "SnapshotCache",
+    "api_listener",
     "cluster",
     "http_listener",
     "load_assignment",

@@ -31,6 +31,7 @@ __all__ = [
     "SANDBOX_UPSTREAM",
     "SANDBOX_UPSTREAM_PORT",
     "Endpoint",
+    "api_listener",
     "cluster",
     "http_listener",
     "load_assignment",
@@ -115,7 +116,8 @@ def load_assignment(
     """The endpoints of a cluster in one locality.
 
     The locality gets a ``load_balancing_weight`` because gRPC's xDS client ignores localities
-    without one.
+    without one, and an (empty) ``locality`` because gRPC NACKs a LocalityLbEndpoints without it
+    ("endpoints[0].locality error:field not present"). ``locality_weight=None`` leaves both out.
     """
     lb_endpoints = []
     for ep in endpoints:
@@ -127,6 +129,7 @@ def load_assignment(
     locality = endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)
     if locality_weight is not None:
         locality.load_balancing_weight.value = locality_weight
+        locality.locality.SetInParent()
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name, endpoints=[locality])
 
 
@@ -237,6 +240,21 @@ def http_listener(
             listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(manager))
         ])],
     )
+
+
+def api_listener(name: str, route_config_name: str) -> listener_pb2.Listener:
+    """A gRPC-style Listener: no address, an ``api_listener`` HttpConnectionManager with RDS over ADS.
+
+    gRPC's xDS client looks up the target ``xds:///name`` as a Listener named ``name`` and wants
+    the router as its last HTTP filter.
+    """
+    manager = hcm_pb2.HttpConnectionManager(
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=route_config_name),
+        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))],
+    )
+    listener = listener_pb2.Listener(name=name)
+    listener.api_listener.api_listener.CopyFrom(_pack(manager))
+    return listener
 
 
 def sandbox_resources(

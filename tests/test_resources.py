@@ -73,7 +73,9 @@ def test_load_assignment_weights_and_locality():
     eps = cla.endpoints[0].lb_endpoints
     assert eps[0].load_balancing_weight.value == 3 and not eps[1].HasField("load_balancing_weight")
     assert cla.endpoints[0].load_balancing_weight.value == 1  # gRPC's xDS client needs it
-    assert not load_assignment("web", [], locality_weight=None).endpoints[0].HasField("load_balancing_weight")
+    assert cla.endpoints[0].HasField("locality")  # gRPC NACKs a LocalityLbEndpoints without one
+    bare = load_assignment("web", [], locality_weight=None).endpoints[0]
+    assert not bare.HasField("load_balancing_weight") and not bare.HasField("locality")
     assert _addresses(load_assignment("v6", ["[::1]:80"])) == [("::1", 80)]
 
 
@@ -151,3 +153,20 @@ def test_sandbox_snapshot_parameters():
     assert snap.resources(LISTENER)["listener_0"].address.socket_address.port_value == 12345
     assert len(sandbox_resources()) == 3
     Snapshot(sandbox_resources()).check()
+
+
+def test_api_listener_is_grpc_style():
+    listener = res.api_listener("greeter", "greeter-route")
+    assert listener.name == "greeter"
+    assert not listener.HasField("address") and not listener.filter_chains
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert listener.api_listener.api_listener.Unpack(hcm)
+    assert hcm.rds.route_config_name == "greeter-route"
+    assert hcm.rds.config_source.HasField("ads")
+    assert hcm.rds.config_source.resource_api_version == config_source_pb2.V3
+    assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.router"]
+    assert hcm.http_filters[-1].typed_config.Is(router_pb2.Router.DESCRIPTOR)
+    snap = Snapshot([
+        listener, route_configuration("greeter-route", "greeter"), cluster("greeter"), load_assignment("greeter", ["127.0.0.1:1"]),
+    ])
+    assert snap.rds_names() == {"greeter-route"}
