@@ -191,13 +191,31 @@ class Lab:
         return self
 
     def _wait_connected(self, timeout: float) -> None:
+        """Wait until the control plane has accepted Envoy's stream.
+
+        ``control_plane.connected_state`` turns 1 as soon as the stream opens, a moment before
+        a control plane that refuses the node ends it. So: connected once the control plane
+        has answered (a CDS update applied or rejected), or the stream stayed up, with no
+        failed update, across two readings a quarter of a second apart.
+        """
         deadline = time.monotonic() + timeout
+        up_since: tuple[float, int] | None = None
         while time.monotonic() < deadline:
             try:
-                if self.admin.stats("^control_plane.connected_state$").get("control_plane.connected_state") == 1:
-                    return
+                stats = self.admin.stats("^(control_plane.connected_state|cluster_manager.cds.update_.*)$")
             except Exception:
-                pass
+                stats = {}
+            failures = stats.get("cluster_manager.cds.update_failure", 0)
+            answered = stats.get("cluster_manager.cds.update_success", 0) + stats.get(
+                "cluster_manager.cds.update_rejected", 0)
+            if stats.get("control_plane.connected_state") != 1:
+                up_since = None
+            elif answered:
+                return
+            elif up_since is None or up_since[1] != failures:
+                up_since = (time.monotonic(), failures)
+            elif time.monotonic() - up_since[0] >= 0.25:
+                return
             time.sleep(0.05)
         raise TimeoutError(
             f"Envoy (node {self.node_id!r}) did not connect to the control plane at {self.remote} within "

@@ -1,0 +1,220 @@
+"""The workshop's desk: a small HTTP API beside the control plane, and the learners' client.
+
+Learners change their own node's snapshot and report check results here; a learner may act
+only for their own node (with their token, when the workshop uses tokens).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from .exercises import EXERCISES, CheckResult
+from .learners import Learner, SnapshotSpec, render
+from .security import TOKEN_HEADER  # the header name and the token check live there
+from .snapshot import Snapshot
+from .tracking import PushRejected, PushTimeout
+
+if TYPE_CHECKING:
+    from .workshop import Workshop
+
+log = logging.getLogger("labxds")
+
+
+# --------------------------------------------------------------------------- the desk (HTTP)
+
+
+def _encode_snapshot(snap: Snapshot) -> dict[str, Any]:
+    from .resource_types import TYPE_PREFIX
+
+    resources = [
+        {"type_url": url, "value": base64.b64encode(msg.SerializeToString(deterministic=True)).decode()}
+        for url in snap.types for msg in snap.resources(url).values()
+    ]  # fmt: skip
+    assert all(r["type_url"].startswith(TYPE_PREFIX) for r in resources)
+    return {"resources": resources, "version": snap.versions}
+
+
+def _decode_snapshot(data: Mapping[str, Any]) -> Snapshot:
+    from .messages import ResourceError
+    from .resource_types import message_class
+
+    messages = []
+    for i, item in enumerate(data.get("resources") or []):
+        try:
+            cls = message_class(str(item["type_url"]))
+            messages.append(cls.FromString(base64.b64decode(item["value"])))
+        except Exception as exc:
+            raise ResourceError(f"cannot decode: {exc}", where=f"resource #{i}") from None
+    return Snapshot(messages, version=data.get("version"))
+
+
+class Desk:
+    """POST /v1/learners/NAME/snapshot and /v1/learners/NAME/result; GET /v1/exercises."""
+
+    def __init__(self, workshop: Workshop, host: str, port: int) -> None:
+        self.workshop = workshop
+        self.host = host.strip("[]")
+        handler = type("_Handler", (_DeskHandler,), {"workshop": workshop})
+        server_cls = type("_Server", (ThreadingHTTPServer,), {"daemon_threads": True, "allow_reuse_address": True})
+        if ":" in self.host:
+            import socket
+
+            server_cls.address_family = socket.AF_INET6
+        self.server = server_cls((self.host, port), handler)
+        self.tls = workshop.tls_files is not None
+        if self.tls:
+            files = workshop.tls_files
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(files.server_cert), str(files.server_key))
+            ctx.load_verify_locations(str(files.ca))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.server.server_address[1]}"
+
+    def start(self) -> Desk:
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="labxds-workshop-desk", daemon=True)  # fmt: skip
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class _DeskHandler(BaseHTTPRequestHandler):
+    workshop: Workshop
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, body: Mapping[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.rstrip("/") == "/v1/exercises":
+            ex = self.workshop.exercises
+            self._reply(200, {"exercises": [{"key": e.key, "title": e.title, "task": e.task} for e in ex.values()]})
+        else:
+            self._reply(404, {"error": f"no such path {self.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        parts = [unquote(p) for p in self.path.strip("/").split("/")]
+        if len(parts) != 4 or parts[:2] != ["v1", "learners"] or parts[3] not in ("snapshot", "result"):
+            return self._reply(404, {"error": f"no such path {self.path}"})
+        name, action = parts[2], parts[3]
+        ws = self.workshop
+        if ws.token_required and not ws._authorize(name, {TOKEN_HEADER: self.headers.get(TOKEN_HEADER, "")}):
+            return self._reply(403, {"error": f"not authorized as {name!r}: send your own {TOKEN_HEADER}"})
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError:
+            return self._reply(400, {"error": "the body is not JSON"})
+        if action == "result":
+            try:
+                result = ws.record(CheckResult.from_dict(data, learner=name))
+            except (KeyError, TypeError, ValueError) as exc:
+                return self._reply(400, {"error": f"not a check result: {exc}"})
+            return self._reply(200, result.to_dict())
+        try:
+            snap = _decode_snapshot(data)
+            ws.push(snap, name, wait=bool(data.get("wait", True)), timeout=float(data.get("timeout", 10)))
+        except PushRejected as exc:
+            return self._reply(409, {"rejected": {f"{n} {url}": text for (n, url), text in exc.errors.items()}})
+        except PushTimeout as exc:
+            return self._reply(504, {"error": str(exc)})
+        except ValueError as exc:  # ResourceError, ConsistencyError
+            return self._reply(400, {"error": str(exc)})
+        self._reply(200, {"versions": snap.versions})
+
+
+class LearnerSession:
+    """A learner's side of the desk: push to your own Envoy, run checks, report them.
+
+    ``me = LearnerSession(desk_url, lab)`` (with ``token=`` when the workshop uses tokens, and
+    ``tls=(ca, cert, key)`` when it uses TLS). ``me.push(routes({...}))`` reaches only your own
+    Envoy and raises PushRejected with Envoy's words on a NACK; ``me.check("route-api")`` runs the
+    check against your Envoy and reports the result to the instructor's dashboard.
+    """
+
+    def __init__(self, desk_url: str, lab: Any, *, name: str | None = None, token: str | None = None,
+                 tls: tuple[str | Path, str | Path, str | Path] | None = None, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.lab = lab
+        self.name = name or lab.node_id
+        if not self.name:
+            raise ValueError("LearnerSession needs your name (the lab's node id)")
+        self.token = token if token is not None else getattr(lab, "token", None)
+        verify: Any = True
+        if tls is not None:
+            ca, cert, key = (str(p) for p in tls)
+            ctx = ssl.create_default_context(cafile=ca)
+            ctx.check_hostname = False  # the lab's own CA signs the desk's certificate; any address
+            ctx.load_cert_chain(cert, key)
+            verify = ctx
+        headers = {TOKEN_HEADER: self.token} if self.token else {}
+        self._client = httpx.Client(base_url=desk_url.rstrip("/"), timeout=timeout, headers=headers,
+                                    verify=verify, trust_env=False)  # fmt: skip
+
+    def close(self) -> None:
+        self._client.close()
+
+    def learner(self) -> Learner:
+        return Learner.from_lab(self.lab, self.name)
+
+    def _post(self, what: str, body: Mapping[str, Any]) -> Any:
+        response = self._client.post(f"/v1/learners/{self.name}/{what}", json=body)
+        data = response.json()
+        if response.status_code == 409:
+            raise PushRejected({tuple(k.split(" ", 1)): v for k, v in data["rejected"].items()})  # type: ignore[misc]
+        if response.status_code == 504:
+            raise PushTimeout([self.name], float(body.get("timeout", 10)))
+        if response.status_code == 403:
+            raise PermissionError(data.get("error"))
+        if response.status_code != 200:
+            raise ValueError(data.get("error") or response.text)
+        return data
+
+    def push(self, spec: SnapshotSpec, *, timeout: float = 10.0) -> Snapshot:
+        """Send a snapshot for your own node; returns once your Envoy ACKed it."""
+        snap = render(spec, self.learner())
+        self._post("snapshot", {**_encode_snapshot(snap), "timeout": timeout})
+        return snap
+
+    def check(self, exercise: str, *, report: bool = True) -> CheckResult:
+        """Check ``exercise`` on your Envoy; report the result to the instructor."""
+        result = EXERCISES[exercise].check(self.lab, self.name)
+        if report:
+            self.report(result)
+        return result
+
+    def report(self, result: CheckResult) -> None:
+        self._post("result", result.to_dict())
+
+    def exercises(self) -> list[dict[str, str]]:
+        return self._client.get("/v1/exercises").json()["exercises"]
