@@ -53,6 +53,15 @@ class PortInUseError(OSError):
 class ControlPlane:
     """An ADS server (SotW and Delta) serving snapshots from a cache.
 
+    Resources with a TTL (``Snapshot(..., ttl=...)``) get heartbeats every ``heartbeat_interval``
+    seconds, or every half of the shortest TTL a client holds when it is None, and only on
+    streams whose node advertises ``xds.config.supports-resource-ttl`` (rule 14). A Delta
+    heartbeat is the protocol's: each resource without its body. A SotW one is, by default
+    (``sotw_heartbeat="resend"``), the resources again with their bodies, at the same version:
+    Envoy deletes the listeners or clusters a bare SotW LDS/CDS heartbeat beats for and refreshes
+    no TTL from bare ones; ``sotw_heartbeat="bare"`` sends the protocol's form to clients that
+    implement it.
+
     ``start()`` returns once the port is bound. Starting a second ControlPlane on a host and port
     this process already serves returns the running one, so re-running a notebook cell is safe.
     """
@@ -67,12 +76,15 @@ class ControlPlane:
         authorize: Authorizer | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
         identifier: str = "labxds",
+        heartbeat_interval: float | None = None,
+        sotw_heartbeat: str = "resend",
     ) -> None:
         self.host = host
         self.port = port
         self.cache = cache or SnapshotCache()
         self.tracker = Tracker(trace_size)
-        self._xds = XdsServer(self.cache, self.tracker, identifier=identifier, authorize=authorize)
+        self._xds = XdsServer(self.cache, self.tracker, identifier=identifier, authorize=authorize,
+                              heartbeat_interval=heartbeat_interval, sotw_heartbeat=sotw_heartbeat)
         self._credentials = server_credentials
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -8,7 +8,9 @@ protocol document (the comments cite them as "rule N" of docs/xds-rules.md):
 * a type has at most one unanswered response; the next is computed when the ACK or NACK
   arrives, so bursts of pushes coalesce and a slow client holds back only itself;
 * a version a node NACKed is never sent to it again: it waits for a newer one;
-* nothing is sent that the client already holds.
+* nothing is sent that the client already holds;
+* resource TTLs and heartbeats only reach clients that advertise
+  ``xds.config.supports-resource-ttl`` (rule 14); the others get the same resources without.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ log = logging.getLogger("labxds")
 Authorizer = Callable[[str, Mapping[str, str]], bool]
 
 _WAKE = object()
+_BEAT = object()  # the stream's heartbeat timer fired
+TTL_FEATURE = "xds.config.supports-resource-ttl"
 _UNKNOWN = "\x00unknown"  # a Delta resource version no snapshot has: what the client runs is unknown
 _END = object()
 _RETAINED = "+retained"
@@ -79,10 +83,26 @@ class XdsServer:
         *,
         identifier: str = "labxds",
         authorize: Authorizer | None = None,
+        heartbeat_interval: float | None = None,
+        sotw_heartbeat: str = "resend",
     ) -> None:
         self.cache = cache
         self.tracker = tracker
         self.authorize = authorize
+        # Rule 14: seconds between heartbeats to clients holding resources with a TTL; None
+        # means half the shortest TTL the client holds.
+        if heartbeat_interval is not None and not heartbeat_interval > 0:
+            raise ValueError(f"heartbeat_interval must be positive seconds, not {heartbeat_interval!r}")
+        self.heartbeat_interval = heartbeat_interval
+        # What a SotW heartbeat carries. "bare": the protocol's heartbeat, Resource wrappers
+        # without a body. Envoy (1.40) mishandles those: it leaves them out of the update, so a
+        # bare LDS/CDS heartbeat deletes the listeners/clusters it beats for, and it refreshes
+        # no TTL either. "resend" (the default): the resources again, bodies included, at the
+        # same version: Envoy refreshes the TTLs and finds nothing changed. Delta heartbeats
+        # are always bare; Envoy handles those as the protocol says.
+        if sotw_heartbeat not in ("resend", "bare"):
+            raise ValueError(f"sotw_heartbeat is 'resend' or 'bare', not {sotw_heartbeat!r}")
+        self.sotw_heartbeat = sotw_heartbeat
         self._control_plane = wire.control_plane(identifier)
         self._stream_ids = itertools.count(1)
         self._streams: set[_Stream] = set()
@@ -157,6 +177,8 @@ class _Stream:
         self._unwatch: Callable[[], None] | None = None
         self.snapshot: Snapshot | None = None
         self._nonce = 0
+        self.ttl = False  # the client supports resource TTLs (rule 14)
+        self._beat_timer: asyncio.TimerHandle | None = None
 
     # Called by the cache from any thread.
     def wake(self) -> None:
@@ -166,6 +188,26 @@ class _Stream:
         if not self._wake_queued:
             self._wake_queued = True
             self.queue.put_nowait(_WAKE)
+
+    # Rule 14: one timer per stream, on the event loop, armed only while the client holds
+    # resources with a TTL. It only queues a _BEAT: the stream's own loop sends the heartbeats.
+    def _timer_fired(self) -> None:
+        self._beat_timer = None
+        self.queue.put_nowait(_BEAT)
+
+    def _arm_heartbeats(self) -> None:
+        ttls = self.held_ttls()
+        if not ttls:
+            if self._beat_timer is not None:
+                self._beat_timer.cancel()
+                self._beat_timer = None
+            return
+        interval = self.server.heartbeat_interval or min(ttls) / 2
+        if self._beat_timer is not None:
+            if self._beat_timer.when() <= self.loop.time() + interval:
+                return
+            self._beat_timer.cancel()  # a shorter TTL arrived: beat sooner
+        self._beat_timer = self.loop.call_later(interval, self._timer_fired)
 
     async def _read(self, requests: AsyncIterator[Any]) -> None:
         try:
@@ -188,6 +230,8 @@ class _Stream:
                 for item in items:
                     if item is _WAKE:
                         self._wake_queued = False
+                    elif item is _BEAT:
+                        self.beats_due()
                     elif item is _END:
                         ended = True
                     elif isinstance(item, BaseException):
@@ -206,11 +250,17 @@ class _Stream:
                 if self.node_id is None:
                     continue
                 self.snapshot = self.server.cache.get(self.node_id)
-                for response in self.respond():
+                responses = self.respond()
+                if self.ttl:
+                    responses += self.heartbeats()
+                    self._arm_heartbeats()
+                for response in responses:
                     await self.context.write(response)
                 tracker.settled(self.node_id, self.id, self.snapshot if self.is_settled() else None)
         finally:
             reader.cancel()
+            if self._beat_timer is not None:
+                self._beat_timer.cancel()
             if self._unwatch is not None:
                 self._unwatch()
             if self.node_id is not None:
@@ -248,6 +298,8 @@ class _Stream:
                     grpc.StatusCode.PERMISSION_DENIED, f"node {node.id!r} is not authorized"
                 )
         self.node_id = node.id
+        # Rule 14: only the first request's node says whether the client supports TTLs.
+        self.ttl = TTL_FEATURE in node.client_features
         agent = f"{node.user_agent_name} {node.user_agent_version or node.user_agent_build_version.version}"
         server.tracker.stream_opened(node.id, node.cluster, agent.strip())
         self._unwatch = server.cache.watch(node.id, self.wake)
@@ -275,6 +327,18 @@ class _Stream:
     def is_settled(self) -> bool:
         raise NotImplementedError
 
+    def held_ttls(self) -> list[float]:
+        """The TTLs of the resources the client holds or is being sent."""
+        raise NotImplementedError
+
+    def beats_due(self) -> None:
+        """The heartbeat timer fired: every type holding resources with a TTL owes one."""
+        raise NotImplementedError
+
+    def heartbeats(self) -> list[bytes]:
+        """Heartbeats owed by types that are idle (rule 14)."""
+        raise NotImplementedError
+
 
 @dataclass
 class _SotwType:
@@ -293,6 +357,8 @@ class _SotwType:
     # valid listeners and clusters of an update), so "held" is a guess: send the next
     # acceptable version even if it equals what the client held before.
     unsure: bool = False
+    beating: bool = False  # the unanswered response (nonce) is a heartbeat
+    beat_due: bool = False  # a heartbeat waits for the type to be idle
 
 
 @dataclass
@@ -330,6 +396,10 @@ class _SotwStream(_Stream):
             st.client_version = req.version_info
             self.trace("received", "request", url, req.version_info, "", req.resource_names)
             return
+        if st.beating:
+            # The answer to a heartbeat: nothing was applied, held and sent stay as they are.
+            _heartbeat_answered(self, st, url, req.version_info, req, list(req.resource_names))
+            return
         st.outstanding = False
         if req.HasField("error_detail"):
             # Rule 3: error_detail makes a NACK; version_info is the last version that worked.
@@ -358,7 +428,7 @@ class _SotwStream(_Stream):
         st.names = set(explicit)
 
     def _choose(self, st: _SotwType, snap: Snapshot) -> dict[str, Entry]:
-        entries = snap.entries(st.url)
+        entries = snap.entries(st.url, self.ttl)
         if st.wildcard:
             return dict(entries)
         # Rules 7 and 10: what was asked for and exists; the rest stays remembered in st.names.
@@ -410,10 +480,12 @@ class _SotwStream(_Stream):
             return []
         out: list[bytes] = []
         for url in sorted(self.types, key=order_key):  # Rule 12: CDS, EDS, LDS, RDS, others.
+            st = self.types[url]
+            if st.beating:
+                continue  # one unanswered response per type, heartbeats included
             plan = self._plan(url, snap)
             if plan is None:
                 continue
-            st = self.types[url]
             if url == CLUSTER and plan.removed and self._routes_pending(snap):
                 # Make before break: keep the clusters being removed until the listeners and
                 # routes that stop using them have been delivered.
@@ -428,6 +500,7 @@ class _SotwStream(_Stream):
                 eds.sent = {n: e for n, e in eds.sent.items() if n not in rewarm}
             nonce = self.next_nonce()
             st.nonce, st.outstanding, st.unsure = nonce, True, False
+            st.beat_due = False  # the response carries every resource of the type, TTLs included
             st.sent, st.sent_version = plan.entries, plan.version
             out.append(wire.sotw_response(
                 version=plan.version, type_url=url, nonce=nonce,
@@ -449,6 +522,58 @@ class _SotwStream(_Stream):
                 return False
         held = {url: st.held.values() for url, st in self.types.items()}
         return _dependencies_asked(self.types, held.get(CLUSTER, ()), held.get(LISTENER, ()))
+
+    # -- rule 14: heartbeats -------------------------------------------------------------------
+
+    def held_ttls(self) -> list[float]:
+        return [e.ttl for st in self.types.values() for e in st.sent.values() if e.ttl is not None]
+
+    def beats_due(self) -> None:
+        for st in self.types.values():
+            if any(e.ttl is not None for e in st.sent.values()):
+                st.beat_due = True
+
+    def heartbeats(self) -> list[bytes]:
+        out: list[bytes] = []
+        for url in sorted(self.types, key=order_key):
+            st = self.types[url]
+            if not st.beat_due or st.outstanding or st.beating:
+                continue  # one unanswered response per type: the heartbeat waits for the answer
+            if st.unsure or st.held_version != st.sent_version or st.held_version is None:
+                continue  # what the client runs is unknown; the next response settles it
+            beats = [e for e in st.held.values() if e.ttl is not None]
+            st.beat_due = False
+            if not beats:
+                continue
+            # At the version the client ACKed, the resources with a TTL (bare: without body),
+            # and for LDS/CDS every other resource too: a SotW response left without them
+            # would delete them (rule 9). Not a change: sent, held and the tracker's versions stay.
+            if url in FULL_STATE:
+                beats = list(st.held.values())
+            bare = self.server.sotw_heartbeat == "bare"
+            nonce = self.next_nonce()
+            st.nonce, st.beating = nonce, True
+            out.append(wire.sotw_response(
+                version=st.held_version, type_url=url, nonce=nonce,
+                resources=[e.heartbeat_sotw if bare and e.ttl is not None else e.sotw for e in beats],
+                control_plane_id=self.server._control_plane,
+            ))
+            self.trace("sent", "heartbeat", url, st.held_version, nonce, [e.name for e in beats])
+        return out
+
+
+def _heartbeat_answered(stream: _Stream, st: Any, url: str, version: str, req: Any,
+                        names: list[str], unsubs: Iterable[str] = ()) -> None:
+    """The ACK or NACK of a heartbeat: traced as such, it changes nothing the client holds."""
+    st.beating = False
+    if req.HasField("error_detail"):
+        # Not a refused configuration: a heartbeat carries none. Shown, never counted as a NACK
+        # (rule 4 must not bar the version the client runs).
+        error = req.error_detail.message.strip()
+        log.warning("node %s refused a %s heartbeat: %s", stream.node_id, url, error)
+        stream.trace("received", "heartbeat NACK", url, version, req.response_nonce, names, unsubs, error=error)
+    else:
+        stream.trace("received", "heartbeat ACK", url, version, req.response_nonce, names, unsubs)
 
 
 def _rewarmed_endpoints(held: Mapping[str, str], sending: Iterable[Entry]) -> set[str]:
@@ -507,6 +632,8 @@ class _DeltaType:
     nacked: dict[str, str] = field(default_factory=dict)  # name -> version the client refused
     nacked_removals: dict[str, str] = field(default_factory=dict)  # name -> system version
     system_version: str = ""
+    beating: bool = False  # the unanswered response (nonce) is a heartbeat
+    beat_due: bool = False  # a heartbeat waits for the type to be idle
 
 
 class _DeltaStream(_Stream):
@@ -549,6 +676,9 @@ class _DeltaStream(_Stream):
         if req.response_nonce != st.nonce:
             self.trace("received", "stale", url, "", req.response_nonce, subs, unsubs)
             return
+        if st.beating:
+            _heartbeat_answered(self, st, url, st.system_version, req, subs, unsubs)
+            return
         st.outstanding = False
         if req.HasField("error_detail"):
             for name, (old, new) in st.pending.items():
@@ -573,7 +703,7 @@ class _DeltaStream(_Stream):
         st = self.types[url]
         if st.outstanding:
             return None
-        entries = snap.entries(url)
+        entries = snap.entries(url, self.ttl)
         if st.wildcard:
             candidates: Iterable[Entry] = entries.values()
         else:
@@ -600,6 +730,8 @@ class _DeltaStream(_Stream):
             return []
         out: list[bytes] = []
         for url in sorted(self.types, key=order_key):
+            if self.types[url].beating:
+                continue  # one unanswered response per type, heartbeats included
             plan = self._plan(url, snap)
             if plan is None:
                 continue
@@ -639,7 +771,47 @@ class _DeltaStream(_Stream):
             if st.outstanding or self._plan(url, snap) is not None:
                 return False
         held = {
-            url: [e for n, e in snap.entries(url).items() if self.types[url].known.get(n) == e.version]
+            url: [e for n, e in snap.entries(url, self.ttl).items() if self.types[url].known.get(n) == e.version]
             for url in (CLUSTER, LISTENER) if url in self.types
         }
         return _dependencies_asked(self.types, held.get(CLUSTER, ()), held.get(LISTENER, ()))
+
+    # -- rule 14: heartbeats -------------------------------------------------------------------
+
+    def _held_ttl_entries(self, url: str) -> list[Entry]:
+        """Resources with a TTL the client holds (or is being sent) at their current version."""
+        snap, st = self.snapshot, self.types[url]
+        if snap is None or not st.known:
+            return []
+        entries = snap.entries(url, True)
+        return [e for n, v in st.known.items() if (e := entries.get(n)) is not None and e.ttl is not None and e.version == v]
+
+    def held_ttls(self) -> list[float]:
+        return [e.ttl for url in self.types for e in self._held_ttl_entries(url) if e.ttl is not None]
+
+    def beats_due(self) -> None:
+        for url, st in self.types.items():
+            if self._held_ttl_entries(url):
+                st.beat_due = True
+
+    def heartbeats(self) -> list[bytes]:
+        out: list[bytes] = []
+        for url in sorted(self.types, key=order_key):
+            st = self.types[url]
+            if not st.beat_due or st.outstanding or st.beating:
+                continue  # one unanswered response per type: the heartbeat waits for the answer
+            beats = self._held_ttl_entries(url)
+            st.beat_due = False
+            if not beats:
+                continue
+            # Resources without their body at the version the client holds: only their TTLs
+            # are refreshed. Not a change: known versions and the tracker's versions stay.
+            nonce = self.next_nonce()
+            st.nonce, st.beating = nonce, True
+            out.append(wire.delta_response(
+                system_version=st.system_version, type_url=url, nonce=nonce,
+                resources=[e.heartbeat_delta for e in beats],
+                control_plane_id=self.server._control_plane,
+            ))
+            self.trace("sent", "heartbeat", url, st.system_version, nonce, [e.name for e in beats])
+        return out

@@ -8,8 +8,10 @@ shares the same bytes.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf import any_pb2, message
@@ -23,6 +25,12 @@ from .messages import ResourceError, to_message
 from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 __all__ = ["ConsistencyError", "Entry", "Snapshot"]
+
+#: Seconds (int or float) or a timedelta.
+Duration = float | timedelta
+#: One TTL for every resource, or per type URL / resource name (a name wins over its type URL;
+#: None there exempts it).
+TtlSpec = Duration | Mapping[str, Duration | None] | None
 
 
 class ConsistencyError(ValueError):
@@ -42,6 +50,12 @@ class Entry:
     version: str
     sotw: bytes  # a ready DiscoveryResponse.resources field
     delta: bytes  # a ready DeltaDiscoveryResponse.resources field
+    # Rule 14, only in the form served to clients that support resource TTLs: the TTL in
+    # seconds; sotw in a Resource wrapper with the TTL, delta with the TTL; and the heartbeats,
+    # the same without the body. The version then says the TTL too, so a new TTL is a change.
+    ttl: float | None = None
+    heartbeat_sotw: bytes = b""
+    heartbeat_delta: bytes = b""
 
 
 def _digest(data: bytes) -> str:
@@ -55,15 +69,66 @@ def _entry(type_url: str, name: str, msg: message.Message) -> Entry:
     return Entry(name, msg, version, wire.sotw_resource(packed), wire.delta_resource(name, version, packed))
 
 
+def _ttl_entry(type_url: str, plain: Entry, ttl: float) -> Entry:
+    """``plain`` as served to a client that supports TTLs."""
+    version = f"{plain.version}/ttl={ttl!r}s"
+    packed = wire.encode_any(type_url, plain.message.SerializeToString(deterministic=True))
+    return Entry(
+        plain.name, plain.message, version,
+        sotw=wire.sotw_wrapped(plain.name, version, packed, ttl),
+        delta=wire.delta_resource(plain.name, version, packed, ttl),
+        ttl=ttl,
+        heartbeat_sotw=wire.sotw_wrapped(plain.name, version, None, ttl),
+        heartbeat_delta=wire.delta_resource(plain.name, version, None, ttl),
+    )
+
+
+def _seconds(value: Any, where: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{where}: a TTL is seconds or a timedelta, not {type(value).__name__}")
+    nanos = round(seconds * 1_000_000_000) if math.isfinite(seconds) else 0
+    if nanos <= 0:
+        raise ValueError(f"{where}: a TTL must be positive and finite, not {value!r}")
+    return nanos / 1_000_000_000  # what a Duration can carry
+
+
+def _ttls(spec: TtlSpec, by_type: Mapping[str, Mapping[str, Entry]]) -> dict[tuple[str, str], float]:
+    """(type URL, name) -> seconds, for every resource ``spec`` gives a TTL."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        every = _seconds(spec, "ttl")
+        return {(url, name): every for url, entries in by_type.items() for name in entries}
+    names = {name for entries in by_type.values() for name in entries}
+    for key in spec:
+        if key not in names and not key.startswith(resource_types.TYPE_PREFIX):
+            raise ValueError(f"ttl[{key!r}]: no resource of this snapshot has that name, and it is no type URL")
+    out: dict[tuple[str, str], float] = {}
+    for url, entries in by_type.items():
+        for name in entries:
+            key = name if name in spec else url if url in spec else None
+            if key is not None and spec[key] is not None:
+                out[(url, name)] = _seconds(spec[key], f"ttl[{key!r}]")
+    return out
+
+
 class Snapshot:
     """Resources by type, each type with its own version.
 
     ``version`` may be one string for every type (the sandbox's "1", "2", ...), a mapping of type
     URL to version, or None: then each type's version is a hash of its content, so a type that
     did not change keeps its version and is never pushed again.
+
+    ``ttl`` (rule 14) gives resources a time to live, for clients that advertise the
+    ``xds.config.supports-resource-ttl`` feature: they drop a resource whose TTL runs out
+    without a word from the control plane, which sends heartbeats meanwhile. It is seconds (or a
+    timedelta) for every resource, or a mapping from type URL or resource name to seconds (a
+    name wins over its type URL; None exempts it). A TTL does not change the versions computed
+    from content: clients without the feature get the same resources either way.
     """
 
-    __slots__ = ("_types", "_versions", "_explicit")
+    __slots__ = ("_types", "_versions", "_explicit", "_ttl_types")
 
     def __init__(
         self,
@@ -71,6 +136,7 @@ class Snapshot:
         version: str | int | Mapping[str, str] | None = None,
         *,
         check: bool = True,
+        ttl: TtlSpec = None,
     ) -> None:
         by_type: dict[str, dict[str, Entry]] = {}
         if isinstance(resources, Mapping):
@@ -97,6 +163,12 @@ class Snapshot:
                 raise ResourceError(f"duplicate {rtype.short} resource named {name!r}", where=where)
             entries[name] = _entry(url, name, msg)
         self._types = by_type
+        # What clients that support TTLs are served: per type with TTLs, every entry, the
+        # ones with a TTL in their TTL form (built once here, like the plain bytes).
+        self._ttl_types: dict[str, dict[str, Entry]] = {}
+        for (url, name), seconds in _ttls(ttl, by_type).items():
+            served = self._ttl_types.setdefault(url, dict(by_type[url]))
+            served[name] = _ttl_entry(url, by_type[url][name], seconds)
         self._explicit: str | Mapping[str, str] | None = (
             str(version) if isinstance(version, (str, int)) else version
         )
@@ -129,8 +201,23 @@ class Snapshot:
     def versions(self) -> dict[str, str]:
         return {url: self.version(url) for url in self.types}
 
-    def entries(self, type_url: str) -> Mapping[str, Entry]:
+    def entries(self, type_url: str, ttl: bool = False) -> Mapping[str, Entry]:
+        """name -> Entry; with ``ttl``, as served to clients that support resource TTLs."""
+        if ttl:
+            served = self._ttl_types.get(type_url)
+            if served is not None:
+                return served
         return self._types.get(type_url, {})
+
+    def ttl(self, type_url: str, name: str) -> float | None:
+        """The TTL in seconds of one resource, None if it has none."""
+        served = self._ttl_types.get(type_url)
+        entry = served.get(name) if served is not None else None
+        return entry.ttl if entry is not None else None
+
+    @property
+    def has_ttl(self) -> bool:
+        return bool(self._ttl_types)
 
     def resources(self, type_url: str) -> dict[str, message.Message]:
         return {name: e.message for name, e in self.entries(type_url).items()}
@@ -151,8 +238,8 @@ class Snapshot:
         if not isinstance(other, Snapshot):
             return NotImplemented
         return self.versions == other.versions and all(
-            {n: e.version for n, e in self.entries(u).items()}
-            == {n: e.version for n, e in other.entries(u).items()}
+            {n: e.version for n, e in self.entries(u, ttl=True).items()}
+            == {n: e.version for n, e in other.entries(u, ttl=True).items()}
             for u in self.types
         )
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+_VARINT = 0  # wire type of integer fields
 _LEN = 2  # wire type of length-delimited fields
 
 
@@ -27,6 +28,10 @@ _SOTW = _field_numbers(discovery_pb2.DiscoveryResponse.DESCRIPTOR)
 _DELTA = _field_numbers(discovery_pb2.DeltaDiscoveryResponse.DESCRIPTOR)
 _RESOURCE = _field_numbers(discovery_pb2.Resource.DESCRIPTOR)
 _CONTROL_PLANE = _field_numbers(base_pb2.ControlPlane.DESCRIPTOR)
+_DURATION = _field_numbers(duration_pb2.Duration.DESCRIPTOR)
+
+#: The type URL of a resource wrapped in a ``Resource`` inside a SotW response (rule 14).
+RESOURCE_TYPE_URL = "type.googleapis.com/" + discovery_pb2.Resource.DESCRIPTOR.full_name
 
 
 def _varint(n: int) -> bytes:
@@ -49,6 +54,10 @@ def _field(number: int, payload: bytes) -> bytes:
     return _tag(number) + _varint(len(payload)) + payload
 
 
+def _int(number: int, value: int) -> bytes:
+    return _varint(number << 3 | _VARINT) + _varint(value) if value else b""
+
+
 def _text(number: int, value: str) -> bytes:
     return _field(number, value.encode()) if value else b""
 
@@ -63,14 +72,33 @@ def sotw_resource(any_bytes: bytes) -> bytes:
     return _field(_SOTW["resources"], any_bytes)
 
 
-def delta_resource(name: str, version: str, any_bytes: bytes) -> bytes:
-    """One entry of ``DeltaDiscoveryResponse.resources`` (a ``Resource``)."""
-    body = (
+def duration(seconds: float) -> bytes:
+    """A ``google.protobuf.Duration`` of ``seconds`` (positive), to the nanosecond."""
+    nanos_total = round(seconds * 1_000_000_000)
+    if nanos_total <= 0:
+        raise ValueError(f"a duration must be positive, not {seconds!r}")
+    secs, nanos = divmod(nanos_total, 1_000_000_000)
+    return _int(_DURATION["seconds"], secs) + _int(_DURATION["nanos"], nanos)
+
+
+def resource(name: str, version: str, any_bytes: bytes | None, ttl: float | None = None) -> bytes:
+    """A ``Resource``: the body in ``any_bytes``, or none for a heartbeat, and an optional TTL."""
+    return (
         _text(_RESOURCE["version"], version)
-        + _field(_RESOURCE["resource"], any_bytes)
+        + (_field(_RESOURCE["resource"], any_bytes) if any_bytes is not None else b"")
         + _text(_RESOURCE["name"], name)
+        + (_field(_RESOURCE["ttl"], duration(ttl)) if ttl is not None else b"")
     )
-    return _field(_DELTA["resources"], body)
+
+
+def sotw_wrapped(name: str, version: str, any_bytes: bytes | None, ttl: float | None) -> bytes:
+    """One entry of ``DiscoveryResponse.resources`` holding a ``Resource`` wrapper (SotW TTL)."""
+    return sotw_resource(encode_any(RESOURCE_TYPE_URL, resource(name, version, any_bytes, ttl)))
+
+
+def delta_resource(name: str, version: str, any_bytes: bytes | None, ttl: float | None = None) -> bytes:
+    """One entry of ``DeltaDiscoveryResponse.resources`` (a ``Resource``)."""
+    return _field(_DELTA["resources"], resource(name, version, any_bytes, ttl))
 
 
 def control_plane(identifier: str) -> bytes:

@@ -3,6 +3,7 @@ services, as the lab does. Every port is chosen by the kernel."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -230,3 +231,107 @@ def test_envoy_waits_for_its_first_snapshot(cp, envoy):
         assert envoy.admin.ready()
     finally:
         service.stop()
+
+
+# -- rule 14: TTL and heartbeats with a real Envoy --------------------------------------------
+
+TTL_FEATURE = "xds.config.supports-resource-ttl"
+
+
+@contextlib.contextmanager
+def ttl_lab(delta: bool, features: tuple[str, ...] = (), **options):
+    """A control plane (with ``options``) and an Envoy whose bootstrap node lists ``features``;
+    yields them and the client_features of every stream's first request."""
+    plane = ControlPlane(port=0, **options).start()
+    seen: list[list[str]] = []
+    plane.on("request", lambda node, req: seen.append(list(req.node.client_features)) if req.HasField("node") else None)
+    bootstrap = render_bootstrap(xds_port=plane.port, admin_port=0, delta=delta)
+    if features:
+        bootstrap["node"]["client_features"] = list(features)
+    proxy = Envoy(bootstrap)
+    try:
+        proxy.start()
+        plane.wait_for_node(NODE, 10)
+        yield plane, proxy, seen
+    finally:
+        proxy.stop()
+        plane.stop()
+
+
+def two_listeners(upstream_port: int, ttl) -> tuple[Snapshot, int, int]:
+    """Listener "ttl" and listener "keep" in front of one cluster; ``ttl`` as Snapshot's."""
+    keep, short = free_port(), free_port()
+    snap = Snapshot([
+        cluster("c", [("127.0.0.1", upstream_port)], type="STATIC"),
+        route_configuration("r", "c"),
+        http_listener("keep", keep, "r"),
+        http_listener("ttl", short, "r"),
+    ], version="1", ttl=ttl)
+    return snap, keep, short
+
+
+def active_listeners(envoy: Envoy) -> list[str]:
+    dump = envoy.admin.config_dump(resource="dynamic_listeners").get("configs", [])
+    return sorted(e["name"] for e in dump if "active_state" in e)
+
+
+def heartbeats(cp: ControlPlane, type_short: str = "LDS") -> int:
+    t = cp.trace(NODE)
+    return int(((t["type"] == type_short) & (t["kind"] == "heartbeat")).sum())
+
+
+def test_rule14_envoy_does_not_advertise_ttl_and_gets_plain_resources(services, delta):
+    """Envoy 1.40 sends an empty client_features: a snapshot with TTLs reaches it without them,
+    it gets no heartbeats, and nothing expires."""
+    with ttl_lab(delta, heartbeat_interval=0.1) as (cp, envoy, seen):
+        assert seen and all(TTL_FEATURE not in features for features in seen), seen
+        snap, keep, short = two_listeners(services["service1"][0].port, ttl=0.5)
+        cp.push(snap, timeout=10)
+        wait_served_by(short, "service1")
+        time.sleep(1.5)  # three TTLs
+        assert get(short)["served_by"] == get(keep)["served_by"] == "service1"
+        assert active_listeners(envoy) == ["keep", "ttl"]
+        assert (cp.trace(NODE)["kind"] != "heartbeat").all()
+        assert envoy.admin.stats("listener_manager.listener_removed")["listener_manager.listener_removed"] == 0
+
+
+def test_rule14_envoy_with_the_feature_drops_a_listener_once_the_control_plane_is_gone(services, delta):
+    """Envoy advertises the feature if its bootstrap's node lists it. Then a listener with a
+    TTL lives as long as the heartbeats come (SotW: the resources again; Delta: bare ones), and
+    is dropped one TTL after the control plane stops; the listener without TTL stays."""
+    with ttl_lab(delta, (TTL_FEATURE,)) as (cp, envoy, seen):
+        assert seen and all(TTL_FEATURE in features for features in seen), seen
+        snap, keep, short = two_listeners(services["service1"][0].port, ttl={"ttl": 1.0})
+        cp.push(snap, timeout=10)
+        wait_served_by(short, "service1")
+        time.sleep(2.5)  # 2.5 TTLs: only the heartbeats (every 0.5 s) keep "ttl"
+        assert heartbeats(cp) >= 3
+        assert active_listeners(envoy) == ["keep", "ttl"]
+        assert get(short)["served_by"] == "service1"
+        stopped = time.monotonic()
+        cp.stop()
+        deadline = stopped + 5
+        while active_listeners(envoy) != ["keep"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert active_listeners(envoy) == ["keep"], "the listener with a TTL expired"
+        gone = time.monotonic() - stopped
+        assert 0.3 < gone < 2.5, gone  # one TTL after the last heartbeat
+        assert get(keep)["served_by"] == "service1"
+        assert get(short)["error"] == "connection refused"
+        removed = envoy.admin.stats("listener_manager.listener_removed")["listener_manager.listener_removed"]
+        assert removed == 1
+
+
+def test_rule14_bare_sotw_heartbeats_delete_envoys_listeners(services):
+    """Why SotW heartbeats resend the resources by default: Envoy 1.40 leaves bare heartbeat
+    resources out of a SotW update, so an LDS heartbeat reads as a state of the world without
+    the listeners it beats for, and removes them. If this starts failing, Envoy handles bare
+    SotW heartbeats: revisit the default."""
+    with ttl_lab(False, (TTL_FEATURE,), heartbeat_interval=0.3, sotw_heartbeat="bare") as (cp, envoy, _):
+        snap, _, _ = two_listeners(services["service1"][0].port, ttl={"ttl": 30})
+        cp.push(snap, timeout=10)
+        deadline = time.monotonic() + 5
+        while (heartbeats(cp) == 0 or active_listeners(envoy) != ["keep"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert heartbeats(cp) >= 1
+        assert active_listeners(envoy) == ["keep"], "the heartbeat removed the listener it beat for"

@@ -3,6 +3,9 @@ own xDS client against a real ControlPlane on a kernel-chosen port."""
 
 from __future__ import annotations
 
+import itertools
+import time
+
 import grpc
 import pytest
 
@@ -12,18 +15,22 @@ from xds_client import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    TTL_FEATURE,
     DeltaClient,
     describe,
     names,
     resources,
+    ttls,
     versions,
     wait_processed,
+    wrappers,
 )
 
 
 @pytest.fixture
-def cp():
-    plane = ControlPlane(port=0).start()
+def cp(request):
+    # ControlPlane options come from indirect parametrization: parametrize("cp", [{...}], indirect=True)
+    plane = ControlPlane(port=0, **getattr(request, "param", {})).start()
     yield plane
     plane.stop()
 
@@ -384,3 +391,143 @@ def test_delta_and_sotw_streams_of_one_node(cp, connect):
         cp.set_snapshot(clusters("a", "b"))
         assert names(d.recv()) == ["b"]
         assert sorted(names(s.recv())) == ["a", "b"]
+
+
+# -- rule 14: TTL and heartbeats --------------------------------------------------------------
+
+BEAT = 0.2  # heartbeat interval of the rule 14 tests, seconds
+beating = pytest.mark.parametrize("cp", [{"heartbeat_interval": BEAT}], indirect=True, ids=["beat"])
+
+
+def eventually(check, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def beat_timers(cp: ControlPlane) -> list:
+    """Heartbeat timers pending on the server's event loop."""
+    return [h for h in list(cp._loop._scheduled) if not h.cancelled()
+            and getattr(h._callback, "__name__", "") == "_timer_fired"]
+
+
+@beating
+def test_rule14_ttl_only_for_clients_that_support_it(cp, connect):
+    snap = cp.set_snapshot(Snapshot([static("a"), static("b")], version="1", ttl={"a": 30}))
+    plain = connect("node-old")
+    plain.send(CLUSTER)
+    r = plain.recv()
+    assert ttls(r) == {}, "no TTL for a client that did not ask"
+    assert versions(r) == {n: e.version for n, e in snap.entries(CLUSTER).items()}
+    plain.ack(r)
+    plain.expect_nothing(4 * BEAT)  # and no heartbeats
+
+    ttl = connect("node-ttl", client_features=[TTL_FEATURE])
+    ttl.send(CLUSTER)
+    r = ttl.recv()
+    assert ttls(r) == {"a": 30.0}
+    assert resources(r)["a"].name == "a" and resources(r)["b"].name == "b"
+    # the TTL is part of the version a TTL client holds, so a new TTL is a change for it only
+    assert versions(r)["b"] == snap.entries(CLUSTER)["b"].version
+    assert versions(r)["a"] != snap.entries(CLUSTER)["a"].version
+    ttl.ack(r)
+    sent = time.monotonic()
+    beats = []
+    for _ in range(3):
+        beat = ttl.recv(5 * BEAT + 2)
+        beats.append((time.monotonic(), beat))
+        ttl.ack(beat)
+    times = [sent] + [t for t, _ in beats]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.7 * BEAT <= g <= BEAT + 0.5 for g in gaps), gaps
+    for _, beat in beats:
+        # the protocol's heartbeat: a Resource without body, at the version the client holds
+        w = wrappers(beat)
+        assert list(w) == ["a"] and not w["a"].HasField("resource"), describe(beat)
+        assert w["a"].version == versions(r)["a"] and w["a"].ttl.seconds == 30
+        assert beat.system_version_info == "1" and list(beat.removed_resources) == []
+    connect.sync()  # every ACK taken in
+    assert [k for t, k in kinds(cp, "node-ttl")][:9] == (
+        ["request", "response", "ACK"] + ["heartbeat", "heartbeat ACK"] * 3)
+    status = cp.status().set_index(["node", "type"]).loc[("node-ttl", "CDS")]
+    assert (status["sent"], status["acked"]) == ("1", "1")
+
+
+@beating
+def test_rule14_no_heartbeat_while_a_response_is_outstanding(cp, connect):
+    cp.set_snapshot(Snapshot([static("a")], version="1", ttl=30))
+    c = connect(client_features=[TTL_FEATURE])
+    c.send(CLUSTER)
+    r = c.recv()
+    c.expect_nothing(4 * BEAT)  # not ACKed: no heartbeat on top of it
+    c.ack(r)
+    t0 = time.monotonic()
+    beat = c.recv(2)  # the heartbeat owed comes once the ACK arrives
+    assert time.monotonic() - t0 < BEAT and names(beat) == ["a"] and resources(beat) == {"a": None}
+    # an unanswered heartbeat holds back a change (one unanswered response per type)
+    cp.set_snapshot(Snapshot([static("a"), static("b")], version="2", ttl=30))
+    c.expect_nothing(2 * BEAT)
+    c.ack(beat)
+    r2 = c.recv(2)
+    assert names(r2) == ["b"] and r2.system_version_info == "2", "the heartbeat changed nothing held"
+    c.ack(r2)
+    beat2 = c.recv(2)
+    assert sorted(names(beat2)) == ["a", "b"] and beat2.system_version_info == "2"
+
+
+@beating
+def test_rule14_heartbeats_stop_when_the_stream_ends(cp, connect):
+    cp.set_snapshot(Snapshot([static("a")], version="1", ttl=30))
+    c = connect(client_features=[TTL_FEATURE])
+    c.send(CLUSTER)
+    c.ack(c.recv())
+    c.ack(c.recv(2))
+    assert eventually(lambda: len(beat_timers(cp)) == 1)
+    c.close()
+    assert eventually(lambda: cp.stream_count == 0)
+    assert eventually(lambda: not beat_timers(cp)), "the stream's timer is cancelled with it"
+    before = len(kinds(cp))
+    time.sleep(3 * BEAT)
+    assert len(kinds(cp)) == before
+
+
+@beating
+def test_rule14_reconnect_resumes_heartbeats_without_resending(cp, connect):
+    cp.set_snapshot(Snapshot([static("a"), static("b")], version="1", ttl={"a": 30}))
+    c = connect(client_features=[TTL_FEATURE])
+    c.send(CLUSTER)
+    r = c.recv()
+    c.ack(r)
+    c.close()
+    again = connect(client_features=[TTL_FEATURE])
+    again.send(CLUSTER, initial_versions=versions(r))
+    beat = again.recv(5 * BEAT + 2)  # nothing resent, and the TTL'd resource still beats
+    assert resources(beat) == {"a": None} and wrappers(beat)["a"].version == versions(r)["a"]
+
+
+@beating
+def test_rule14_a_new_ttl_reaches_ttl_clients_only(cp, connect):
+    cp.set_snapshot(Snapshot([static("a")], version="1", ttl=30))
+    plain, ttl = connect("node-old"), connect("node-ttl", client_features=[TTL_FEATURE])
+    for c in (plain, ttl):
+        c.send(CLUSTER)
+        c.ack(c.recv())
+    cp.set_snapshot(Snapshot([static("a")], version="1", ttl=60))
+    plain.expect_nothing(3 * BEAT)
+    while True:  # heartbeats of the first TTL may come before the update
+        r = ttl.recv(2)
+        ttl.ack(r)
+        if ttls(r) == {"a": 60.0}:
+            break
+    assert resources(r)["a"].name == "a", "a new TTL comes with the resource"
+    cp.set_snapshot(Snapshot([static("a")], version="1"))  # the TTL removed: resent without
+    while True:
+        r = ttl.recv(2)
+        ttl.ack(r)
+        if r.resources and r.resources[0].HasField("resource"):
+            break
+    assert ttls(r) == {} and names(r) == ["a"]
+    ttl.expect_nothing(3 * BEAT)  # and no more heartbeats

@@ -3,6 +3,9 @@ tests' own xDS client against a real ControlPlane on a kernel-chosen port."""
 
 from __future__ import annotations
 
+import itertools
+import time
+
 import grpc
 import pytest
 
@@ -12,18 +15,23 @@ from xds_client import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    RESOURCE,
+    TTL_FEATURE,
     SotwClient,
     StreamEnded,
     describe,
     names,
     resources,
+    ttls,
     wait_processed,
+    wrappers,
 )
 
 
 @pytest.fixture
-def cp():
-    plane = ControlPlane(port=0).start()
+def cp(request):
+    # ControlPlane options come from indirect parametrization: parametrize("cp", [{...}], indirect=True)
+    plane = ControlPlane(port=0, **getattr(request, "param", {})).start()
     yield plane
     plane.stop()
 
@@ -608,24 +616,226 @@ def test_describe_helper_is_readable(cp, connect):
 # -- rule 14: TTL and heartbeats --------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="rule 14 (resource TTL and heartbeats) is not implemented: "
-                   "Snapshot has no ttl and SotW responses never use the Resource wrapper")
-def test_rule14_ttl_only_for_clients_that_support_it(cp, connect):
-    from envoy.service.discovery.v3 import discovery_pb2
+BEAT = 0.2  # heartbeat interval of the rule 14 tests, seconds
 
-    cp.set_snapshot(Snapshot([static("c1")], version="1", ttl=1.0))
+
+def beating(**options):
+    """A ControlPlane with fast heartbeats (and ``options``) for one test."""
+    return pytest.mark.parametrize("cp", [{"heartbeat_interval": BEAT, **options}], indirect=True,
+                                   ids=["beat"])
+
+
+def heartbeat_times(c: SotwClient, count: int, ack: bool = True) -> list[tuple[float, object]]:
+    """Receive ``count`` responses (ACKing each): (arrival time, response)."""
+    out = []
+    for _ in range(count):
+        r = c.recv(5 * BEAT + 2)
+        out.append((time.monotonic(), r))
+        if ack:
+            c.ack(r)
+    return out
+
+
+@beating()
+def test_rule14_ttl_only_for_clients_that_support_it(cp, connect):
+    snap = cp.set_snapshot(Snapshot([static("c1")], version="1", ttl=1.0))
     plain = connect("node-old")
     r = plain.subscribe(CLUSTER)
     assert r.resources[0].type_url == CLUSTER, "no TTL wrapper for a client that did not ask"
-    ttl = connect("node-ttl", client_features=["xds.config.supports-resource-ttl"])
+    assert r.resources[0].value == cluster_bytes(snap, "c1")
+    plain.ack(r)
+    plain.expect_nothing(4 * BEAT)  # and no heartbeats
+
+    ttl = connect("node-ttl", client_features=[TTL_FEATURE])
     r = ttl.subscribe(CLUSTER)
-    wrapped = discovery_pb2.Resource()
-    assert r.resources[0].Unpack(wrapped)
-    assert wrapped.name == "c1" and wrapped.ttl.ToNanoseconds() == 1_000_000_000
+    assert r.version_info == "1"
+    assert [a.type_url for a in r.resources] == [RESOURCE]
+    wrapped = wrappers(r)["c1"]
+    assert wrapped.ttl.ToNanoseconds() == 1_000_000_000
+    assert wrapped.resource.type_url == CLUSTER and wrapped.resource.value == cluster_bytes(snap, "c1")
+    assert resources(r)["c1"].name == "c1"
     ttl.ack(r)
-    heartbeat = ttl.recv(2)  # before the TTL runs out: the resource again, without its body
-    beat = discovery_pb2.Resource()
-    assert heartbeat.resources[0].Unpack(beat) and beat.name == "c1" and not beat.HasField("resource")
+    beat = ttl.recv(2)  # before the TTL runs out: the resource again, at the same version
+    assert beat.version_info == "1" and names(beat) == ["c1"] and ttls(beat) == {"c1": 1.0}
+    assert beat.nonce != r.nonce
+
+
+def cluster_bytes(snap: Snapshot, name: str) -> bytes:
+    return snap.entries(CLUSTER)[name].message.SerializeToString(deterministic=True)
+
+
+@beating(sotw_heartbeat="bare")
+def test_rule14_bare_heartbeats_at_the_interval_without_body(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1"), static("keep")], version="1", ttl={"c1": 30}))
+    c = connect(client_features=[TTL_FEATURE])
+    r = c.subscribe(CLUSTER)
+    assert ttls(r) == {"c1": 30.0} and sorted(names(r)) == ["c1", "keep"]
+    assert resources(r)["c1"].name == "c1" and resources(r)["keep"].name == "keep"
+    sent = time.monotonic()
+    c.ack(r)
+    beats = heartbeat_times(c, 3)
+    times = [sent] + [t for t, _ in beats]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.7 * BEAT <= g <= BEAT + 0.5 for g in gaps), gaps
+    for _, beat in beats:
+        assert beat.version_info == "1"
+        # c1 without its body, with its TTL; "keep" has none, and comes whole: a SotW CDS
+        # response without it would delete it
+        assert resources(beat) == {"c1": None, "keep": resources(r)["keep"]}, describe(beat)
+        w = wrappers(beat)["c1"]
+        assert not w.HasField("resource") and w.ttl.seconds == 30 and w.version == wrappers(r)["c1"].version
+    connect.sync()  # every ACK taken in
+    # not a change: the tracker still says version 1 was sent and ACKed; traced as heartbeats
+    status = cp.status().set_index("type").loc["CDS"]
+    assert (status["sent"], status["acked"], status["nacked"]) == ("1", "1", None)
+    kinds_seen = [k for t, k, _ in kinds(cp) if t == "CDS"]
+    expected = ["request", "response", "ACK"] + ["heartbeat", "heartbeat ACK"] * 3
+    assert kinds_seen[:len(expected)] == expected, kinds_seen  # (a fourth may be on its way)
+
+
+@beating()
+def test_rule14_sotw_heartbeats_resend_the_resources_by_default(cp, connect):
+    """Envoy drops bare SotW heartbeats from its update (a bare LDS heartbeat deletes every
+    listener): by default a SotW heartbeat is the resources again, bodies included."""
+    cp.set_snapshot(Snapshot([static("c1"), static("keep"),
+                              route_configuration("r1", "c1"), route_configuration("r2", "c1")],
+                             version="1", ttl={"c1": 30, "r1": 30}, check=False))
+    c = connect(client_features=[TTL_FEATURE])
+    r = c.subscribe(CLUSTER)
+    c.ack(r)
+    rds = c.subscribe(ROUTE, ["r1", "r2"])
+    c.ack(rds, ["r1", "r2"])
+    got: dict[str, list] = {CLUSTER: [], ROUTE: []}
+    while min(len(v) for v in got.values()) < 2:
+        beat = c.recv(5 * BEAT + 2)
+        got[beat.type_url].append(beat)
+        c.ack(beat, ["r1", "r2"] if beat.type_url == ROUTE else ())
+    for beat in got[CLUSTER]:
+        assert beat.version_info == "1"
+        assert resources(beat) == resources(r) and ttls(beat) == {"c1": 30.0}
+    for beat in got[ROUTE]:
+        # RDS is not full state: only the resources with a TTL
+        assert beat.version_info == "1" and names(beat) == ["r1"] and ttls(beat) == {"r1": 30.0}
+        assert resources(beat)["r1"] == resources(rds)["r1"]
+
+
+@beating()
+def test_rule14_no_heartbeat_while_a_response_is_outstanding(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1")], version="1", ttl=30))
+    c = connect(client_features=[TTL_FEATURE])
+    r = c.subscribe(CLUSTER)
+    c.expect_nothing(4 * BEAT)  # the response is not ACKed: no heartbeat on top of it
+    c.ack(r)
+    t0 = time.monotonic()
+    beat = c.recv(2)  # the heartbeat it owes comes as soon as the ACK arrives
+    assert time.monotonic() - t0 < BEAT and beat.version_info == "1"
+    # A heartbeat not answered yet holds back a new version (one unanswered response per type)
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")], version="2", ttl=30))
+    c.expect_nothing(2 * BEAT)
+    c.ack(beat)
+    r2 = c.recv(2)
+    assert r2.version_info == "2" and sorted(names(r2)) == ["c1", "c2"], describe(r2)
+    # and no heartbeat on top of it until it is ACKed
+    c.expect_nothing(3 * BEAT)
+    c.ack(r2)
+    beat2 = c.recv(2)
+    assert beat2.version_info == "2" and sorted(names(beat2)) == ["c1", "c2"]
+
+
+@beating()
+def test_rule14_a_refused_heartbeat_is_not_a_nack_of_the_version(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1")], version="1", ttl=30))
+    c = connect(client_features=[TTL_FEATURE])
+    r = c.subscribe(CLUSTER)
+    c.ack(r)
+    beat = c.recv(2)
+    c.nack(beat, "cannot take a heartbeat", last_good="1")
+    connect.sync()
+    status = cp.status().set_index("type").loc["CDS"]
+    assert (status["acked"], status["nacked"]) == ("1", None)
+    assert [k for _, k, _ in kinds(cp)][-1] == "heartbeat NACK"
+    # the next version is sent as usual
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")], version="2", ttl=30))
+    assert c.recv(2).version_info == "2"
+
+
+@pytest.mark.parametrize("cp", [{}], indirect=True, ids=["default"])
+def test_rule14_heartbeats_every_half_ttl_by_default(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1")], version="1", ttl={"c1": 0.6, CLUSTER: 5}))
+    c = connect(client_features=[TTL_FEATURE])
+    r = c.subscribe(CLUSTER)
+    sent = time.monotonic()
+    c.ack(r)
+    beats = heartbeat_times(c, 2)
+    times = [sent] + [t for t, _ in beats]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.2 <= g <= 0.55 for g in gaps), gaps  # 0.3 s: half the shortest TTL
+
+
+@beating()
+def test_rule14_no_heartbeats_without_ttl(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1")], version="1"))
+    c = connect(client_features=[TTL_FEATURE])
+    r = c.subscribe(CLUSTER)
+    assert r.resources[0].type_url == CLUSTER  # no TTL, no wrapper
+    c.ack(r)
+    c.expect_nothing(4 * BEAT)
+    assert not _beat_timers(cp)
+    assert cp.trace()["kind"].tolist().count("heartbeat") == 0
+
+
+@beating()
+def test_rule14_heartbeats_stop_when_the_stream_ends(cp, connect):
+    cp.set_snapshot(Snapshot([static("c1")], version="1", ttl=30))
+    c = connect(client_features=[TTL_FEATURE])
+    c.ack(c.subscribe(CLUSTER))
+    c.ack(c.recv(2))
+    assert eventually(lambda: len(_beat_timers(cp)) == 1)
+    c.close()
+    assert eventually(lambda: cp.stream_count == 0)
+    assert eventually(lambda: not _beat_timers(cp)), "the stream's timer is cancelled with it"
+    before = len(kinds(cp))
+    time.sleep(3 * BEAT)
+    assert len(kinds(cp)) == before
+
+
+def eventually(check, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _beat_timers(cp: ControlPlane) -> list:
+    """Heartbeat timers pending on the server's event loop."""
+    loop = cp._loop
+    return [h for h in list(loop._scheduled) if not h.cancelled()
+            and getattr(h._callback, "__name__", "") == "_timer_fired"]
+
+
+@beating()
+def test_rule14_a_new_ttl_reaches_ttl_clients_only(cp, connect):
+    """A TTL does not change the versions computed from content: a client without the feature
+    is not sent the same resources again; a client with it gets the new TTL."""
+    first = Snapshot([static("c1")], ttl=30)
+    second = Snapshot([static("c1")], ttl=60)
+    assert first.version(CLUSTER) == second.version(CLUSTER) == Snapshot([static("c1")]).version(CLUSTER)
+    cp.set_snapshot(first)
+    plain, ttl = connect("node-old"), connect("node-ttl", client_features=[TTL_FEATURE])
+    for c in (plain, ttl):
+        c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(second)
+    plain.expect_nothing(3 * BEAT)
+    while True:  # heartbeats of the first TTL may come before the update
+        r = ttl.recv(2)
+        ttl.ack(r)
+        if ttls(r) == {"c1": 60.0}:
+            break
+        assert ttls(r) == {"c1": 30.0}
+    assert r.version_info == second.version(CLUSTER)
+    assert cp.trace("node-ttl")["kind"].tolist().count("response") == 2
 
 
 def test_rule05_nonces_live_within_one_stream(cp, connect):

@@ -201,3 +201,86 @@ def test_mapping_key_must_match_the_resources_type():
         Snapshot({ROUTE: [cluster("c", [("127.0.0.1", 1)], type="STATIC")]})
     text = str(info.value)
     assert "envoy.config.cluster.v3.Cluster" in text and "RouteConfiguration" in text and "#0" in text
+
+
+# -- rule 14: TTLs ---------------------------------------------------------------------------
+
+
+def _static(name: str):
+    return cluster(name, [("127.0.0.1", 1)], type="STATIC")
+
+
+def test_ttl_for_every_resource_seconds_or_timedelta():
+    from datetime import timedelta
+
+    for spec in (90, 90.0, timedelta(minutes=1, seconds=30)):
+        snap = Snapshot(_web(), ttl=spec)
+        assert {snap.ttl(url, n) for url in snap.types for n in snap.names(url)} == {90.0}
+
+
+def test_ttl_by_type_url_and_by_name():
+    snap = Snapshot([_static("a"), _static("b"), _static("c"), route_configuration("a", "a")],
+                    ttl={CLUSTER: 10, "b": 2.5, "c": None}, check=False)
+    assert snap.ttl(CLUSTER, "a") == 10.0
+    assert snap.ttl(CLUSTER, "b") == 2.5, "a name wins over its type URL"
+    assert snap.ttl(CLUSTER, "c") is None, "None exempts"
+    assert snap.ttl(ROUTE, "a") is None, "a type URL key is for that type only"
+    named = Snapshot([_static("a"), route_configuration("a", "a")], ttl={"a": 5}, check=False)
+    assert named.ttl(CLUSTER, "a") == named.ttl(ROUTE, "a") == 5.0, "a name applies in every type"
+    assert Snapshot([_static("a")], ttl={LISTENER: 1}).ttl(CLUSTER, "a") is None  # a type it lacks
+
+
+@pytest.mark.parametrize("spec, error", [
+    ({"nope": 1}, "no resource of this snapshot has that name"),
+    (0, "positive"),
+    (-1, "positive"),
+    (float("nan"), "positive"),
+    (float("inf"), "positive"),
+    ({"a": 0}, "ttl['a']"),
+    ("10", "seconds or a timedelta"),
+    (True, "seconds or a timedelta"),
+])
+def test_bad_ttls_are_refused(spec, error):
+    with pytest.raises((ValueError, TypeError)) as info:
+        Snapshot([_static("a")], ttl=spec)
+    assert error in str(info.value)
+
+
+def test_ttl_keeps_the_content_versions_and_the_plain_bytes():
+    plain = Snapshot(_web())
+    ttl = Snapshot(_web(), ttl=30)
+    assert ttl.versions == plain.versions
+    for url in plain.types:
+        for name, e in plain.entries(url).items():
+            t = ttl.entries(url)[name]
+            assert (t.version, t.sotw, t.delta, t.ttl) == (e.version, e.sotw, e.delta, None)
+    assert ttl != plain, "a snapshot with TTLs is another snapshot"
+    assert ttl == Snapshot(_web(), ttl=30) and ttl != Snapshot(_web(), ttl=31)
+
+
+def test_ttl_entries_are_pre_encoded_resource_wrappers():
+    snap = Snapshot([_static("a"), _static("b")], ttl={"a": 1.5})
+    served = snap.entries(CLUSTER, ttl=True)
+    assert served["b"] is snap.entries(CLUSTER)["b"], "a resource without TTL is served as is"
+    a, plain = served["a"], snap.entries(CLUSTER)["a"]
+    assert a.ttl == 1.5 and a.version != plain.version and plain.version in a.version
+    resp = discovery_pb2.DiscoveryResponse.FromString(a.sotw)
+    assert resp.resources[0].type_url == "type.googleapis.com/envoy.service.discovery.v3.Resource"
+    wrapped = discovery_pb2.Resource()
+    assert resp.resources[0].Unpack(wrapped)
+    assert (wrapped.name, wrapped.version, wrapped.ttl.ToMilliseconds()) == ("a", a.version, 1500)
+    body = cluster_pb2.Cluster()
+    assert wrapped.resource.Unpack(body) and body == plain.message
+    delta = discovery_pb2.DeltaDiscoveryResponse.FromString(a.delta).resources[0]
+    assert delta == wrapped
+    for beat_bytes, cls in ((a.heartbeat_sotw, discovery_pb2.DiscoveryResponse),
+                            (a.heartbeat_delta, discovery_pb2.DeltaDiscoveryResponse)):
+        beat = cls.FromString(beat_bytes).resources[0]
+        if cls is discovery_pb2.DiscoveryResponse:
+            unpacked = discovery_pb2.Resource()
+            assert beat.Unpack(unpacked)
+            beat = unpacked
+        assert (beat.name, beat.version, beat.ttl.ToMilliseconds(), beat.HasField("resource")) == (
+            "a", a.version, 1500, False)
+    no_ttl = Snapshot([_static("a")])
+    assert no_ttl.entries(CLUSTER, ttl=True) is no_ttl.entries(CLUSTER)

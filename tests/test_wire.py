@@ -107,3 +107,49 @@ def test_delta_response_with_only_removals():
 def test_control_plane_identifier_round_trips():
     assert base_pb2.ControlPlane.FromString(wire.control_plane("éé")).identifier == "éé"
     assert wire.control_plane("") == b""
+
+
+# -- rule 14: TTLs and the Resource wrapper ------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0.001, 0.5, 1, 30, 1.000000001, 86400.25, 10**9])
+def test_duration_matches_protobuf(seconds):
+    from google.protobuf import duration_pb2
+
+    expected = duration_pb2.Duration()
+    expected.FromNanoseconds(round(seconds * 1_000_000_000))
+    assert wire.duration(seconds) == expected.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 1e-10])
+def test_duration_must_be_positive(seconds):
+    with pytest.raises(ValueError):
+        wire.duration(seconds)
+
+
+def test_sotw_wrapped_resource_is_what_protobuf_writes():
+    c = _cluster("a")
+    packed = wire.encode_any(CLUSTER, c.SerializeToString())
+    data = wire.sotw_response(version="3", type_url=CLUSTER, nonce="1",
+                              resources=[wire.sotw_wrapped("a", "va", packed, 2.5)])
+    resp = discovery_pb2.DiscoveryResponse.FromString(data)
+    assert resp.resources[0].type_url == wire.RESOURCE_TYPE_URL
+    expected = discovery_pb2.Resource(name="a", version="va")
+    expected.resource.Pack(c)
+    expected.ttl.FromMilliseconds(2500)
+    got = discovery_pb2.Resource()
+    assert resp.resources[0].Unpack(got) and got == expected
+    assert resp.resources[0].value == expected.SerializeToString(deterministic=True)
+
+
+def test_heartbeats_have_no_body():
+    sotw = discovery_pb2.DiscoveryResponse.FromString(
+        wire.sotw_response(version="3", type_url=CLUSTER, nonce="1", resources=[wire.sotw_wrapped("a", "va", None, 1)]))
+    beat = discovery_pb2.Resource()
+    assert sotw.resources[0].Unpack(beat)
+    assert (beat.name, beat.version, beat.ttl.seconds, beat.HasField("resource")) == ("a", "va", 1, False)
+    delta = discovery_pb2.DeltaDiscoveryResponse.FromString(
+        wire.delta_response(system_version="3", type_url=CLUSTER, nonce="1", resources=[wire.delta_resource("a", "va", None, 1)]))
+    r = delta.resources[0]
+    assert (r.name, r.version, r.ttl.seconds, r.HasField("resource")) == ("a", "va", 1, False)
+    assert r.SerializeToString(deterministic=True) == beat.SerializeToString(deterministic=True)

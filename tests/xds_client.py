@@ -28,6 +28,9 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 RUNTIME = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+#: A SotW resource in a Resource wrapper (rule 14: how SotW carries a TTL)
+RESOURCE = "type.googleapis.com/envoy.service.discovery.v3.Resource"
+TTL_FEATURE = "xds.config.supports-resource-ttl"
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 #: type URL -> (SotW method path, Delta method path) of its per-type service
@@ -252,7 +255,29 @@ def names(response) -> list[str]:
     """Names of the resources a response carries, in order (SotW: unpacked; Delta: Resource.name)."""
     if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
         return [r.name for r in response.resources]
-    return [_name(unpack(a)) for a in response.resources]
+    return [w.name if w is not None else _name(unpack(a)) for a, w in _wrappers(response)]
+
+
+def wrappers(response) -> dict[str, discovery_pb2.Resource]:
+    """name -> Resource: Delta's resources, or the SotW resources that come wrapped (rule 14)."""
+    if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
+        return {r.name: r for r in response.resources}
+    return {w.name: w for _, w in _wrappers(response) if w is not None}
+
+
+def ttls(response) -> dict[str, float]:
+    """name -> TTL in seconds, for the resources that carry one."""
+    return {n: r.ttl.ToNanoseconds() / 1e9 for n, r in wrappers(response).items() if r.HasField("ttl")}
+
+
+def _wrappers(response):
+    for a in response.resources:
+        if a.type_url == RESOURCE:
+            w = discovery_pb2.Resource()
+            assert a.Unpack(w)
+            yield a, w
+        else:
+            yield a, None
 
 
 def versions(response: discovery_pb2.DeltaDiscoveryResponse) -> dict[str, str]:
@@ -260,13 +285,16 @@ def versions(response: discovery_pb2.DeltaDiscoveryResponse) -> dict[str, str]:
 
 
 def resources(response) -> dict[str, object]:
-    """name -> unpacked message."""
+    """name -> unpacked message (None for a resource without body: a heartbeat)."""
     if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
-        return {r.name: unpack(r.resource) for r in response.resources}
+        return {r.name: unpack(r.resource) if r.HasField("resource") else None for r in response.resources}
     out = {}
-    for a in response.resources:
-        msg = unpack(a)
-        out[_name(msg)] = msg
+    for a, w in _wrappers(response):
+        if w is not None:
+            out[w.name] = unpack(w.resource) if w.HasField("resource") else None  # None: a heartbeat
+        else:
+            msg = unpack(a)
+            out[_name(msg)] = msg
     return out
 
 
