@@ -17,7 +17,7 @@ from labxds.resources import cluster
 from labxds.snapshot import Snapshot
 from labxds.workshop import CheckResult, Workshop
 
-from xds_client import CLUSTER, SotwClient
+from xds_client import CLUSTER, SotwClient, wait_processed
 
 NAMES = ("ann", "ben", "cat")
 
@@ -37,6 +37,7 @@ def setup():
             client.ack(client.subscribe(CLUSTER))
         for n in NAMES:
             ws.control_plane.tracker.wait_connected(n, 5)
+        wait_processed(ws.control_plane, clients.values())  # no hook of the setup fires later
         yield ws, clients, loop
     finally:
         for client in clients.values():
@@ -87,7 +88,8 @@ def test_a_nack_from_one_learner_shows_in_its_row_and_sorts_first(setup) -> None
             client.nack(response, "cluster c-v2: nope, not today", last_good="v1")
         else:
             client.ack(response)
-    wait_until(loop, lambda: dash.frame().set_index("learner").loc["ben", "nack_open"])
+    wait_processed(ws.control_plane, clients.values())
+    wait_until(loop, lambda: "nope, not today" in dash.table.value)  # redrawn by the live refresh
     df = dash.frame().set_index("learner")
     assert "CDS vv2: cluster c-v2: nope, not today" == df.loc["ben", "last_nack"]
     assert df.loc["ben", "CDS"] == "v1"  # the last version ben ACKed
@@ -104,6 +106,7 @@ def test_a_nack_from_one_learner_shows_in_its_row_and_sorts_first(setup) -> None
 def test_progress_reported_from_another_thread_refreshes_on_the_loop(setup) -> None:
     ws, clients, loop = setup
     dash = Dashboard(ws, loop=loop)
+    pump(loop)  # refreshes scheduled before the test's own events
     before = dash.refreshes
 
     def report() -> None:
