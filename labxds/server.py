@@ -41,7 +41,7 @@ from .resource_types import (
     SECRET,
     order_key,
 )
-from .snapshot import Entry, Snapshot, _connection_managers, _eds_name, _is_eds
+from .snapshot import Entry, Snapshot
 from .tracking import TraceEvent, Tracker
 
 __all__ = ["XdsServer"]
@@ -471,7 +471,7 @@ class _SotwStream(_Stream):
             if st is not None and (st.outstanding or self._plan(url, snap) is not None):
                 return True
         rds = self.types.get(ROUTE)
-        needed = _rds_names(self.types[LISTENER].sent.values()) if LISTENER in self.types else set()
+        needed = _needs(self.types[LISTENER].sent.values()) if LISTENER in self.types else set()
         return bool(needed) and (rds is None or not (rds.wildcard or needed <= rds.names))
 
     def respond(self) -> list[bytes]:
@@ -583,11 +583,7 @@ def _rewarmed_endpoints(held: Mapping[str, str], sending: Iterable[Entry]) -> se
     ClusterLoadAssignment, even an unchanged one; without it the cluster warms until Envoy's
     initial fetch timeout.
     """
-    return {
-        _eds_name(e.message)
-        for e in sending
-        if e.name in held and held[e.name] != e.version and _is_eds(e.message)
-    }
+    return {n for e in sending if e.name in held and held[e.name] != e.version for n in e.needs}
 
 
 def _same(a: Mapping[str, Entry], b: Mapping[str, Entry]) -> bool:
@@ -600,21 +596,16 @@ def _dependencies_asked(types: Mapping[str, Any], clusters: Iterable[Entry], lis
     EDS and RDS are asked for only once the client has the clusters and listeners naming
     them: until it has asked (and got them), it has not applied the snapshot.
     """
-    eds = {_eds_name(e.message) for e in clusters if _is_eds(e.message)}
-    for url, needed in ((ENDPOINT, eds), (ROUTE, _rds_names(listeners))):
+    for url, needed in ((ENDPOINT, _needs(clusters)), (ROUTE, _needs(listeners))):
         st = types.get(url)
         if needed and (st is None or not (st.wildcard or needed <= st.names)):
             return False
     return True
 
 
-def _rds_names(listeners: Iterable[Entry]) -> set[str]:
-    names: set[str] = set()
-    for e in listeners:
-        for hcm in _connection_managers(e.message):
-            if hcm.HasField("rds"):
-                names.add(hcm.rds.route_config_name)
-    return names
+def _needs(entries: Iterable[Entry]) -> set[str]:
+    """The EDS (for clusters) or RDS (for listeners) names these resources make a client ask for."""
+    return {n for e in entries for n in e.needs}
 
 
 # -- Delta ------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ class Entry:
     ttl: float | None = None
     heartbeat_sotw: bytes = b""
     heartbeat_delta: bytes = b""
+    # What the resource makes the client ask for next: an EDS cluster its load assignment, a
+    # listener its route configurations. Found once here, not on every ACK.
+    needs: frozenset[str] = frozenset()
 
 
 def _digest(data: bytes) -> str:
@@ -66,7 +69,18 @@ def _entry(type_url: str, name: str, msg: message.Message) -> Entry:
     body = msg.SerializeToString(deterministic=True)
     version = _digest(body)
     packed = wire.encode_any(type_url, body)
-    return Entry(name, msg, version, wire.sotw_resource(packed), wire.delta_resource(name, version, packed))
+    return Entry(
+        name, msg, version, wire.sotw_resource(packed), wire.delta_resource(name, version, packed),
+        needs=_needs(type_url, msg),
+    )
+
+
+def _needs(type_url: str, msg: Any) -> frozenset[str]:
+    if type_url == CLUSTER:
+        return frozenset((_eds_name(msg),)) if _is_eds(msg) else frozenset()
+    if type_url == LISTENER:
+        return frozenset(hcm.rds.route_config_name for hcm in _connection_managers(msg) if hcm.HasField("rds"))
+    return frozenset()
 
 
 def _ttl_entry(type_url: str, plain: Entry, ttl: float) -> Entry:
@@ -80,6 +94,7 @@ def _ttl_entry(type_url: str, plain: Entry, ttl: float) -> Entry:
         ttl=ttl,
         heartbeat_sotw=wire.sotw_wrapped(plain.name, version, None, ttl),
         heartbeat_delta=wire.delta_resource(plain.name, version, None, ttl),
+        needs=plain.needs,
     )
 
 
@@ -249,16 +264,11 @@ class Snapshot:
 
     def eds_names(self) -> frozenset[str]:
         """The load assignments this snapshot's EDS clusters ask for."""
-        return frozenset(_eds_name(c) for c in self.resources(CLUSTER).values() if _is_eds(c))
+        return frozenset(n for e in self.entries(CLUSTER).values() for n in e.needs)
 
     def rds_names(self) -> frozenset[str]:
         """The route configurations this snapshot's listeners ask for over RDS."""
-        names: set[str] = set()
-        for listener in self.resources(LISTENER).values():
-            for hcm in _connection_managers(listener):
-                if hcm.HasField("rds"):
-                    names.add(hcm.rds.route_config_name)
-        return frozenset(names)
+        return frozenset(n for e in self.entries(LISTENER).values() for n in e.needs)
 
     def check(self) -> None:
         """Raise ConsistencyError naming every reference that points at nothing."""
