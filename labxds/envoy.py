@@ -424,10 +424,17 @@ def _reachable(host: str) -> str:
 
 
 def _port_is_free(host: str, port: int) -> bool:
+    """Whether Envoy could listen on ``host:port`` now.
+
+    Probe as Envoy binds (SO_REUSEADDR, then listen): connections left in TIME_WAIT by an
+    Envoy that just stopped do not block a new one, only another listening socket does.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+            probe.listen()
         except OSError:
             return False
     return True

@@ -220,3 +220,19 @@ def test_changed_eds_cluster_gets_its_unchanged_assignment_again(delta: bool) ->
         lab.push(snapshot("RANDOM", "2"), timeout=5)  # timed out waiting for warming before the fix
         assert lab.clusters().loc[0, "lb_policy"] == "RANDOM"
         assert lab.curl(1).loc[0, "served_by"] == "service1"
+
+
+def test_a_new_lab_starts_on_the_ports_the_last_one_just_freed() -> None:
+    """Re-running a lesson right after the previous one stopped: TIME_WAIT is not "busy"."""
+    ports = {"xds_port": free_port(), "admin_port": free_port(), "listener_port": free_port()}
+    first = Lab(**ports).start(progress=False)
+    first.push(first.sandbox_snapshot("service1"))
+    assert first.curl(2)["served_by"].tolist() == ["service1"] * 2
+    first.clusters()  # an admin connection, closed by Envoy when it stops
+    first.stop()
+    second = Lab(**ports).start(progress=False)
+    try:
+        second.push(second.sandbox_snapshot("service2"))
+        assert second.curl(1).loc[0, "served_by"] == "service2"
+    finally:
+        second.stop()
