@@ -102,7 +102,10 @@ class Tracker:
         self._nodes: dict[str, NodeStatus] = {}
         self._trace: dict[str, deque[TraceEvent]] = {}
         self._trace_size = trace_size
-        self._settled: dict[int, tuple[str, object]] = {}  # stream id -> (node, snapshot)
+        self._settled: dict[str, dict[int, object]] = {}  # node -> stream id -> snapshot
+        # Each waiting push holds a set of the nodes that changed since it last looked, so a
+        # wake-up costs the nodes that changed, not every target (5,000 nodes, 15,000 events).
+        self._waiters: list[set[str]] = []
         self._hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in EVENTS}
 
     # -- hooks -------------------------------------------------------------------------------
@@ -132,7 +135,7 @@ class Tracker:
                 node.connected_since = now
             node.streams += 1
             node.last_seen = now
-            self._cond.notify_all()
+            self._changed(node_id)
 
     def stream_closed(self, node_id: str, stream: int) -> None:
         with self._cond:
@@ -141,17 +144,27 @@ class Tracker:
                 node.streams = max(0, node.streams - 1)
                 if node.streams == 0:
                     node.connected_since = None
-            self._settled.pop(stream, None)
-            self._cond.notify_all()
+            streams = self._settled.get(node_id)
+            if streams is not None:
+                streams.pop(stream, None)
+                if not streams:
+                    del self._settled[node_id]
+            self._changed(node_id)
 
     def settled(self, node_id: str, stream: int, snapshot: object | None) -> None:
         """A stream says it has nothing left to send and everything sent is acknowledged."""
         with self._cond:
+            streams = self._settled.setdefault(node_id, {})
             if snapshot is None:
-                self._settled.pop(stream, None)
+                streams.pop(stream, None)
             else:
-                self._settled[stream] = (node_id, snapshot)
-            self._cond.notify_all()
+                streams[stream] = snapshot
+            self._changed(node_id)
+
+    def _changed(self, node_id: str) -> None:
+        for dirty in self._waiters:
+            dirty.add(node_id)
+        self._cond.notify_all()
 
     # -- protocol events --------------------------------------------------------------------
 
@@ -170,7 +183,10 @@ class Tracker:
             if q is None:
                 q = self._trace[event.node] = deque(maxlen=self._trace_size)
             q.append(event)
-            self._cond.notify_all()
+            if event.kind == "NACK":
+                self._changed(event.node)
+            else:
+                self._cond.notify_all()
 
     def nacked_version(self, node_id: str, type_url: str) -> str | None:
         with self._cond:
@@ -261,31 +277,38 @@ class Tracker:
         ``since``), PushTimeout naming the stragglers otherwise. ``current`` tells which snapshot
         a node should run now: if a newer push replaced ours, that node no longer counts.
         """
-        targets = list(dict.fromkeys(nodes))
+        remaining = set(nodes)
         versions = snapshot.versions
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
-                errors: dict[tuple[str, str], str] = {}
-                missing: list[str] = []
-                for node_id in targets:
-                    node = self._nodes.get(node_id)
-                    if node is not None:
-                        for url, st in node.types.items():
-                            if _rejects(st, versions.get(url), since):
-                                errors[(node_id, url)] = st.nack_error or ""
-                    if current(node_id) is not snapshot:
-                        continue
-                    if not self._node_settled(node_id, snapshot):
-                        missing.append(node_id)
-                if errors:
-                    raise PushRejected(errors)
-                if not missing:
-                    return
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PushTimeout(missing, timeout)
-                self._cond.wait(left)
+            dirty = set(remaining)
+            self._waiters.append(dirty)
+            try:
+                while True:
+                    errors: dict[tuple[str, str], str] = {}
+                    for node_id in dirty & remaining:
+                        node = self._nodes.get(node_id)
+                        if node is not None:
+                            for url, st in node.types.items():
+                                if _rejects(st, versions.get(url), since):
+                                    errors[(node_id, url)] = st.nack_error or ""
+                        if current(node_id) is not snapshot or self._node_settled(node_id, snapshot):
+                            remaining.discard(node_id)
+                    dirty.clear()
+                    if errors:
+                        raise PushRejected(errors)
+                    if not remaining:
+                        return
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        # A newer push may have replaced ours for some of them meanwhile.
+                        late = sorted(n for n in remaining if current(n) is snapshot)
+                        if not late:
+                            return
+                        raise PushTimeout(late, timeout)
+                    self._cond.wait(left)
+            finally:
+                self._waiters.remove(dirty)
 
     def wait_connected(self, node_id: str | None, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -307,8 +330,8 @@ class Tracker:
         node = self._nodes.get(node_id)
         if node is None or node.streams == 0:
             return False
-        mine = [snap for (n, snap) in self._settled.values() if n == node_id]
-        return len(mine) >= node.streams and all(s is snapshot for s in mine)
+        mine = self._settled.get(node_id, {})
+        return len(mine) >= node.streams and all(s is snapshot for s in mine.values())
 
 
 def _is_version_of(sent: str, version: str | None) -> bool:
