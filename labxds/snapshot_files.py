@@ -21,6 +21,7 @@ be found, the resource (index and name) and the field or value at fault.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -84,21 +85,37 @@ class _Resource:
     name: str
     path: Path
     index: int
-    line: int | None
-    node: yaml.Node | None = None
+    doc: _File
+
+    @property
+    def line(self) -> int | None:
+        return self.doc.resource_line(self.index)
+
+    @property
+    def node(self) -> yaml.Node | None:
+        return self.doc.resource_node(self.index)
 
     @property
     def label(self) -> str:
         return f"resource #{self.index} ({self.name})" if self.name else f"resource #{self.index}"
 
 
-@dataclass
+@dataclass(eq=False)
 class _File:
     path: Path
     data: Any
-    root: yaml.Node | None  # the composed YAML tree, for line numbers (None if unavailable)
+    text: str
     version: str | None = None
     resources: list[_Resource] = field(default_factory=list)
+
+    @functools.cached_property
+    def root(self) -> yaml.Node | None:
+        """The composed YAML tree, for line numbers; built only when an error needs a line
+        (composing costs ten times the parse, on every reload)."""
+        try:  # JSON is (nearly) YAML
+            return yaml.compose(self.text, Loader=_SAFE_LOADER)
+        except yaml.YAMLError:
+            return None
 
     def resource_node(self, index: int) -> yaml.Node | None:
         root = self.root
@@ -116,6 +133,10 @@ class _File:
         return node.start_mark.line + 1 if node is not None else None
 
 
+#: libyaml's safe loader when PyYAML was built with it (about 20x faster), else the pure one.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -130,10 +151,8 @@ def _read_text(path: Path) -> str:
 
 
 def _parse_yaml(path: Path, text: str) -> _File:
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # safe: plain data only, never objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -142,9 +161,7 @@ def _parse_yaml(path: Path, text: str) -> _File:
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             reason += "; snapshot files are plain YAML (read with yaml.safe_load): tags that build Python objects are refused"
         raise SnapshotFileError(path, reason, line=mark.line + 1 if mark is not None else None) from None
-    finally:
-        loader.dispose()
-    return _File(path, data, root)
+    return _File(path, data, text)
 
 
 def _parse_json(path: Path, text: str) -> _File:
@@ -152,11 +169,7 @@ def _parse_json(path: Path, text: str) -> _File:
         data = json.loads(text) if text.strip() else None
     except json.JSONDecodeError as exc:
         raise SnapshotFileError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
-    try:  # JSON is (nearly) YAML: compose it only to learn where each resource and field is
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        root = None
-    return _File(path, data, root)
+    return _File(path, data, text)
 
 
 def _read_file(path: Path) -> _File:
@@ -169,18 +182,18 @@ def _read_file(path: Path) -> _File:
     doc.version = version_of_document(doc.data)
     for index, msg in enumerate(messages):
         type_url = resource_types.type_url_of(msg)
-        line = doc.resource_line(index)
         try:
             rtype = resource_types.resource_type(type_url)
         except ValueError as exc:
-            raise SnapshotFileError(path, str(exc), line=line, resource=f"resource #{index}") from None
+            raise SnapshotFileError(path, str(exc), line=doc.resource_line(index), resource=f"resource #{index}") from None
         name = rtype.name_of(msg)
         if not name:
             key = "cluster_name" if type_url == ENDPOINT else "name"
             raise SnapshotFileError(
-                path, f"{rtype.short} resource has an empty or missing {key!r}", line=line, resource=f"resource #{index}"
+                path, f"{rtype.short} resource has an empty or missing {key!r}", line=doc.resource_line(index),
+                resource=f"resource #{index}",
             )
-        doc.resources.append(_Resource(msg, type_url, name, path, index, line, doc.resource_node(index)))
+        doc.resources.append(_Resource(msg, type_url, name, path, index, doc))
     return doc
 
 
@@ -566,7 +579,7 @@ class SnapshotWatcher:
         *,
         on_error: ErrorCallback | None = None,
         on_push: PushCallback | None = None,
-        debounce_ms: int = 10,
+        debounce_ms: int = 2,
     ) -> None:
         self.paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
         self.control_plane = control_plane
