@@ -13,7 +13,6 @@ Two measurements, each in a fresh Python process (imports included, as a learner
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ from _common import (  # noqa: E402
     RESULTS,
     PySpy,
     fold_profile,
-    summary,
     write_result,
 )
 

@@ -256,7 +256,6 @@ def big_snapshot(summary_rows: list[list[str]]) -> str:
               "`labxds/server.py`).", ""]
     if "SotW" in wire and "Delta" in wire:
         s_b, d_b = wire["SotW"]["one_cluster_change"]["bytes"], wire["Delta"]["one_cluster_change"]["bytes"]
-        d_res = wire["Delta"]["one_endpoint_change"]["resources_sent"]
         lines.append(f"SotW sends {s_b / max(d_b, 1):,.0f}× the bytes of Delta for the one-cluster change.")
         lines.append("")
     envoy = d.get("envoy") or []

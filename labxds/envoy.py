@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import atexit
 import copy
-import ipaddress
 import ctypes
 import importlib.util
+import ipaddress
 import os
 import queue
 import shutil
@@ -412,7 +412,7 @@ class _Spawner:
                 reply.put((False, exc))
 
 
-def _reachable(host: str) -> str:
+def reachable(host: str) -> str:
     """The address to reach a socket bound to ``host``: loopback for a wildcard bind."""
     try:
         address = ipaddress.ip_address(host) if host else ipaddress.IPv4Address(0)
@@ -480,7 +480,7 @@ class Envoy:
             port = int(admin_port)
             self.bootstrap["admin"]["address"]["socket_address"]["port_value"] = port
         # A wildcard admin address (as under compose) is reached here through loopback.
-        self.admin_host = _reachable(host)
+        self.admin_host = reachable(host)
         self.admin_port = port
         self.log_level = log_level
         self.component_log_level = component_log_level
@@ -619,7 +619,7 @@ class Envoy:
         """Read back 'host:port' from --admin-address-path (matters when admin_port was 0)."""
         host, _, port = text.rpartition(":")
         self.admin_port = int(port)
-        self.admin_host = _reachable(host.strip("[]") or self.admin_host)
+        self.admin_host = reachable(host.strip("[]") or self.admin_host)
 
     def _raise_exited(self, code: int) -> None:
         lines = self.logs(20)

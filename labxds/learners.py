@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from .envoy import reachable
 from .resources import (
     SANDBOX_CLUSTER,
     SANDBOX_LISTENER,
@@ -123,8 +124,7 @@ class Learner:
 
     @property
     def listener_url(self) -> str:
-        host = "127.0.0.1" if self.listener_host in ("0.0.0.0", "") else self.listener_host
-        return f"http://{host}:{self.listener_port}"
+        return f"http://{reachable(self.listener_host)}:{self.listener_port}"
 
 
 def learner_bootstrap(

@@ -151,8 +151,9 @@ def _read_text(path: Path) -> str:
 
 
 def _parse_yaml(path: Path, text: str) -> _File:
+    loader = _SAFE_LOADER(text)  # a safe loader: plain data only, never Python objects
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)  # safe: plain data only, never objects
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -161,6 +162,8 @@ def _parse_yaml(path: Path, text: str) -> _File:
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             reason += "; snapshot files are plain YAML (read with yaml.safe_load): tags that build Python objects are refused"
         raise SnapshotFileError(path, reason, line=mark.line + 1 if mark is not None else None) from None
+    finally:
+        loader.dispose()
     return _File(path, data, text)
 
 

@@ -26,13 +26,6 @@ from xds_client import CLUSTER, LISTENER, ROUTE, DeltaClient, SotwClient, Stream
 
 
 @pytest.fixture
-def cp():
-    plane = ControlPlane(port=0).start()
-    yield plane
-    plane.stop()
-
-
-@pytest.fixture
 def pool():
     with ThreadPoolExecutor(2) as ex:
         yield ex

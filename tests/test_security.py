@@ -17,7 +17,6 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # Envoy forks: no notices
 

@@ -23,32 +23,14 @@ from xds_client import (
     names,
     resources,
     ttls,
-    wait_processed,
+    client_factory,
     wrappers,
 )
 
 
 @pytest.fixture
-def cp(request):
-    # ControlPlane options come from indirect parametrization: parametrize("cp", [{...}], indirect=True)
-    plane = ControlPlane(port=0, **getattr(request, "param", {})).start()
-    yield plane
-    plane.stop()
-
-
-@pytest.fixture
 def connect(cp):
-    clients: list[SotwClient] = []
-
-    def make(node: str | None = "node-a", **kw) -> SotwClient:
-        c = SotwClient(cp.address, node, **kw)
-        clients.append(c)
-        return c
-
-    make.sync = lambda: wait_processed(cp, clients)  # type: ignore[attr-defined]
-    yield make
-    for c in clients:
-        c.close()
+    yield from client_factory(cp, SotwClient)
 
 
 def static(name: str, port: int = 1) -> object:

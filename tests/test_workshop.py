@@ -22,7 +22,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from labxds import cli
-from labxds.envoy import EnvoyAdmin, validate_bootstrap
+from labxds.envoy import validate_bootstrap
 from labxds.lab import Lab
 from labxds.resources import cluster
 from labxds.snapshot import Snapshot

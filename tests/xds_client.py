@@ -343,3 +343,19 @@ def wait_processed(cp, clients: Iterable[_Base], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"the server took in {have} requests, the clients sent {want}")
         time.sleep(0.005)
+
+
+def client_factory(cp, cls: type[_Base]):
+    """A fixture body: ``make(node, **kw)`` opens a ``cls`` client on ``cp`` (``make.sync()``
+    waits until the server took in all their requests); every client is closed afterwards."""
+    clients: list[_Base] = []
+
+    def make(node: str | None = "node-a", **kw):
+        c = cls(cp.address, node, **kw)
+        clients.append(c)
+        return c
+
+    make.sync = lambda: wait_processed(cp, clients)  # type: ignore[attr-defined]
+    yield make
+    for c in clients:
+        c.close()

@@ -1,0 +1,16 @@
+"""Fixtures shared by the protocol tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from labxds import ControlPlane
+
+
+@pytest.fixture
+def cp(request):
+    """A running ControlPlane on a free port; options by indirect parametrization:
+    ``parametrize("cp", [{...}], indirect=True)``."""
+    plane = ControlPlane(port=0, **getattr(request, "param", {})).start()
+    yield plane
+    plane.stop()
