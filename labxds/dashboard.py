@@ -238,10 +238,7 @@ class Dashboard:
 
     def stop_live(self) -> None:
         if self._unhook is not None:
-            try:
-                self._unhook()
-            except ValueError:
-                pass
+            self._unhook()
             self._unhook = None
 
     def _poke(self, kind: str = "", *_: Any) -> None:

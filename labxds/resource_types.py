@@ -11,11 +11,10 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
-from google.protobuf import descriptor_pool, message, message_factory
-
 # Importing these registers the types (and the filters a listener usually embeds) with the
 # default descriptor pool, which JSON parsing and Any unpacking need.
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
@@ -27,7 +26,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa:
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.service.runtime.v3 import rtds_pb2
-from envoy.config.core.v3 import extension_pb2
+from google.protobuf import descriptor_pool, message, message_factory
 
 TYPE_PREFIX = "type.googleapis.com/"
 

@@ -29,6 +29,17 @@ log = logging.getLogger("labxds")
 EVENTS = ("stream_open", "stream_close", "request", "response")
 
 
+def remover(callbacks: list[Any], callback: Any) -> Callable[[], None]:
+    """A function that unregisters ``callback``; calling it again does nothing (widgets and
+    workshops unhook on close and on stop, in either order)."""
+
+    def remove() -> None:
+        if callback in callbacks:
+            callbacks.remove(callback)
+
+    return remove
+
+
 class PushRejected(RuntimeError):
     """A node NACKed the pushed version; ``errors`` holds Envoy's own words per node and type."""
 
@@ -115,7 +126,7 @@ class Tracker:
         if event not in self._hooks:
             raise ValueError(f"unknown event {event!r}; choose from {', '.join(EVENTS)}")
         self._hooks[event].append(callback)
-        return lambda: self._hooks[event].remove(callback)
+        return remover(self._hooks[event], callback)
 
     def emit(self, event: str, *args: Any) -> None:
         for callback in list(self._hooks[event]):

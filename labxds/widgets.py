@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from .resource_types import CLUSTER, order_key, short_name
-from .resources import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, http_listener, route_configuration
+from .resources import (
+    SANDBOX_CLUSTER,
+    SANDBOX_LISTENER,
+    SANDBOX_ROUTE,
+    cluster,
+    http_listener,
+    route_configuration,
+)
 from .snapshot import Snapshot
 from .tables import styled
 from .tracking import PushRejected, PushTimeout
@@ -410,10 +417,7 @@ class StatusPanel(_Displayed):
 
     def stop_live(self) -> None:
         for unhook in self._unhook:
-            try:
-                unhook()
-            except ValueError:
-                pass
+            unhook()
         self._unhook.clear()
 
     def close(self) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from google.protobuf import any_pb2, duration_pb2
-
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 _VARINT = 0  # wire type of integer fields
 _LEN = 2  # wire type of length-delimited fields

@@ -52,7 +52,7 @@ from .learners import (
 )
 from .security import TOKEN_HEADER  # the header name and the token check live there
 from .snapshot import Snapshot
-from .tracking import PushRejected, PushTimeout
+from .tracking import PushRejected, PushTimeout, remover
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -154,10 +154,7 @@ class Workshop:
 
     def stop(self) -> None:
         for unhook in self._unhook:
-            try:
-                unhook()
-            except ValueError:
-                pass
+            unhook()
         self._unhook = []
         if self._desk is not None:
             self._desk.stop()
@@ -520,7 +517,7 @@ class Workshop:
     def on_change(self, callback: Callable[[str, str | None], None]) -> Callable[[], None]:
         """Call ``callback(kind, learner)`` after any change, from whichever thread made it."""
         self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback)
+        return remover(self._listeners, callback)
 
     def _changed(self, kind: str, learner: str | None) -> None:
         for callback in list(self._listeners):

@@ -12,13 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+from envoy_helpers import free_port
+from test_snapshot_files import (
+    atomic_write,
+    cluster_version,
+    curl,
+    wait_cluster_version,
+    write_sandbox,
+)
 
 from labxds import CLUSTER
 from labxds.echo import EchoService
 from labxds.envoy import Envoy, render_bootstrap
 from labxds.snapshot_files import load_path
-from envoy_helpers import free_port
-from test_snapshot_files import atomic_write, cluster_version, curl, wait_cluster_version, write_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING = re.compile(r"serving ADS \(SotW and Delta\) on 127\.0\.0\.1:(\d+) from ")

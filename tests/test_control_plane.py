@@ -10,6 +10,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from xds_client import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    DeltaClient,
+    SotwClient,
+    StreamEnded,
+    names,
+    wait_processed,
+)
 
 from labxds import (
     ControlPlane,
@@ -22,7 +32,6 @@ from labxds import (
     route_configuration,
 )
 from labxds import control_plane as control_plane_mod
-from xds_client import CLUSTER, LISTENER, ROUTE, DeltaClient, SotwClient, StreamEnded, names, wait_processed
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ import asyncio
 import threading
 
 import pytest
+from xds_client import CLUSTER, SotwClient, wait_processed
 
 from labxds.dashboard import SORTS, Dashboard
 from labxds.resources import cluster
 from labxds.snapshot import Snapshot
 from labxds.workshop import CheckResult, Workshop
-
-from xds_client import CLUSTER, SotwClient, wait_processed
 
 NAMES = ("ann", "ben", "cat")
 

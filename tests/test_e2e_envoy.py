@@ -8,8 +8,8 @@ import socket
 import time
 
 import pytest
-
 from envoy_helpers import free_port
+
 from labxds import (
     CLUSTER,
     LISTENER,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from envoy_helpers import free_port
+
 from labxds.echo import EchoFleet, EchoService, format_echo, start_services
 
 REPO = Path(__file__).resolve().parents[1]

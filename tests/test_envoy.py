@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from envoy_helpers import free_port
+
 from labxds import envoy as envoy_mod
 from labxds.envoy import (
     Envoy,

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from envoy_helpers import free_port
 
 import labxds
 from labxds.control_plane import PortInUseError
 from labxds.envoy import EnvoyPortBusy
 from labxds.lab import Lab
-
-from envoy_helpers import free_port
 
 pytestmark = pytest.mark.envoy
 

@@ -8,12 +8,19 @@ import sys
 import textwrap
 
 import pytest
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
 from labxds import ResourceError, to_dict, to_message
-from labxds.messages import from_yaml, resources_of_document, to_messages, version_of_document
+from labxds.messages import (
+    from_yaml,
+    resources_of_document,
+    to_messages,
+    version_of_document,
+)
 from labxds.resource_types import CLUSTER, LISTENER
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

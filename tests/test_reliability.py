@@ -37,10 +37,11 @@ import grpc  # noqa: E402
 import httpx
 import pytest
 import yaml
-from google.protobuf import struct_pb2
-
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy_helpers import free_port
+from google.protobuf import struct_pb2
+from xds_client import DeltaClient, SotwClient, StreamEnded
+
 from labxds import (
     CLUSTER,
     ENDPOINT,
@@ -58,7 +59,6 @@ from labxds import (
 from labxds.echo import EchoFleet
 from labxds.envoy import Envoy, EnvoyAdmin, render_bootstrap
 from labxds.messages import to_dict
-from xds_client import DeltaClient, SotwClient, StreamEnded
 
 pytestmark = pytest.mark.envoy
 

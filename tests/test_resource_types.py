@@ -7,9 +7,9 @@ import sys
 import textwrap
 
 import pytest
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+
 from labxds import resource_types as rt
 
 

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import pytest
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from labxds import CLUSTER, LISTENER, ROUTE, Snapshot, cluster, http_listener, load_assignment, route_configuration
+
+from labxds import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    Snapshot,
+    cluster,
+    http_listener,
+    load_assignment,
+    route_configuration,
+    sandbox_resources,
+    sandbox_snapshot,
+)
 from labxds import resources as res
-from labxds import sandbox_resources, sandbox_snapshot
 
 
 def _addresses(cla):

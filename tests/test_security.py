@@ -24,9 +24,10 @@ import grpc  # noqa: E402
 import pytest  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
-
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 from envoy_helpers import free_port  # noqa: E402
+from xds_client import SotwClient, names  # noqa: E402
+
 from labxds import CLUSTER, ControlPlane, Snapshot, cluster, sandbox_snapshot  # noqa: E402
 from labxds.envoy import Envoy, render_bootstrap, validate_bootstrap  # noqa: E402
 from labxds.messages import ResourceError, from_yaml  # noqa: E402
@@ -44,7 +45,6 @@ from labxds.security import (  # noqa: E402
     without_client_certificate,
     write_tls_files,
 )
-from xds_client import SotwClient, names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"

@@ -8,8 +8,6 @@ import time
 
 import grpc
 import pytest
-
-from labxds import ControlPlane, Snapshot, cluster, http_listener, load_assignment, route_configuration
 from xds_client import (
     CLUSTER,
     ENDPOINT,
@@ -17,13 +15,24 @@ from xds_client import (
     ROUTE,
     TTL_FEATURE,
     DeltaClient,
+    beat_timers,
+    client_factory,
     describe,
+    eventually,
     names,
     resources,
     ttls,
     versions,
-    client_factory,
     wrappers,
+)
+
+from labxds import (
+    ControlPlane,
+    Snapshot,
+    cluster,
+    http_listener,
+    load_assignment,
+    route_configuration,
 )
 
 
@@ -379,21 +388,6 @@ def test_delta_and_sotw_streams_of_one_node(cp, connect):
 
 BEAT = 0.2  # heartbeat interval of the rule 14 tests, seconds
 beating = pytest.mark.parametrize("cp", [{"heartbeat_interval": BEAT}], indirect=True, ids=["beat"])
-
-
-def eventually(check, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def beat_timers(cp: ControlPlane) -> list:
-    """Heartbeat timers pending on the server's event loop."""
-    return [h for h in list(cp._loop._scheduled) if not h.cancelled()
-            and getattr(h._callback, "__name__", "") == "_timer_fired"]
 
 
 @beating

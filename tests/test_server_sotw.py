@@ -8,23 +8,32 @@ import time
 
 import grpc
 import pytest
-
-from labxds import ControlPlane, Snapshot, cluster, http_listener, load_assignment, route_configuration
 from xds_client import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
-    ROUTE,
     RESOURCE,
+    ROUTE,
     TTL_FEATURE,
     SotwClient,
     StreamEnded,
+    beat_timers,
+    client_factory,
     describe,
+    eventually,
     names,
     resources,
     ttls,
-    client_factory,
     wrappers,
+)
+
+from labxds import (
+    ControlPlane,
+    Snapshot,
+    cluster,
+    http_listener,
+    load_assignment,
+    route_configuration,
 )
 
 
@@ -762,7 +771,7 @@ def test_rule14_no_heartbeats_without_ttl(cp, connect):
     assert r.resources[0].type_url == CLUSTER  # no TTL, no wrapper
     c.ack(r)
     c.expect_nothing(4 * BEAT)
-    assert not _beat_timers(cp)
+    assert not beat_timers(cp)
     assert cp.trace()["kind"].tolist().count("heartbeat") == 0
 
 
@@ -772,29 +781,13 @@ def test_rule14_heartbeats_stop_when_the_stream_ends(cp, connect):
     c = connect(client_features=[TTL_FEATURE])
     c.ack(c.subscribe(CLUSTER))
     c.ack(c.recv(2))
-    assert eventually(lambda: len(_beat_timers(cp)) == 1)
+    assert eventually(lambda: len(beat_timers(cp)) == 1)
     c.close()
     assert eventually(lambda: cp.stream_count == 0)
-    assert eventually(lambda: not _beat_timers(cp)), "the stream's timer is cancelled with it"
+    assert eventually(lambda: not beat_timers(cp)), "the stream's timer is cancelled with it"
     before = len(kinds(cp))
     time.sleep(3 * BEAT)
     assert len(kinds(cp)) == before
-
-
-def eventually(check, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def _beat_timers(cp: ControlPlane) -> list:
-    """Heartbeat timers pending on the server's event loop."""
-    loop = cp._loop
-    return [h for h in list(loop._scheduled) if not h.cancelled()
-            and getattr(h._callback, "__name__", "") == "_timer_fired"]
 
 
 @beating()

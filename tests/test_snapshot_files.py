@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from envoy_helpers import free_port
+from xds_client import eventually
+
 from labxds import CLUSTER, LISTENER, ROUTE, ControlPlane, Snapshot, sandbox_snapshot
 from labxds.echo import EchoService
 from labxds.envoy import Envoy, render_bootstrap
@@ -399,15 +400,6 @@ def cp():
     plane = ControlPlane(port=0).start()
     yield plane
     plane.stop()
-
-
-def eventually(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def settle(seconds: float = 0.3) -> None:

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from envoy_helpers import (
     ENDPOINTS,
-    ROUTE,
-    ROUTER,
     HCM,
     LISTENER,
+    ROUTE,
+    ROUTER,
     eds_cluster,
     file_bootstrap,
     free_port,
@@ -30,6 +29,7 @@ from envoy_helpers import (
     socket_address,
     write_resources,
 )
+
 from labxds.echo import start_services
 from labxds.envoy import Envoy, EnvoyAdmin, render_bootstrap
 from labxds.tables import (

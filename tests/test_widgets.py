@@ -12,12 +12,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from envoy_helpers import free_port
 
 import labxds
 from labxds.lab import Lab
-from labxds.widgets import CanarySlider, StatusPanel, UpstreamToggle, canary_snapshot, next_version
-
-from envoy_helpers import free_port
+from labxds.widgets import (
+    CanarySlider,
+    StatusPanel,
+    UpstreamToggle,
+    canary_snapshot,
+    next_version,
+)
 
 pytestmark = pytest.mark.envoy
 

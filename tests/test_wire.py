@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from google.protobuf import any_pb2
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
 from labxds import wire
 from labxds.resource_types import CLUSTER, LISTENER
 

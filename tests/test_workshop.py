@@ -15,11 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from google.protobuf import struct_pb2
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy_helpers import free_port
+from google.protobuf import struct_pb2
 
 from labxds import cli
 from labxds.envoy import validate_bootstrap
@@ -40,8 +40,6 @@ from labxds.workshop import (
     routes,
     sandbox,
 )
-
-from envoy_helpers import free_port
 
 LEARNERS = ("alice", "bob", "carol")
 CDS_OK = "cluster_manager.cds.update_success"

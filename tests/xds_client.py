@@ -17,10 +17,9 @@ import threading
 from collections.abc import Iterable, Mapping
 
 import grpc
-from google.rpc import status_pb2
-
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -359,3 +358,21 @@ def client_factory(cp, cls: type[_Base]):
     yield make
     for c in clients:
         c.close()
+
+
+def eventually(check, timeout: float = 5.0) -> bool:
+    """Poll ``check`` until it is true (True) or ``timeout`` passes (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def beat_timers(cp) -> list:
+    """Heartbeat timers (rule 14) pending on the server's event loop."""
+    return [h for h in list(cp._loop._scheduled) if not h.cancelled()
+            and getattr(h._callback, "__name__", "") == "_timer_fired"]
