@@ -119,8 +119,8 @@ def _busy_processes() -> list[str]:
 
 
 def machine_info() -> dict[str, Any]:
-    import grpc
     import google.protobuf
+    import grpc
 
     try:
         from labxds.envoy import ENVOY_VERSION

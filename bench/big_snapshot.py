@@ -19,12 +19,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import arg_parser, machine_info, proc_rss, regenerate_docs, summary, write_result  # noqa: E402
-
 import grpc  # noqa: E402
-
+from _common import (  # noqa: E402
+    arg_parser,
+    machine_info,
+    proc_rss,
+    regenerate_docs,
+    summary,
+    write_result,
+)
 from envoy.config.core.v3 import base_pb2  # noqa: E402
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
+
 from labxds import CLUSTER, ENDPOINT, ControlPlane, Snapshot, cluster, load_assignment  # noqa: E402
 from labxds.envoy import Envoy, render_bootstrap  # noqa: E402
 

@@ -29,17 +29,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     PYTHON,
+    RESULTS,
     ROOT,
+    PySpy,
     arg_parser,
+    fold_profile,
     machine_info,
     percentile,
     proc_cpu_seconds,
     proc_rss,
     raise_nofile,
     regenerate_docs,
-    RESULTS,
-    PySpy,
-    fold_profile,
     write_result,
 )
 
@@ -56,7 +56,6 @@ RAMP_PAUSE = float(os.environ.get("LABXDS_BENCH_RAMP", "0.05"))  # seconds betwe
 
 async def _client(port: int, n: int, node_mode: str) -> None:
     import grpc
-
     from envoy.config.core.v3 import base_pb2
     from envoy.service.discovery.v3 import discovery_pb2
 

@@ -21,11 +21,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, summary  # noqa: E402
 from big_snapshot import CountingClient  # noqa: E402
-
 from google.protobuf import any_pb2, json_format  # noqa: E402
 
-from labxds import CLUSTER, ControlPlane  # noqa: E402
-from labxds import snapshot_files  # noqa: E402
+from labxds import (  # noqa: E402
+    CLUSTER,
+    ControlPlane,
+    snapshot_files,  # noqa: E402
+)
 from labxds.resources import sandbox_resources  # noqa: E402
 
 
@@ -47,7 +49,7 @@ def main() -> int:
     texts = {p: text(p) for p in (18081, 18082)}
     (watched / "snapshot.json").write_text(texts[18081])
     stamps: dict[str, float] = {}
-    orig_reload, orig_load = snapshot_files.SnapshotWatcher._reload, snapshot_files.load_snapshots
+    orig_reload, orig_load = snapshot_files.SnapshotWatcher._reload, snapshot_files._load_snapshots
 
     def reload(self: Any, *a: Any, **k: Any) -> Any:
         stamps.setdefault("reload", time.perf_counter())
@@ -59,7 +61,7 @@ def main() -> int:
         return r
 
     snapshot_files.SnapshotWatcher._reload = reload  # type: ignore[method-assign]
-    snapshot_files.load_snapshots = load  # type: ignore[assignment]
+    snapshot_files._load_snapshots = load  # type: ignore[assignment]
     cp = ControlPlane(port=0).start()
     watcher = snapshot_files.SnapshotWatcher([watched], cp).start()
     client = CountingClient(f"127.0.0.1:{cp.port}", False, "bench-snapfile-profile")

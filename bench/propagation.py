@@ -10,8 +10,9 @@ echo services (separate processes, like the sandbox's containers):
 * ``floor (Envoy filesystem)``: the same change through Envoy's own filesystem subscription: the
   bootstrap's ``cds_config``/``lds_config`` are ``path_config_source`` with ``watched_directory``;
   a new ``cds.json`` is written in a staging directory and renamed into the watched one.
-* ``labxds serve --snapshot``: a snapshot file watched by ``python -m labxds serve`` (only if
-  labxds/snapshot_files.py exists).
+* ``labxds serve --snapshot``: snapshot files watched by ``python -m labxds serve`` (only if
+  labxds/snapshot_files.py exists): a new ``cds.json`` renamed in beside ``lds.json``, as for the
+  floor, and, as ``(one file)``, one file with all three resources replaced whole.
 
 After each change a keep-alive raw-socket client GETs the listener in a tight loop until the body
 says the new service. Modes are interleaved in blocks so that machine noise hits them alike.
@@ -44,14 +45,23 @@ from _common import (  # noqa: E402
     wait_until,
     write_result,
 )
-
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,  # noqa: E402
+)
+from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 from google.protobuf import any_pb2, json_format  # noqa: E402
 
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2  # noqa: E402
-from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 from labxds import CLUSTER, ControlPlane, Snapshot  # noqa: E402
 from labxds.envoy import Envoy, render_bootstrap  # noqa: E402
-from labxds.resources import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, http_listener, route_configuration, sandbox_resources  # noqa: E402
+from labxds.resources import (  # noqa: E402
+    SANDBOX_CLUSTER,
+    SANDBOX_LISTENER,
+    SANDBOX_ROUTE,
+    cluster,
+    http_listener,
+    route_configuration,
+    sandbox_resources,
+)
 
 GAP = 0.05  # pause after each switch (the old cluster drains; the ACK goes back)
 # Watched directories live on tmpfs: on this machine's disk a rename alone takes ~1.2 ms, which
@@ -168,10 +178,17 @@ class FloorMode(Mode):
 
 
 class SnapshotFileMode(Mode):
-    """``python -m labxds serve --snapshot DIR``: the file is the push, labxds turns it into ADS."""
+    """``python -m labxds serve --snapshot DIR``: the file is the push, labxds turns it into ADS.
 
-    def __init__(self, ports: dict[str, int]) -> None:
-        self.name = "labxds serve --snapshot"
+    ``split``: the directory holds ``cds.json`` (the cluster) and ``lds.json`` (listener and
+    route), like the floor's, and the change renames a new ``cds.json`` into it; otherwise one
+    ``snapshot.json`` holds all three and is replaced whole. Either is rendered beforehand, as the
+    floor's files are.
+    """
+
+    def __init__(self, ports: dict[str, int], split: bool) -> None:
+        self.name = "labxds serve --snapshot" + ("" if split else " (one file)")
+        self.split = split
         self.listener_port = free_port()
         self.xds_port = free_port()
         self.tmp = Path(tempfile.mkdtemp(prefix="labxds-bench-snapfile-", dir=_FAST_DIR))
@@ -179,18 +196,27 @@ class SnapshotFileMode(Mode):
         self.staging = self.tmp / "staging"
         self.dir.mkdir()
         self.staging.mkdir()
-        self.ports = ports
         self.proc: subprocess.Popen | None = None
+        self.texts: dict[str, str] = {}
+        for svc, port in ports.items():
+            res = sandbox_resources("127.0.0.1", port, listener_port=self.listener_port)
+            if split:
+                res = [r for r in res if r.DESCRIPTOR.full_name.endswith(".Cluster")]
+            self.texts[svc] = json.dumps({"resources": [json.loads(json_format.MessageToJson(_pack(r))) for r in res]})
+        self.final = self.dir / ("cds.json" if split else "snapshot.json")
 
-    def _write(self, target: str, final: Path) -> None:
-        res = sandbox_resources("127.0.0.1", self.ports[target], listener_port=self.listener_port)
-        docs = [json.loads(json_format.MessageToJson(_pack(r))) for r in res]
-        staged = self.staging / final.name
-        staged.write_text(json.dumps({"resources": docs}))
-        os.rename(staged, final)
+    def _write(self, target: str) -> None:
+        staged = self.staging / self.final.name
+        staged.write_text(self.texts[target])
+        os.rename(staged, self.final)
 
     def setup(self) -> None:
-        self._write("service1", self.dir / "snapshot.json")
+        if self.split:
+            rest = [r for r in sandbox_resources("127.0.0.1", 1, listener_port=self.listener_port)
+                    if not r.DESCRIPTOR.full_name.endswith(".Cluster")]
+            (self.dir / "lds.json").write_text(
+                json.dumps({"resources": [json.loads(json_format.MessageToJson(_pack(r))) for r in rest]}))
+        self._write("service1")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "labxds", "serve", "--snapshot", str(self.dir), "--port", str(self.xds_port)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -200,7 +226,7 @@ class SnapshotFileMode(Mode):
         self.envoy = Envoy(bootstrap, admin_port=0).start()
 
     def switch(self, target: str) -> None:
-        self._write(target, self.dir / "snapshot.json")
+        self._write(target)
 
     def settle(self, target: str) -> None:
         pass
@@ -270,7 +296,7 @@ def main() -> int:
     modes: list[Mode] = [LabxdsMode(False, ports, cp), LabxdsMode(True, ports, cp), FloorMode(ports)]
     snapshot_files = (ROOT / "labxds" / "snapshot_files.py").exists()
     if snapshot_files:
-        modes.append(SnapshotFileMode(ports))
+        modes += [SnapshotFileMode(ports, split=True), SnapshotFileMode(ports, split=False)]
     clients: dict[str, RawHttp] = {}
     records: dict[str, list[dict[str, Any]]] = {m.name: [] for m in modes}
     steady: dict[str, list[float]] = {}

@@ -68,6 +68,11 @@ def from_yaml(text: str, *, where: str = "") -> list[message.Message]:
 
 def resources_of_document(data: Any, *, where: str = "") -> list[message.Message]:
     """The resources in a parsed file: a ``resources:`` list, a bare list or one ``@type`` dict."""
+    return to_messages(document_items(data, where=where), where=where)
+
+
+def document_items(data: Any, *, where: str = "") -> list[Any]:
+    """The resources of a parsed file as written (dicts), not yet parsed into messages."""
     if data is None:
         return []
     if isinstance(data, Mapping) and "resources" in data:
@@ -76,13 +81,12 @@ def resources_of_document(data: Any, *, where: str = "") -> list[message.Message
             return []
         if not isinstance(items, list):
             raise ResourceError("'resources' must be a list", where=where)
-    elif isinstance(data, list):
-        items = data
-    elif isinstance(data, Mapping) and "@type" in data:
-        items = [data]
-    else:
-        raise ResourceError('expected a "resources:" list of objects with "@type"', where=where)
-    return to_messages(items, where=where)
+        return items
+    if isinstance(data, list):
+        return data
+    if isinstance(data, Mapping) and "@type" in data:
+        return [data]
+    raise ResourceError('expected a "resources:" list of objects with "@type"', where=where)
 
 
 def version_of_document(data: Any) -> str | None:

@@ -37,7 +37,7 @@ from typing import Any, Union
 import yaml
 
 from . import resource_types
-from .messages import ResourceError, resources_of_document, version_of_document
+from .messages import ResourceError, document_items, to_message, version_of_document
 from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from .snapshot import ConsistencyError, Snapshot
 
@@ -175,11 +175,38 @@ def _parse_json(path: Path, text: str) -> _File:
     return _File(path, data, text)
 
 
-def _read_file(path: Path) -> _File:
+class _ParseMemo:
+    """The messages of the last load, by their resource's canonical JSON: a reload parses only the
+    resources an edit changed (json_format's parse is most of a reload's cost)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, Any] = {}
+        self._next: dict[str, Any] = {}
+
+    def message(self, item: Any, where: str) -> Any:
+        try:
+            key = json.dumps(item, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError):  # not JSON-like (YAML dates, mixed keys): parse it afresh
+            return to_message(item, where=where)
+        msg = self._next.get(key)
+        if msg is None:
+            msg = self._last.get(key)
+        if msg is None:
+            msg = to_message(item, where=where)
+        self._next[key] = msg
+        return msg
+
+    def done(self, ok: bool) -> None:
+        """A load ended: after a good one only its resources are kept."""
+        self._last = self._next if ok else {**self._last, **self._next}
+        self._next = {}
+
+
+def _read_file(path: Path, memo: _ParseMemo) -> _File:
     text = _read_text(path)
     doc = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
     try:
-        messages = resources_of_document(doc.data)
+        messages = [memo.message(item, f"resource #{i}") for i, item in enumerate(document_items(doc.data))]
     except ResourceError as exc:
         raise _wrap_resource_error(doc, exc) from None
     doc.version = version_of_document(doc.data)
@@ -354,9 +381,9 @@ _PROBLEM_TARGET = re.compile(r"(?:configuration|cluster) (['\"])([^'\"]*)\1, whi
 _PYTHON_HINT = re.compile(r" \(a cluster defined in Envoy's bootstrap needs check=False\)")
 
 
-def _load_files(files: Sequence[Path], where: Path) -> Snapshot:
+def _load_files(files: Sequence[Path], where: Path, memo: _ParseMemo) -> Snapshot:
     """One snapshot from ``files`` (``where`` names them as a whole in errors)."""
-    docs = [_read_file(p) for p in files]
+    docs = [_read_file(p, memo) for p in files]
     seen: dict[tuple[str, str], _Resource] = {}
     for doc in docs:
         for r in doc.resources:
@@ -421,10 +448,10 @@ def load_path(path: PathLike) -> Snapshot:
     """
     p = Path(path)
     if p.is_dir():
-        return _load_files(_snapshot_files(p), p)
+        return _load_files(_snapshot_files(p), p, _ParseMemo())
     if not p.exists():
         raise SnapshotFileError(p, "no such file or directory")
-    return _load_files([p], p)
+    return _load_files([p], p, _ParseMemo())
 
 
 @dataclass(frozen=True)
@@ -447,6 +474,20 @@ def load_snapshots(paths: PathLike | Iterable[PathLike]) -> SnapshotSet:
     directory, ``nodes/<node-id>/`` or ``nodes/<node-id>.yaml`` is that node's own complete
     snapshot, not merged with the default; a node directory without snapshot files is ignored.
     """
+    return _load_snapshots(paths, _ParseMemo())
+
+
+def _load_snapshots(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> SnapshotSet:
+    try:
+        loaded = _load_sets(paths, memo)
+    except BaseException:
+        memo.done(ok=False)
+        raise
+    memo.done(ok=True)
+    return loaded
+
+
+def _load_sets(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> SnapshotSet:
     path_list = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     default_files: list[Path] = []
     node_files: dict[str, list[Path]] = {}
@@ -483,8 +524,8 @@ def load_snapshots(paths: PathLike | Iterable[PathLike]) -> SnapshotSet:
             raise SnapshotFileError(p, "no such file or directory")
     default_files = _unique(default_files)
     where = path_list[0] if len(path_list) == 1 else Path(os.path.commonpath([str(p.absolute()) for p in path_list]))
-    default = _load_files(default_files, where) if default_files else None
-    nodes = {node: _load_files(_unique(files), files[0].parent) for node, files in sorted(node_files.items())}
+    default = _load_files(default_files, where, memo) if default_files else None
+    nodes = {node: _load_files(_unique(files), files[0].parent, memo) for node, files in sorted(node_files.items())}
     return SnapshotSet(default, nodes)
 
 
@@ -564,15 +605,19 @@ PushCallback = Callable[[list[Union[str, None]], SnapshotSet], Any]
 class SnapshotWatcher:
     """Reload ``paths`` whenever a file changes and push what changed to ``control_plane``.
 
-    Watching uses inotify (via ``watchfiles``) in background threads; changes are gathered until
-    the files have been quiet for ``debounce_ms`` (so a save that writes several files, or
-    truncates and then writes, is loaded once, whole). The default and each node's snapshot is set
-    only if it changed; a node whose ``nodes/`` entry disappears falls back to the default.
+    On Linux the watcher reads inotify itself, in a background thread, and reloads as soon as a
+    file is complete: a write closed, a rename (how editors and ``os.replace`` save). A file still
+    being written (modified, not yet closed) waits until it is closed, and a removal until the
+    files have been quiet for ``debounce_ms``. Elsewhere ``watchfiles`` watches, and every change waits
+    for a few quiet milliseconds. The default and each node's snapshot is set only if it changed;
+    a node whose ``nodes/`` entry disappears falls back to the default.
 
     A file that cannot be served (bad YAML, unknown ``@type``, a wrong field, an inconsistent
     snapshot) is reported to the ``labxds.snapshot_files`` logger, in ``last_error`` and to
-    ``on_error``; the last good snapshots stay served. Editors that save by writing a temporary
-    file and renaming it over the original are fine: the parent directory is what is watched.
+    ``on_error``, once the files have been quiet for ``debounce_ms`` (a save of several files
+    may pass through a state that the next file mends); the last good snapshots stay served.
+    Editors that save by writing a temporary file and renaming it over the original are fine: the
+    parent directory is what is watched.
     """
 
     def __init__(
@@ -582,7 +627,7 @@ class SnapshotWatcher:
         *,
         on_error: ErrorCallback | None = None,
         on_push: PushCallback | None = None,
-        debounce_ms: int = 2,
+        debounce_ms: int = 20,
     ) -> None:
         self.paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
         self.control_plane = control_plane
@@ -598,6 +643,8 @@ class SnapshotWatcher:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._inotify: list[Any] = []  # the watching threads' Inotify objects, woken by stop()
+        self._memo = _ParseMemo()
         self._dirs = [os.path.abspath(p) for p in self.paths if p.is_dir()]
         self._files = [os.path.abspath(p) for p in self.paths if not p.is_dir()]
 
@@ -616,7 +663,7 @@ class SnapshotWatcher:
         """Serve ``initial`` (else load the paths: raises SnapshotFileError) and start watching."""
         if self.running:
             return self
-        snapshots = initial if initial is not None else load_snapshots(self.paths)
+        snapshots = initial if initial is not None else _load_snapshots(self.paths, self._memo)
         with self._lock:
             self._apply(snapshots, initial=True)
         self._stop.clear()
@@ -643,6 +690,8 @@ class SnapshotWatcher:
     def stop(self) -> None:
         """Stop watching (what is served stays served). Safe to call twice."""
         self._stop.set()
+        for ino in list(self._inotify):
+            ino.wake()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
@@ -654,15 +703,92 @@ class SnapshotWatcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _relevant(self, change: Any, path: str) -> bool:
+    def _watch(self, roots: list[str], recursive: bool, ready: threading.Event) -> None:
+        from . import inotify
+
+        if not inotify.AVAILABLE:
+            self._watch_polling(roots, recursive, ready)
+            return
+        with inotify.Inotify() as ino:
+            self._inotify.append(ino)
+            try:
+                self._watch_inotify(ino, roots, recursive, ready)
+            finally:
+                self._inotify.remove(ino)
+
+    def _watch_inotify(self, ino: Any, roots: list[str], recursive: bool, ready: threading.Event) -> None:
+        retry = False
+        while not self._stop.is_set():
+            if all(os.path.isdir(r) for r in roots):
+                try:
+                    for root in roots:
+                        ino.add(root, recursive=recursive)
+                except OSError as exc:  # removed again meanwhile
+                    log.debug("watching %s failed (%s); retrying", ", ".join(roots), exc)
+                else:
+                    ready.set()
+                    if retry:  # events were lost while the watch was down
+                        retry = False
+                        self.reload()
+                    if not self._follow(ino, roots):
+                        return  # stopped
+                ino.clear()
+            # a watched directory is gone (the reload reported it): watch again once it is back
+            retry = True
+            ready.set()
+            self._stop.wait(0.2)
+
+    def _follow(self, ino: Any, roots: list[str]) -> bool:
+        """Reload on every complete change until stopped (False) or a root is gone (True).
+
+        A closed write or a rename is loaded at once. A removal waits until the files are quiet:
+        it is usually one step of more (``rm -r``, a directory moved away, a checkout).
+        """
+        quiet = self.debounce_ms / 1000
+        dirty = False  # a relevant change not loaded yet (or whose load failed)
+        removing = False  # something was removed since the last load
+        writing: set[str] = set()  # files modified and not closed yet
+        while True:
+            events = ino.read(quiet if dirty else None)
+            if events is None or self._stop.is_set():
+                return False
+            if not events:  # quiet: a write left open, a removal, or a failed load nothing mended
+                dirty = removing = False
+                writing.clear()
+                self._reload(quiet=False)
+                continue
+            gone = False
+            for event in events:
+                if event.overflow:
+                    dirty = True
+                    writing.clear()
+                elif event.watch_gone and event.path in roots:
+                    gone = True
+                elif self._relevant(event.path, event.is_dir):
+                    dirty = True
+                    if event.unfinished:
+                        writing.add(event.path)
+                    elif event.finished:
+                        writing.discard(event.path)
+                        removing = removing or event.removed
+            if gone or not all(os.path.isdir(r) for r in roots):
+                self._reload(quiet=False)
+                return True
+            if dirty and not writing and not removing and self._reload(quiet=False, report=False) is not None:
+                dirty = False
+
+    def _relevant(self, path: str, is_dir: bool | None = None) -> bool:
         name = os.path.basename(path)
         if name.startswith(".") or name.endswith("~"):
             return False
         if path in self._files:
             return True
+        if is_dir is False and os.path.splitext(name)[1].lower() not in SNAPSHOT_SUFFIXES:
+            return False  # an editor's or a script's temporary file: its rename is what counts
         return any(path == d or path.startswith(d + os.sep) for d in self._dirs)
 
-    def _watch(self, roots: list[str], recursive: bool, ready: threading.Event) -> None:
+    def _watch_polling(self, roots: list[str], recursive: bool, ready: threading.Event) -> None:
+        """Without inotify: ``watchfiles`` (FSEvents, kqueue, ...), which waits for a quiet step."""
         import watchfiles
 
         retry = False
@@ -676,9 +802,9 @@ class SnapshotWatcher:
             try:
                 for changes in watchfiles.watch(
                     *roots,
-                    watch_filter=self._relevant,
+                    watch_filter=lambda change, path: self._relevant(path),
                     debounce=max(1000, self.debounce_ms),
-                    step=self.debounce_ms,
+                    step=min(self.debounce_ms, 2),
                     stop_event=self._stop,
                     rust_timeout=100,
                     yield_on_timeout=True,  # the first (empty) yield says the watch is in place
@@ -707,19 +833,22 @@ class SnapshotWatcher:
 
     def reload(self) -> bool:
         """Load the paths now and push what changed; False if nothing changed or they are bad."""
-        return self._reload(quiet=False)
+        return self._reload(quiet=False) is True
 
-    def _reload(self, *, quiet: bool) -> bool:
+    def _reload(self, *, quiet: bool, report: bool = True) -> bool | None:
+        """True if something was pushed, False if nothing changed, None if the files cannot be
+        served (reported only with ``report``)."""
         with self._lock:
             try:
-                snapshots = load_snapshots(self.paths)
+                snapshots = _load_snapshots(self.paths, self._memo)
             except SnapshotFileError as exc:
-                self._report(exc)
-                return False
+                if report:
+                    self._report(exc)
+                return None
             except Exception as exc:  # a bug, not the user's file: still keep serving
                 log.exception("reloading %s failed", ", ".join(map(str, self.paths)))
                 self._report(SnapshotFileError(self.paths[0], f"{type(exc).__name__}: {exc}"))
-                return False
+                return None
             if self.last_error is not None:
                 log.info("snapshot files load again (%s was fixed)", self.last_error.path)
                 self.last_error = None

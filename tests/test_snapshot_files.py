@@ -16,7 +16,15 @@ import yaml
 from envoy_helpers import free_port
 from xds_client import eventually
 
-from labxds import CLUSTER, LISTENER, ROUTE, ControlPlane, Snapshot, sandbox_snapshot
+from labxds import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    ControlPlane,
+    Snapshot,
+    inotify,
+    sandbox_snapshot,
+)
 from labxds.echo import EchoService
 from labxds.envoy import Envoy, render_bootstrap
 from labxds.snapshot_files import (
@@ -490,6 +498,45 @@ def test_watching_one_file_saved_by_atomic_rename(tmp_path, cp):
         (tmp_path / "unrelated.yaml").write_text("still: [garbage")
         settle()
         assert rec.errors == []
+
+
+@pytest.mark.skipif(not inotify.AVAILABLE, reason="the wait for a close needs inotify")
+def test_a_file_still_being_written_is_loaded_once_closed(tmp_path, cp):
+    write_sandbox(tmp_path, "service1", 8080, version="1")
+    rec = Recorder(cp)
+    with SnapshotWatcher([tmp_path], cp, on_error=rec.on_error, debounce_ms=5000) as watcher:
+        n = len(rec.calls)
+        text = yaml.safe_dump(sandbox_docs("service2", 8080, version="2")["cds"], sort_keys=False)
+        with open(tmp_path / "cds.yaml", "w") as f:  # truncated, then written in two halves
+            f.write(text[: len(text) // 2])
+            f.flush()
+            settle()
+            assert rec.calls_after(n) == [] and rec.errors == [] and watcher.last_error is None
+            f.write(text[len(text) // 2 :])
+        rec.wait(lambda: len(rec.calls) > n)  # the close: loaded at once, not after 5 s
+        assert endpoint_of(cp.snapshot()) == ("service2", 8080) and rec.errors == []
+
+
+def test_a_save_of_several_files_is_judged_once_they_are_quiet(tmp_path, cp):
+    # lds.yaml first names a route configuration that only the next file defines: the state in
+    # between is inconsistent, and must not be reported as a mistake.
+    write_sandbox(tmp_path, "service1", 8080, version="1")
+    rec = Recorder(cp)
+    with SnapshotWatcher([tmp_path], cp, on_error=rec.on_error, debounce_ms=500) as watcher:
+        docs = sandbox_docs("service1", 8080, version="2")
+        docs["rds"]["resources"][0]["name"] = "renamed_route"
+        lds = docs["lds"]["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        lds["rds"]["route_config_name"] = "renamed_route"
+        atomic_write(tmp_path / "lds.yaml", yaml.safe_dump(docs["lds"], sort_keys=False))
+        atomic_write(tmp_path / "rds.yaml", yaml.safe_dump(docs["rds"], sort_keys=False))
+        rec.wait(lambda: "renamed_route" in cp.snapshot().resources(ROUTE))
+        settle(0.7)
+        assert rec.errors == [] and watcher.last_error is None
+
+        atomic_write(tmp_path / "rds.yaml", yaml.safe_dump(sandbox_docs(version="3")["rds"], sort_keys=False))
+        rec.wait(lambda: rec.errors)  # left inconsistent: reported once quiet, the good one stays
+        assert "inconsistent snapshot" in str(watcher.last_error)
+        assert "renamed_route" in cp.snapshot().resources(ROUTE)
 
 
 def test_watched_directory_deleted_and_recreated(tmp_path, cp):
