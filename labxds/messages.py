@@ -15,6 +15,7 @@ import yaml
 from google.protobuf import json_format, message
 
 from . import resource_types
+from .json_form import NestedTypeError, parse_dict
 
 
 class ResourceError(ValueError):
@@ -114,31 +115,15 @@ def _from_dict(data: Mapping[str, Any], where: str) -> message.Message:
         cls = resource_types.message_class(type_url)
     except ValueError as exc:
         raise ResourceError(f"@type {type_url!r}: {exc}", where=label) from None
-    try:
-        _import_nested_types(data)
-    except ValueError as exc:
-        raise ResourceError(f'a nested "@type": {exc}', where=label) from None
     body = {k: v for k, v in data.items() if k != "@type"}
     msg = cls()
     try:
-        json_format.ParseDict(body, msg)
+        parse_dict(body, msg)
+    except NestedTypeError as exc:
+        raise ResourceError(f'a nested "@type": {exc}', where=label) from None
     except json_format.ParseError as exc:
         raise ResourceError(_explain_parse_error(str(exc)), where=label) from None
     return msg
-
-
-def _import_nested_types(data: Any) -> None:
-    """Load the modules for every nested ``@type`` so json_format can resolve them."""
-    stack = [data]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Mapping):
-            t = node.get("@type")
-            if isinstance(t, str):
-                resource_types.ensure_importable(t)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
 
 
 def _explain_parse_error(text: str) -> str:

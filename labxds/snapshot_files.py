@@ -139,7 +139,8 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SnapshotFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except IsADirectoryError:
@@ -176,12 +177,23 @@ def _parse_json(path: Path, text: str) -> _File:
 
 
 class _ParseMemo:
-    """The messages of the last load, by their resource's canonical JSON: a reload parses only the
-    resources an edit changed (json_format's parse is most of a reload's cost)."""
+    """What the last load parsed: each file by its text, each resource by its canonical JSON. A
+    reload parses only the files, and in them the resources, that an edit changed."""
 
     def __init__(self) -> None:
         self._last: dict[str, Any] = {}
         self._next: dict[str, Any] = {}
+        self._last_files: dict[tuple[Path, str], _File] = {}
+        self._next_files: dict[tuple[Path, str], _File] = {}
+
+    def file(self, path: Path, text: str) -> _File | None:
+        doc = self._last_files.get((path, text))
+        if doc is not None:
+            self._next_files[(path, text)] = doc
+        return doc
+
+    def keep_file(self, doc: _File) -> None:
+        self._next_files[(doc.path, doc.text)] = doc
 
     def message(self, item: Any, where: str) -> Any:
         try:
@@ -197,13 +209,17 @@ class _ParseMemo:
         return msg
 
     def done(self, ok: bool) -> None:
-        """A load ended: after a good one only its resources are kept."""
+        """A load ended: after a good one only its files and resources are kept."""
         self._last = self._next if ok else {**self._last, **self._next}
-        self._next = {}
+        self._last_files = self._next_files if ok else {**self._last_files, **self._next_files}
+        self._next, self._next_files = {}, {}
 
 
 def _read_file(path: Path, memo: _ParseMemo) -> _File:
     text = _read_text(path)
+    known = memo.file(path, text)
+    if known is not None:
+        return known
     doc = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
     try:
         messages = [memo.message(item, f"resource #{i}") for i, item in enumerate(document_items(doc.data))]
@@ -224,6 +240,7 @@ def _read_file(path: Path, memo: _ParseMemo) -> _File:
                 resource=f"resource #{index}",
             )
         doc.resources.append(_Resource(msg, type_url, name, path, index, doc))
+    memo.keep_file(doc)
     return doc
 
 
@@ -362,16 +379,18 @@ def _wrap_resource_error(doc: _File, exc: ResourceError) -> SnapshotFileError:
 def _snapshot_files(directory: Path) -> list[Path]:
     """Snapshot files directly in ``directory``, in name order (hidden and editor files skipped)."""
     try:
-        children = sorted(directory.iterdir())
+        with os.scandir(directory) as entries:
+            names = sorted(
+                e.name
+                for e in entries
+                if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in SNAPSHOT_SUFFIXES
+                and e.is_file()
+            )
     except FileNotFoundError:
         raise SnapshotFileError(directory, "no such file or directory") from None
     except OSError as exc:
         raise SnapshotFileError(directory, f"cannot list it: {exc.strerror or exc}") from None
-    return [
-        p
-        for p in children
-        if p.suffix.lower() in SNAPSHOT_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    ]
+    return [directory / name for name in names]
 
 
 _KIND_OF_PROBLEM = {"EDS cluster": CLUSTER, "listener": LISTENER, "route configuration": ROUTE}
@@ -522,10 +541,12 @@ def _load_sets(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> Snapsh
             default_files.append(p)
         else:
             raise SnapshotFileError(p, "no such file or directory")
-    default_files = _unique(default_files)
+    if len(path_list) > 1:  # the same file may be named twice (a file and its directory, a link)
+        default_files = _unique(default_files)
+        node_files = {node: _unique(files) for node, files in node_files.items()}
     where = path_list[0] if len(path_list) == 1 else Path(os.path.commonpath([str(p.absolute()) for p in path_list]))
     default = _load_files(default_files, where, memo) if default_files else None
-    nodes = {node: _load_files(_unique(files), files[0].parent, memo) for node, files in sorted(node_files.items())}
+    nodes = {node: _load_files(files, files[0].parent, memo) for node, files in sorted(node_files.items())}
     return SnapshotSet(default, nodes)
 
 

@@ -33,7 +33,14 @@ _DURATION = _field_numbers(duration_pb2.Duration.DESCRIPTOR)
 RESOURCE_TYPE_URL = "type.googleapis.com/" + discovery_pb2.Resource.DESCRIPTOR.full_name
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
+    if n < 0x80:  # tags and short lengths: most calls
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while True:
         low = n & 0x7F
