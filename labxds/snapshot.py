@@ -66,14 +66,44 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+class _Framed:
+    """The bytes of resources in recently built snapshots, by type URL and serialized body: a
+    resource that is the same in the next snapshot (most of them, usually) is not hashed and
+    framed again. Two generations, each at most ``budget`` bytes, so memory stays bounded."""
+
+    def __init__(self, budget: int = 8 << 20) -> None:
+        self.budget = budget
+        self._new: dict[tuple[str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
+        self._old: dict[tuple[str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
+        self._size = 0
+
+    def entry(self, type_url: str, name: str, msg: message.Message) -> Entry:
+        body = msg.SerializeToString(deterministic=True)
+        key = (type_url, body)
+        parts = self._new.get(key)
+        if parts is None:
+            parts = self._old.get(key)
+            if parts is None:
+                version = _digest(body)
+                packed = wire.encode_any(type_url, body)
+                parts = (version, wire.sotw_resource(packed), wire.delta_resource(name, version, packed),
+                         _needs(type_url, msg))
+            self._keep(key, parts)
+        version, sotw, delta, needs = parts
+        return Entry(name, msg, version, sotw, delta, needs=needs)
+
+    def _keep(self, key: tuple[str, bytes], parts: tuple[str, bytes, bytes, frozenset[str]]) -> None:
+        self._size += len(key[1]) + len(parts[1]) + len(parts[2])
+        if self._size > self.budget:  # the older generation goes; this one becomes the older
+            self._old, self._new, self._size = self._new, {}, 0
+        self._new[key] = parts
+
+
+_FRAMED = _Framed()
+
+
 def _entry(type_url: str, name: str, msg: message.Message) -> Entry:
-    body = msg.SerializeToString(deterministic=True)
-    version = _digest(body)
-    packed = wire.encode_any(type_url, body)
-    return Entry(
-        name, msg, version, wire.sotw_resource(packed), wire.delta_resource(name, version, packed),
-        needs=_needs(type_url, msg),
-    )
+    return _FRAMED.entry(type_url, name, msg)
 
 
 def _needs(type_url: str, msg: Any) -> frozenset[str]:

@@ -139,8 +139,14 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def _read_text(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SnapshotFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except IsADirectoryError:
@@ -378,19 +384,34 @@ def _wrap_resource_error(doc: _File, exc: ResourceError) -> SnapshotFileError:
 
 def _snapshot_files(directory: Path) -> list[Path]:
     """Snapshot files directly in ``directory``, in name order (hidden and editor files skipped)."""
+    listing = _listing(directory)
+    if listing is None:
+        raise SnapshotFileError(directory, "is not a directory")
+    return listing[0]
+
+
+def _listing(directory: Path) -> tuple[list[Path], bool] | None:
+    """``directory``'s snapshot files and whether it has a ``nodes/`` directory, from one listing;
+    None if it is not a directory."""
+    names = []
+    nodes = False
     try:
         with os.scandir(directory) as entries:
-            names = sorted(
-                e.name
-                for e in entries
-                if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in SNAPSHOT_SUFFIXES
-                and e.is_file()
-            )
+            for e in entries:
+                name = e.name
+                if name.startswith("."):
+                    continue
+                if name == NODES_DIR:
+                    nodes = e.is_dir()
+                elif os.path.splitext(name)[1].lower() in SNAPSHOT_SUFFIXES and e.is_file():
+                    names.append(name)
+    except NotADirectoryError:
+        return None
     except FileNotFoundError:
         raise SnapshotFileError(directory, "no such file or directory") from None
     except OSError as exc:
         raise SnapshotFileError(directory, f"cannot list it: {exc.strerror or exc}") from None
-    return [directory / name for name in names]
+    return [directory / name for name in sorted(names)], nodes
 
 
 _KIND_OF_PROBLEM = {"EDS cluster": CLUSTER, "listener": LISTENER, "route configuration": ROUTE}
@@ -511,11 +532,14 @@ def _load_sets(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> Snapsh
     default_files: list[Path] = []
     node_files: dict[str, list[Path]] = {}
     for p in path_list:
-        if p.is_dir():
-            default_files += _snapshot_files(p)
+        listing = _listing(p)
+        if listing is None:  # a file
+            default_files.append(p)
+            continue
+        files, has_nodes = listing
+        default_files += files
+        if has_nodes:
             nodes_dir = p / NODES_DIR
-            if not nodes_dir.is_dir():
-                continue
             here: dict[str, Path] = {}
             try:
                 children = sorted(nodes_dir.iterdir())
@@ -537,10 +561,6 @@ def _load_sets(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> Snapsh
                 here[node] = child
                 if files:
                     node_files.setdefault(node, []).extend(files)
-        elif p.exists():
-            default_files.append(p)
-        else:
-            raise SnapshotFileError(p, "no such file or directory")
     if len(path_list) > 1:  # the same file may be named twice (a file and its directory, a link)
         default_files = _unique(default_files)
         node_files = {node: _unique(files) for node, files in node_files.items()}
@@ -780,9 +800,10 @@ class SnapshotWatcher:
                 continue
             gone = False
             for event in events:
-                if event.overflow:
+                if event.overflow:  # events were lost, maybe a root's own
                     dirty = True
                     writing.clear()
+                    gone = gone or not all(os.path.isdir(r) for r in roots)
                 elif event.watch_gone and event.path in roots:
                     gone = True
                 elif self._relevant(event.path, event.is_dir):
@@ -792,7 +813,7 @@ class SnapshotWatcher:
                     elif event.finished:
                         writing.discard(event.path)
                         removing = removing or event.removed
-            if gone or not all(os.path.isdir(r) for r in roots):
+            if gone:
                 self._reload(quiet=False)
                 return True
             if dirty and not writing and not removing and self._reload(quiet=False, report=False) is not None:

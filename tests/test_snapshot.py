@@ -286,3 +286,30 @@ def test_ttl_entries_are_pre_encoded_resource_wrappers():
             "a", a.version, 1500, False)
     no_ttl = Snapshot([_static("a")])
     assert no_ttl.entries(CLUSTER, ttl=True) is no_ttl.entries(CLUSTER)
+
+
+def test_an_unchanged_resource_reuses_the_bytes_of_the_last_snapshot():
+    from labxds.resources import cluster
+
+    a, b = cluster("a", [("h", 1)], type="STATIC"), cluster("b", [("h", 2)], type="STATIC")
+    first = Snapshot([a, b])
+    changed = cluster("b", [("h", 3)], type="STATIC")
+    second = Snapshot([cluster("a", [("h", 1)], type="STATIC"), changed])  # equal to a, another object
+    one, two = first.entries(CLUSTER), second.entries(CLUSTER)
+    assert two["a"].sotw is one["a"].sotw and two["a"].delta is one["a"].delta
+    assert two["a"].message is not one["a"].message  # each snapshot keeps its own message
+    assert two["b"].version != one["b"].version and two["b"].sotw != one["b"].sotw
+    assert two["b"].message is changed
+    assert Snapshot([changed]).entries(CLUSTER)["b"] == two["b"]
+
+
+def test_reused_bytes_are_bounded():
+    from labxds import snapshot as snapshot_module
+    from labxds.resources import cluster
+
+    framed = snapshot_module._Framed(budget=10_000)
+    for i in range(500):
+        framed.entry(CLUSTER, f"c{i}", cluster(f"c{i}", [("h", i + 1)], type="STATIC"))
+        assert framed._size <= 10_000
+    kept = len(framed._new) + len(framed._old)
+    assert 0 < kept < 500
