@@ -194,10 +194,8 @@ class Tracker:
             if q is None:
                 q = self._trace[event.node] = deque(maxlen=self._trace_size)
             q.append(event)
-            if event.kind == "NACK":
+            if event.kind == "NACK":  # a waiting push fails now; other events settle through settled()
                 self._changed(event.node)
-            else:
-                self._cond.notify_all()
 
     def nacked_version(self, node_id: str, type_url: str) -> str | None:
         with self._cond:
