@@ -14,8 +14,8 @@ echo services (separate processes, like the sandbox's containers):
   labxds/snapshot_files.py exists): a new ``cds.json`` renamed in beside ``lds.json``, as for the
   floor, and, as ``(one file)``, one file with all three resources replaced whole.
 
-After each change a keep-alive raw-socket client GETs the listener in a tight loop until the body
-says the new service. Modes are interleaved in blocks so that machine noise hits them alike.
+After each change a keep-alive raw-socket client, in a process of its own, GETs the listener in a
+tight loop until the body says the new service. Modes are interleaved in blocks so that machine noise hits them alike.
 """
 
 from __future__ import annotations
@@ -197,6 +197,7 @@ class SnapshotFileMode(Mode):
         self.dir.mkdir()
         self.staging.mkdir()
         self.proc: subprocess.Popen | None = None
+        self._log: Any = None
         self.texts: dict[str, str] = {}
         for svc, port in ports.items():
             res = sandbox_resources("127.0.0.1", port, listener_port=self.listener_port)
@@ -217,9 +218,11 @@ class SnapshotFileMode(Mode):
             (self.dir / "lds.json").write_text(
                 json.dumps({"resources": [json.loads(json_format.MessageToJson(_pack(r))) for r in rest]}))
         self._write("service1")
+        self._log = open(self.tmp / "serve.log", "wb")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "labxds", "serve", "--snapshot", str(self.dir), "--port", str(self.xds_port)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # its log goes to a file: a pipe nobody reads fills up and then blocks the server
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
         )
         wait_until(lambda: _port_open(self.xds_port), 15, 0.02, "labxds serve port")
         bootstrap = render_bootstrap(xds_port=self.xds_port, admin_port=0, node_id="bench-snapfile")
@@ -239,6 +242,8 @@ class SnapshotFileMode(Mode):
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self._log is not None:
+            self._log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -263,26 +268,97 @@ def _discovery_json(version: str, resources: list[Any]) -> str:
     return json_format.MessageToJson(resp, indent=None)
 
 
-def measure_switch(mode: Mode, client: RawHttp, target: str, timeout: float = 10.0) -> tuple[float, list[tuple[float, float, bool]]]:
+class Probe:
+    """The GET loop, in a process of its own as curl would be.
+
+    In this process it would share the GIL with the control plane of the ``labxds`` rows (their
+    server thread runs here) and slow them down, which the floor (Envoy alone) does not suffer.
+    Times are ``time.perf_counter()``, CLOCK_MONOTONIC on Linux: the same clock in both processes.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, __file__, "--probe-process"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
+        )
+
+    def _ask(self, **command: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the probe process died")
+        return json.loads(line)
+
+    def until(self, port: int, target: str, timeout: float) -> dict[str, Any]:
+        return self._ask(op="until", port=port, target=target, timeout=timeout)
+
+    def steady(self, port: int, n: int) -> list[float]:
+        return self._ask(op="steady", port=port, n=n)["times"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._ask(op="quit")
+            except (OSError, RuntimeError, ValueError):
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def probe_process() -> int:
+    """``--probe-process``: answer the Probe's commands, one JSON line each, on stdin/stdout."""
+    clients: dict[int, RawHttp] = {}
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            sys.stdout.write("{}\n")
+            sys.stdout.flush()
+            return 0
+        client = clients.get(cmd["port"])
+        if client is None:
+            client = clients[cmd["port"]] = RawHttp("127.0.0.1", cmd["port"])
+        if cmd["op"] == "steady":
+            times = []
+            for _ in range(cmd["n"]):
+                g0 = time.perf_counter()
+                client.get()
+                times.append(time.perf_counter() - g0)
+            reply: dict[str, Any] = {"times": times}
+        else:
+            gets = []
+            deadline = time.perf_counter() + cmd["timeout"]
+            while True:
+                g0 = time.perf_counter()
+                status, body = client.get()
+                g1 = time.perf_counter()
+                hit = served_by(body) == cmd["target"]
+                gets.append((g0, g1, hit))
+                if hit or g1 > deadline:
+                    break
+            reply = {"gets": gets, "last": f"{status} {body[:60]!r}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def measure_switch(mode: Mode, probe: Probe, target: str, timeout: float = 10.0) -> tuple[float, list[tuple[float, float, bool]]]:
     """Seconds from the change to the first response from ``target``, and each GET as
     (start, end, served by target) in seconds after the change."""
     t0 = time.perf_counter()
     mode.switch(target)
-    gets = []
-    deadline = t0 + timeout
-    while True:
-        g0 = time.perf_counter()
-        status, body = client.get()
-        g1 = time.perf_counter()
-        hit = served_by(body) == target
-        gets.append((g0 - t0, g1 - t0, hit))
-        if hit:
-            return g1 - t0, gets
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"{mode.name}: {target} not served within {timeout}s (last {status} {body[:60]!r})")
+    reply = probe.until(mode.listener_port, target, timeout)
+    gets = [(g0 - t0, g1 - t0, hit) for g0, g1, hit in reply["gets"]]
+    if not gets[-1][2]:
+        raise TimeoutError(f"{mode.name}: {target} not served within {timeout}s (last {reply['last']})")
+    return gets[-1][1], gets
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--probe-process"]:
+        return probe_process()
     parser = arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--switches", type=int, default=None, help="switches per mode (default 200, quick 30)")
     args = parser.parse_args()
@@ -297,7 +373,7 @@ def main() -> int:
     snapshot_files = (ROOT / "labxds" / "snapshot_files.py").exists()
     if snapshot_files:
         modes += [SnapshotFileMode(ports, split=True), SnapshotFileMode(ports, split=False)]
-    clients: dict[str, RawHttp] = {}
+    probe = Probe()
     records: dict[str, list[dict[str, Any]]] = {m.name: [] for m in modes}
     steady: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
@@ -306,8 +382,11 @@ def main() -> int:
         for m in list(modes):
             try:
                 m.setup()
-                client = clients[m.name] = RawHttp("127.0.0.1", m.listener_port)
-                wait_until(lambda: served_by(client.get()[1]) == "service1", 15, 0.01, f"{m.name} serving service1")
+                client = RawHttp("127.0.0.1", m.listener_port)
+                try:
+                    wait_until(lambda: served_by(client.get()[1]) == "service1", 15, 0.01, f"{m.name} serving service1")
+                finally:
+                    client.close()
             except Exception as exc:  # a mode that cannot run is reported, not fatal
                 errors[m.name] = f"{type(exc).__name__}: {exc}"
                 print(f"{m.name}: setup failed: {errors[m.name]}", file=sys.stderr)
@@ -315,17 +394,12 @@ def main() -> int:
                 m.close()
         # The probe's resolution: a GET through each Envoy to an upstream it already talks to.
         for m in modes:
-            times = []
-            for _ in range(50):
-                g0 = time.perf_counter()
-                clients[m.name].get()
-                times.append(time.perf_counter() - g0)
-            steady[m.name] = times
+            steady[m.name] = probe.steady(m.listener_port, 50)
         current = {m.name: "service1" for m in modes}
         for _ in range(3):  # warm-up switches, not recorded
             for m in modes:
                 target = "service2" if current[m.name] == "service1" else "service1"
-                measure_switch(m, clients[m.name], target)
+                measure_switch(m, probe, target)
                 m.settle(target)
                 current[m.name] = target
                 time.sleep(GAP)
@@ -335,7 +409,7 @@ def main() -> int:
             for m in modes:
                 for _ in range(n):
                     target = "service2" if current[m.name] == "service1" else "service1"
-                    dt, gets = measure_switch(m, clients[m.name], target)
+                    dt, gets = measure_switch(m, probe, target)
                     m.settle(target)
                     rec: dict[str, Any] = {"total": dt, "gets": gets}
                     if isinstance(m, LabxdsMode):
@@ -346,8 +420,7 @@ def main() -> int:
             done += n
             print(f"  {done}/{switches} switches per mode", flush=True)
     finally:
-        for c in clients.values():
-            c.close()
+        probe.close()
         for m in modes:
             m.close()
         cp.stop()
@@ -394,6 +467,7 @@ def main() -> int:
         "ratio_to_floor": ratios,
         "errors": errors,
         "snapshot_files_available": snapshot_files,
+        "probe": "process",
     }, args.quick)
     if not args.no_report:
         regenerate_docs()

@@ -88,8 +88,11 @@ def propagation(summary_rows: list[list[str]]) -> str:
         "interleaved in blocks of 10 switches so machine noise hits them alike; "
         f"{int(d['gap_s'] * 1000)} ms pause after each switch. The clock starts just before the push "
         "(labxds: `cp.push(snapshot, wait=False)` of a snapshot built beforehand; floor: write of a "
-        "pre-rendered `cds.json` in a staging directory + `rename` into Envoy's `watched_directory`, "
-        "both on tmpfs) and stops when a keep-alive raw-socket GET loop sees `Request served by <new>`.",
+        "pre-rendered `cds.json` in a staging directory + `rename` into Envoy's `watched_directory`; "
+        "`labxds serve --snapshot`: the same for the directory `python -m labxds serve` watches, "
+        "holding `cds.json` + `lds.json` like the floor's, or one file with all three resources; "
+        "all on tmpfs) and stops when a keep-alive raw-socket GET loop sees `Request served by <new>`"
+        + (" (the loop runs in a process of its own, as curl would)." if d.get("probe") == "process" else "."),
         "",
         "| mode | p50 | p90 | p99 | max | ÷ floor (p50) | ÷ floor (p99) | first GET still old |",
         "|---|---|---|---|---|---|---|---|",
@@ -234,6 +237,11 @@ def big_snapshot(summary_rows: list[list[str]]) -> str:
         f"| builders: `cluster()` + `load_assignment()` × {n:,} | {sec(b['builders_s']['p50'], 3)} | {sec(b['builders_s']['min'], 3)} | {sec(b['builders_s']['max'], 3)} |",
         f"| `Snapshot(resources)`: consistency check + serialization (SotW and Delta bytes) | {sec(b['snapshot_s']['p50'], 3)} | {sec(b['snapshot_s']['min'], 3)} | {sec(b['snapshot_s']['max'], 3)} |",
         f"| `Snapshot(resources, check=False)`: serialization only | {sec(b['snapshot_unchecked_s']['p50'], 3)} | {sec(b['snapshot_unchecked_s']['min'], 3)} | {sec(b['snapshot_unchecked_s']['max'], 3)} |",
+    ]
+    if "rebuild_one_changed_s" in b:
+        r = b["rebuild_one_changed_s"]
+        lines.append(f"| the next `Snapshot()`, one cluster changed (the others' framing reused) | {sec(r['p50'], 3)} | {sec(r['min'], 3)} | {sec(r['max'], 3)} |")
+    lines += [
         "",
         "Bytes on the wire, measured by a test-side client (grpcio, raw-bytes deserializer: the sum "
         "of the serialized responses) that subscribes like Envoy (CDS wildcard, then EDS by the names "

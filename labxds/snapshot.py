@@ -92,6 +92,9 @@ class _Framed:
         version, sotw, delta, needs = parts
         return Entry(name, msg, version, sotw, delta, needs=needs)
 
+    def clear(self) -> None:
+        self._new, self._old, self._size = {}, {}, 0
+
     def _keep(self, key: tuple[str, bytes], parts: tuple[str, bytes, bytes, frozenset[str]]) -> None:
         self._size += len(key[1]) + len(parts[1]) + len(parts[2])
         if self._size > self.budget:  # the older generation goes; this one becomes the older
