@@ -10,7 +10,7 @@ from collections.abc import Sequence
 def _serve(args: argparse.Namespace) -> int:
     from .snapshot_files import serve
 
-    return serve(args.snapshot, host=args.host, port=args.port)
+    return serve(args.snapshot, host=args.host, port=args.port, check=not args.no_check)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="YAML/JSON files or directories; DIR/nodes/<node-id>/ holds one node's own snapshot")
     serve.add_argument("--port", type=int, default=18000)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--no-check", action="store_true",
+                       help="skip the consistency check (routes or listeners use clusters Envoy's bootstrap defines)")
     serve.set_defaults(func=_serve)
 
     up = sub.add_parser("up", help="run the whole lab: control plane, Envoy, service1 and service2")

@@ -62,6 +62,9 @@ class ControlPlane:
     no TTL from bare ones; ``sotw_heartbeat="bare"`` sends the protocol's form to clients that
     implement it.
 
+    Disconnected nodes keep their status and trace (``trace_size`` events each) until more than
+    ``keep_disconnected`` of them are gone; then the longest gone are forgotten.
+
     ``start()`` returns once the port is bound. Starting a second ControlPlane on a host and port
     this process already serves returns the running one, so re-running a notebook cell is safe.
     """
@@ -73,6 +76,7 @@ class ControlPlane:
         *,
         cache: SnapshotCache | None = None,
         trace_size: int = 2000,
+        keep_disconnected: int = 1000,
         authorize: Authorizer | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
         identifier: str = "labxds",
@@ -82,7 +86,7 @@ class ControlPlane:
         self.host = host
         self.port = port
         self.cache = cache or SnapshotCache()
-        self.tracker = Tracker(trace_size)
+        self.tracker = Tracker(trace_size, keep_disconnected)
         self._xds = XdsServer(self.cache, self.tracker, identifier=identifier, authorize=authorize,
                               heartbeat_interval=heartbeat_interval, sotw_heartbeat=sotw_heartbeat)
         self._credentials = server_credentials

@@ -113,6 +113,12 @@ class XdsServer:
         # Delta: per node and type, the resource versions and removals the node refused. They
         # outlive the stream, so a reconnect does not bring a NACKed version back (rule 4).
         self.delta_refused: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}
+        tracker.on_forget(self._forget)
+
+    def _forget(self, node_id: str) -> None:
+        """The tracker forgot a long-disconnected node: so does the server."""
+        for key in [k for k in self.delta_refused if k[0] == node_id]:
+            del self.delta_refused[key]
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         def sotw(type_url: str | None) -> grpc.RpcMethodHandler:

@@ -417,11 +417,12 @@ def _listing(directory: Path) -> tuple[list[Path], bool] | None:
 _KIND_OF_PROBLEM = {"EDS cluster": CLUSTER, "listener": LISTENER, "route configuration": ROUTE}
 _PROBLEM_OWNER = re.compile(r"^(EDS cluster|listener|route configuration) (['\"])(.*?)\2")
 _PROBLEM_TARGET = re.compile(r"(?:configuration|cluster) (['\"])([^'\"]*)\1, which|named (['\"])([^'\"]*)\3$")
-# snapshot.py's hint is for Python callers: files have no way to skip the check
-_PYTHON_HINT = re.compile(r" \(a cluster defined in Envoy's bootstrap needs check=False\)")
+# snapshot.py's hint is for Python callers; files skip the check with serve's --no-check
+_PYTHON_HINT = re.compile(r"\(a cluster defined in Envoy's bootstrap needs check=False\)")
+_FILES_HINT = "(a cluster defined in Envoy's bootstrap: serve with --no-check, or load with check=False)"
 
 
-def _load_files(files: Sequence[Path], where: Path, memo: _ParseMemo) -> Snapshot:
+def _load_files(files: Sequence[Path], where: Path, memo: _ParseMemo, check: bool = True) -> Snapshot:
     """One snapshot from ``files`` (``where`` names them as a whole in errors)."""
     docs = [_read_file(p, memo) for p in files]
     seen: dict[tuple[str, str], _Resource] = {}
@@ -449,7 +450,8 @@ def _load_files(files: Sequence[Path], where: Path, memo: _ParseMemo) -> Snapsho
     except ResourceError as exc:  # the checks above should have caught it; still name the files
         raise SnapshotFileError(where, str(exc)) from None
     try:
-        snapshot.check()
+        if check:
+            snapshot.check()
     except ConsistencyError as exc:
         raise _wrap_consistency_error(exc, seen, where) from None
     return snapshot
@@ -460,7 +462,7 @@ def _wrap_consistency_error(
 ) -> SnapshotFileError:
     located: list[tuple[Path, int | None, str]] = []
     for problem in exc.problems:
-        problem = _PYTHON_HINT.sub("", problem)
+        problem = _PYTHON_HINT.sub(_FILES_HINT, problem)
         m = _PROBLEM_OWNER.match(problem)
         owner = seen.get((_KIND_OF_PROBLEM[m.group(1)], m.group(3))) if m else None
         if owner is None:
@@ -480,18 +482,19 @@ def _wrap_consistency_error(
     return SnapshotFileError(path, "inconsistent snapshot: " + "; ".join(parts), line=line)
 
 
-def load_path(path: PathLike) -> Snapshot:
+def load_path(path: PathLike, *, check: bool = True) -> Snapshot:
     """The snapshot in one file, or in every snapshot file directly in a directory (not ``nodes/``).
 
     ``version_info``: when every file that sets one agrees, that is the snapshot's version for
     every type; otherwise each type's version is a hash of its content. Raises SnapshotFileError.
+    ``check=False`` skips the consistency check (routes to clusters Envoy's bootstrap defines).
     """
     p = Path(path)
     if p.is_dir():
-        return _load_files(_snapshot_files(p), p, _ParseMemo())
+        return _load_files(_snapshot_files(p), p, _ParseMemo(), check)
     if not p.exists():
         raise SnapshotFileError(p, "no such file or directory")
-    return _load_files([p], p, _ParseMemo())
+    return _load_files([p], p, _ParseMemo(), check)
 
 
 @dataclass(frozen=True)
@@ -507,19 +510,20 @@ class SnapshotSet:
         return "; ".join(parts)
 
 
-def load_snapshots(paths: PathLike | Iterable[PathLike]) -> SnapshotSet:
+def load_snapshots(paths: PathLike | Iterable[PathLike], *, check: bool = True) -> SnapshotSet:
     """The default snapshot and per-node snapshots of ``paths`` (files or directories).
 
     Every PATH's default files merge into one default snapshot (None if there are none). In a
     directory, ``nodes/<node-id>/`` or ``nodes/<node-id>.yaml`` is that node's own complete
     snapshot, not merged with the default; a node directory without snapshot files is ignored.
+    ``check=False`` skips the consistency check of each snapshot.
     """
-    return _load_snapshots(paths, _ParseMemo())
+    return _load_snapshots(paths, _ParseMemo(), check)
 
 
-def _load_snapshots(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> SnapshotSet:
+def _load_snapshots(paths: PathLike | Iterable[PathLike], memo: _ParseMemo, check: bool = True) -> SnapshotSet:
     try:
-        loaded = _load_sets(paths, memo)
+        loaded = _load_sets(paths, memo, check)
     except BaseException:
         memo.done(ok=False)
         raise
@@ -527,7 +531,7 @@ def _load_snapshots(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> S
     return loaded
 
 
-def _load_sets(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> SnapshotSet:
+def _load_sets(paths: PathLike | Iterable[PathLike], memo: _ParseMemo, check: bool) -> SnapshotSet:
     path_list = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     default_files: list[Path] = []
     node_files: dict[str, list[Path]] = {}
@@ -565,8 +569,8 @@ def _load_sets(paths: PathLike | Iterable[PathLike], memo: _ParseMemo) -> Snapsh
         default_files = _unique(default_files)
         node_files = {node: _unique(files) for node, files in node_files.items()}
     where = path_list[0] if len(path_list) == 1 else Path(os.path.commonpath([str(p.absolute()) for p in path_list]))
-    default = _load_files(default_files, where, memo) if default_files else None
-    nodes = {node: _load_files(files, files[0].parent, memo) for node, files in sorted(node_files.items())}
+    default = _load_files(default_files, where, memo, check) if default_files else None
+    nodes = {node: _load_files(files, files[0].parent, memo, check) for node, files in sorted(node_files.items())}
     return SnapshotSet(default, nodes)
 
 
@@ -669,12 +673,14 @@ class SnapshotWatcher:
         on_error: ErrorCallback | None = None,
         on_push: PushCallback | None = None,
         debounce_ms: int = 20,
+        check: bool = True,
     ) -> None:
         self.paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
         self.control_plane = control_plane
         self.on_error = on_error
         self.on_push = on_push
         self.debounce_ms = max(1, int(debounce_ms))
+        self.check = check
         #: The reason the last reload failed (None once the files load again).
         self.last_error: SnapshotFileError | None = None
         #: The snapshots being served: the last set that loaded.
@@ -704,7 +710,7 @@ class SnapshotWatcher:
         """Serve ``initial`` (else load the paths: raises SnapshotFileError) and start watching."""
         if self.running:
             return self
-        snapshots = initial if initial is not None else _load_snapshots(self.paths, self._memo)
+        snapshots = initial if initial is not None else _load_snapshots(self.paths, self._memo, self.check)
         with self._lock:
             self._apply(snapshots, initial=True)
         self._stop.clear()
@@ -882,7 +888,7 @@ class SnapshotWatcher:
         served (reported only with ``report``)."""
         with self._lock:
             try:
-                snapshots = _load_snapshots(self.paths, self._memo)
+                snapshots = _load_snapshots(self.paths, self._memo, self.check)
             except SnapshotFileError as exc:
                 if report:
                     self._report(exc)
@@ -961,7 +967,7 @@ class SnapshotWatcher:
 # --------------------------------------------------------------------------- serve
 
 
-def serve(paths: Sequence[PathLike], host: str = "127.0.0.1", port: int = 18000) -> int:
+def serve(paths: Sequence[PathLike], host: str = "127.0.0.1", port: int = 18000, *, check: bool = True) -> int:
     """``python -m labxds serve``: serve snapshot files over ADS until SIGTERM or SIGINT.
 
     Returns 0 after a clean stop, 2 if the files cannot be served at startup.
@@ -982,7 +988,7 @@ def serve(paths: Sequence[PathLike], host: str = "127.0.0.1", port: int = 18000)
     watcher = None
     try:
         try:
-            snapshots = load_snapshots(path_list)
+            snapshots = load_snapshots(path_list, check=check)
         except SnapshotFileError as exc:
             print(f"labxds: cannot serve {exc}", file=sys.stderr, flush=True)
             return 2
@@ -994,7 +1000,7 @@ def serve(paths: Sequence[PathLike], host: str = "127.0.0.1", port: int = 18000)
         from .control_plane import ControlPlane
 
         control_plane = ControlPlane(port=port, host=host).start()
-        watcher = SnapshotWatcher(path_list, control_plane).start(initial=snapshots)
+        watcher = SnapshotWatcher(path_list, control_plane, check=check).start(initial=snapshots)
         print(
             f"labxds: serving ADS (SotW and Delta) on {control_plane.address} from "
             f"{', '.join(map(str, path_list))}: {snapshots.describe()}; watching for changes "

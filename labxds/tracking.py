@@ -106,13 +106,23 @@ class TraceEvent:
 
 
 class Tracker:
-    """Thread-safe record of nodes and streams, shared by the server and its users."""
+    """Thread-safe record of nodes and streams, shared by the server and its users.
 
-    def __init__(self, trace_size: int = 2000) -> None:
+    Disconnected nodes stay (their history is what a lesson looks at after a restart) up to
+    ``keep_disconnected`` of them; beyond, the longest gone are forgotten, so a control plane
+    that sees ever new node ids (pods, learners' reruns) does not grow without bound.
+    """
+
+    def __init__(self, trace_size: int = 2000, keep_disconnected: int = 1000) -> None:
+        if keep_disconnected < 0:
+            raise ValueError(f"keep_disconnected must be 0 or more, not {keep_disconnected!r}")
         self._cond = threading.Condition()
         self._nodes: dict[str, NodeStatus] = {}
         self._trace: dict[str, deque[TraceEvent]] = {}
         self._trace_size = trace_size
+        self._keep_disconnected = keep_disconnected
+        self._gone: dict[str, None] = {}  # disconnected node ids, longest gone first
+        self._forget_hooks: list[Callable[[str], Any]] = []
         self._settled: dict[str, dict[int, object]] = {}  # node -> stream id -> snapshot
         # Each waiting push holds a set of the nodes that changed since it last looked, so a
         # wake-up costs the nodes that changed, not every target (5,000 nodes, 15,000 events).
@@ -144,23 +154,41 @@ class Tracker:
             node.cluster, node.user_agent = cluster, user_agent
             if node.streams == 0:
                 node.connected_since = now
+                self._gone.pop(node_id, None)
             node.streams += 1
             node.last_seen = now
             self._changed(node_id)
 
     def stream_closed(self, node_id: str, stream: int) -> None:
+        forgotten: list[str] = []
         with self._cond:
             node = self._nodes.get(node_id)
             if node is not None:
                 node.streams = max(0, node.streams - 1)
                 if node.streams == 0:
                     node.connected_since = None
+                    self._gone[node_id] = None
+                    while len(self._gone) > self._keep_disconnected:
+                        oldest = next(iter(self._gone))
+                        del self._gone[oldest]
+                        self._nodes.pop(oldest, None)
+                        self._trace.pop(oldest, None)
+                        forgotten.append(oldest)
             streams = self._settled.get(node_id)
             if streams is not None:
                 streams.pop(stream, None)
                 if not streams:
                     del self._settled[node_id]
             self._changed(node_id)
+        for gone in forgotten:
+            for hook in list(self._forget_hooks):
+                hook(gone)
+
+    def on_forget(self, callback: Callable[[str], Any]) -> Callable[[], None]:
+        """Call ``callback(node_id)`` when a disconnected node is forgotten (the server drops
+        what it remembers of it too); returns a function to remove it."""
+        self._forget_hooks.append(callback)
+        return remover(self._forget_hooks, callback)
 
     def settled(self, node_id: str, stream: int, snapshot: object | None) -> None:
         """A stream says it has nothing left to send and everything sent is acknowledged."""

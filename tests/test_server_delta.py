@@ -507,3 +507,30 @@ def test_rule14_a_new_ttl_reaches_ttl_clients_only(cp, connect):
             break
     assert ttls(r) == {} and names(r) == ["a"]
     ttl.expect_nothing(3 * BEAT)  # and no more heartbeats
+
+
+def test_a_forgotten_node_takes_its_refused_versions_along():
+    plane = ControlPlane(port=0, keep_disconnected=1).start()
+    try:
+        clients = client_factory(plane, DeltaClient)
+        make = next(clients)
+        plane.set_snapshot(routes(("a", "x")))
+        c = make("refuser")
+        c.send(ROUTE, ["a"])
+        c.ack(c.recv())
+        plane.set_snapshot(routes(("a", "y")))
+        c.nack(c.recv(), "cluster y unknown")
+        make.sync()
+        assert [k for k in plane._xds.delta_refused if k[0] == "refuser"]
+        c.close()
+        assert eventually(lambda: plane.tracker.connected() == [])
+        other = make("other")  # a second node comes and goes: the first is the longest gone
+        other.send(ROUTE, ["a"])
+        other.recv()
+        other.close()
+        assert eventually(lambda: plane.tracker.node("refuser") is None)
+        assert [k for k in plane._xds.delta_refused if k[0] == "refuser"] == []
+        assert plane.tracker.node("other") is not None
+        next(clients, None)
+    finally:
+        plane.stop()

@@ -341,6 +341,22 @@ def test_inconsistent_snapshot_names_the_file_and_line_of_the_reference(tmp_path
     assert "check=False" not in str(err)
 
 
+def test_a_route_to_a_bootstrap_cluster_loads_with_the_check_skipped(tmp_path):
+    write_sandbox(tmp_path)
+    rds = tmp_path / "rds.yaml"
+    rds.write_text(rds.read_text().replace("cluster: example_proxy_cluster", "cluster: from_bootstrap"))
+    err = error_of(tmp_path)
+    assert err.path == rds and "from_bootstrap" in rds.read_text().splitlines()[err.line - 1]
+    assert "serve with --no-check" in str(err)
+    loaded = load_snapshots([tmp_path], check=False)
+    assert loaded.default.resources(ROUTE)["local_route"].virtual_hosts[0].routes[0].route.cluster == "from_bootstrap"
+    assert load_path(tmp_path, check=False) == loaded.default
+    from labxds.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--snapshot", str(tmp_path), "--no-check"]).no_check is True
+    assert build_parser().parse_args(["serve", "--snapshot", str(tmp_path)]).no_check is False
+
+
 def test_duplicate_across_files_names_both(tmp_path):
     write_sandbox(tmp_path)
     shutil.copy(tmp_path / "cds.yaml", tmp_path / "more.yaml")

@@ -73,6 +73,31 @@ def test_stream_counting_and_connected():
     assert tr.connected() == [] and tr.node("a").connected_since is None
 
 
+def test_disconnected_nodes_are_kept_up_to_a_bound_longest_gone_forgotten_first():
+    tr = Tracker(keep_disconnected=2)
+    forgotten: list[str] = []
+    tr.on_forget(forgotten.append)
+    tr.stream_opened("live", "c", "ua")
+    for i, node in enumerate(["a", "b", "c", "d"]):
+        tr.stream_opened(node, "c", "ua")
+        tr.record(_ev("response", node=node))
+        tr.stream_closed(node, i)
+    assert forgotten == ["a", "b"]
+    assert tr.node("a") is None and tr.events("a") == [] and tr.node("c") is not None
+    assert sorted(tr.status_frame()["node"]) == ["c", "d"]  # "live" has no type yet: no row
+    assert tr.node("live") is not None  # a connected node is never forgotten
+
+    tr.stream_opened("c", "c", "ua")  # c comes back: d is now the only one gone
+    tr.stream_opened("e", "c", "ua")
+    tr.stream_closed("e", 9)
+    assert forgotten == ["a", "b"] and tr.node("c").streams == 1
+    tr.stream_opened("f", "c", "ua")
+    tr.stream_closed("f", 10)
+    assert forgotten == ["a", "b", "d"]
+    with pytest.raises(ValueError, match="keep_disconnected"):
+        Tracker(keep_disconnected=-1)
+
+
 def test_hooks_fire_and_a_failing_hook_is_contained(caplog):
     tr = Tracker()
     seen = []
