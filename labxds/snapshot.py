@@ -67,19 +67,19 @@ def _digest(data: bytes) -> str:
 
 
 class _Framed:
-    """The bytes of resources in recently built snapshots, by type URL and serialized body: a
-    resource that is the same in the next snapshot (most of them, usually) is not hashed and
+    """The bytes of resources in recently built snapshots, by type URL, name and serialized body:
+    a resource that is the same in the next snapshot (most of them, usually) is not hashed and
     framed again. Two generations, each at most ``budget`` bytes, so memory stays bounded."""
 
     def __init__(self, budget: int = 8 << 20) -> None:
         self.budget = budget
-        self._new: dict[tuple[str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
-        self._old: dict[tuple[str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
+        self._new: dict[tuple[str, str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
+        self._old: dict[tuple[str, str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
         self._size = 0
 
     def entry(self, type_url: str, name: str, msg: message.Message) -> Entry:
         body = msg.SerializeToString(deterministic=True)
-        key = (type_url, body)
+        key = (type_url, name, body)
         parts = self._new.get(key)
         if parts is None:
             parts = self._old.get(key)
@@ -95,8 +95,8 @@ class _Framed:
     def clear(self) -> None:
         self._new, self._old, self._size = {}, {}, 0
 
-    def _keep(self, key: tuple[str, bytes], parts: tuple[str, bytes, bytes, frozenset[str]]) -> None:
-        self._size += len(key[1]) + len(parts[1]) + len(parts[2])
+    def _keep(self, key: tuple[str, str, bytes], parts: tuple[str, bytes, bytes, frozenset[str]]) -> None:
+        self._size += len(key[2]) + len(parts[1]) + len(parts[2])
         if self._size > self.budget:  # the older generation goes; this one becomes the older
             self._old, self._new, self._size = self._new, {}, 0
         self._new[key] = parts

@@ -21,6 +21,7 @@ be found, the resource (index and name) and the field or value at fault.
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import json
 import logging
@@ -753,15 +754,18 @@ class SnapshotWatcher:
     def _watch(self, roots: list[str], recursive: bool, ready: threading.Event) -> None:
         from . import inotify
 
-        if not inotify.AVAILABLE:
-            self._watch_polling(roots, recursive, ready)
-            return
-        with inotify.Inotify() as ino:
-            self._inotify.append(ino)
+        if inotify.AVAILABLE:
             try:
-                self._watch_inotify(ino, roots, recursive, ready)
-            finally:
-                self._inotify.remove(ino)
+                with inotify.Inotify() as ino:
+                    self._inotify.append(ino)
+                    try:
+                        self._watch_inotify(ino, roots, recursive, ready)
+                        return
+                    finally:
+                        self._inotify.remove(ino)
+            except OSError as exc:  # the per-user limits of inotify instances or watches
+                log.warning("cannot watch %s with inotify (%s); polling instead", ", ".join(roots), exc)
+        self._watch_polling(roots, recursive, ready)
 
     def _watch_inotify(self, ino: Any, roots: list[str], recursive: bool, ready: threading.Event) -> None:
         retry = False
@@ -770,8 +774,10 @@ class SnapshotWatcher:
                 try:
                     for root in roots:
                         ino.add(root, recursive=recursive)
-                except OSError as exc:  # removed again meanwhile
-                    log.debug("watching %s failed (%s); retrying", ", ".join(roots), exc)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                        raise  # out of inotify watches (ENOSPC), permissions: _watch polls instead
+                    log.debug("watching %s failed (%s); retrying", ", ".join(roots), exc)  # removed again
                 else:
                     ready.set()
                     if retry:  # events were lost while the watch was down

@@ -555,6 +555,25 @@ def test_a_save_of_several_files_is_judged_once_they_are_quiet(tmp_path, cp):
         assert "renamed_route" in cp.snapshot().resources(ROUTE)
 
 
+@pytest.mark.parametrize("how", ["no inotify", "inotify refused"])
+def test_without_inotify_the_watcher_polls(tmp_path, cp, monkeypatch, caplog, how):
+    if how == "no inotify":  # not Linux
+        monkeypatch.setattr(inotify, "AVAILABLE", False)
+    else:  # Linux, but out of inotify instances (fs.inotify.max_user_instances)
+        def refused():
+            raise OSError(24, "Too many open files")
+        monkeypatch.setattr(inotify, "Inotify", refused)
+    write_sandbox(tmp_path, "service1", 8080, version="1")
+    rec = Recorder(cp)
+    with SnapshotWatcher([tmp_path], cp, on_error=rec.on_error):
+        atomic_write(tmp_path / "cds.yaml", (tmp_path / "cds.yaml").read_text().replace("service1", "service8"))
+        rec.wait(lambda: endpoint_of(cp.snapshot()) == ("service8", 8080))
+        (tmp_path / "cds.yaml").write_text("resources: [")
+        rec.wait(lambda: rec.errors)
+        assert endpoint_of(cp.snapshot()) == ("service8", 8080)
+    assert ("polling instead" in caplog.text) == (how == "inotify refused")
+
+
 def test_watched_directory_deleted_and_recreated(tmp_path, cp):
     snap_dir = write_sandbox(tmp_path / "snap", "service1", 8080)
     rec = Recorder(cp)
