@@ -29,9 +29,9 @@ __all__ = ["ConsistencyError", "Entry", "Snapshot"]
 
 #: Seconds (int or float) or a timedelta.
 Duration = float | timedelta
-#: One TTL for every resource, or per type URL / resource name (a name wins over its type URL;
-#: None there exempts it).
-TtlSpec = Duration | Mapping[str, Duration | None] | None
+#: One TTL for every resource, or per type URL, resource name or (type URL, name) pair (the most
+#: specific key wins; None there exempts it).
+TtlSpec = Duration | Mapping[str | tuple[str, str], Duration | None] | None
 
 
 class ConsistencyError(ValueError):
@@ -151,14 +151,18 @@ def _ttls(spec: TtlSpec, by_type: Mapping[str, Mapping[str, Entry]]) -> dict[tup
         return {(url, name): every for url, entries in by_type.items() for name in entries}
     names = {name for entries in by_type.values() for name in entries}
     for key in spec:
-        if key not in names and not key.startswith(resource_types.TYPE_PREFIX):
+        if isinstance(key, tuple):
+            if len(key) != 2 or key[1] not in by_type.get(key[0], {}):
+                raise ValueError(f"ttl[{key!r}]: no resource of this snapshot has that type URL and name")
+        elif key not in names and not key.startswith(resource_types.TYPE_PREFIX):
             raise ValueError(f"ttl[{key!r}]: no resource of this snapshot has that name, and it is no type URL")
     out: dict[tuple[str, str], float] = {}
     for url, entries in by_type.items():
         for name in entries:
-            key = name if name in spec else url if url in spec else None
+            pair = (url, name)
+            key = pair if pair in spec else name if name in spec else url if url in spec else None
             if key is not None and spec[key] is not None:
-                out[(url, name)] = _seconds(spec[key], f"ttl[{key!r}]")
+                out[pair] = _seconds(spec[key], f"ttl[{key!r}]")
     return out
 
 
@@ -172,8 +176,8 @@ class Snapshot:
     ``ttl`` (rule 14) gives resources a time to live, for clients that advertise the
     ``xds.config.supports-resource-ttl`` feature: they drop a resource whose TTL runs out
     without a word from the control plane, which sends heartbeats meanwhile. It is seconds (or a
-    timedelta) for every resource, or a mapping from type URL or resource name to seconds (a
-    name wins over its type URL; None exempts it). A TTL does not change the versions computed
+    timedelta) for every resource, or a mapping from type URL, resource name or (type URL, name)
+    to seconds (the most specific key wins; None exempts it). A TTL does not change the versions computed
     from content: clients without the feature get the same resources either way.
     """
 

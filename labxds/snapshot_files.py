@@ -8,6 +8,16 @@ The files use Envoy's filesystem-config form, the one ``path_config_source`` rea
       name: example_proxy_cluster
       ...
 
+A resource may be wrapped as the protocol wraps it to give it a time to live (rule 14), served
+with heartbeats to clients that support TTLs::
+
+    - "@type": type.googleapis.com/envoy.service.discovery.v3.Resource
+      ttl: 30s
+      resource:
+        "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+        name: example_proxy_cluster
+        ...
+
 A PATH is one such file (YAML or JSON) or a directory: every ``*.yaml``, ``*.yml`` and ``*.json``
 file directly in it, in name order, merged into one snapshot. In a directory, ``nodes/<node-id>/``
 (a directory) or ``nodes/<node-id>.yaml`` holds one node's own, complete snapshot; everything else
@@ -36,6 +46,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+from google.protobuf import duration_pb2
 
 from . import resource_types
 from .messages import ResourceError, document_items, to_message, version_of_document
@@ -87,6 +98,7 @@ class _Resource:
     path: Path
     index: int
     doc: _File
+    ttl: float | None = None  # seconds, from a Resource wrapper
 
     @property
     def line(self) -> int | None:
@@ -118,7 +130,8 @@ class _File:
         except yaml.YAMLError:
             return None
 
-    def resource_node(self, index: int) -> yaml.Node | None:
+    def item_node(self, index: int) -> yaml.Node | None:
+        """The node of the ``index``-th item of the document (a resource or its wrapper)."""
         root = self.root
         if isinstance(root, yaml.MappingNode):
             for key, value in root.value:
@@ -128,6 +141,16 @@ class _File:
         if isinstance(root, yaml.SequenceNode):
             return root.value[index] if index < len(root.value) else None
         return None
+
+    def resource_node(self, index: int) -> yaml.Node | None:
+        """The node of the ``index``-th resource itself (inside its wrapper, if it has one)."""
+        node = self.item_node(index)
+        if node is None:
+            return None
+        kind = _key(node, "@type")
+        inner = _key(node, "resource")
+        wrapped = kind is not None and isinstance(kind[1], yaml.ScalarNode) and kind[1].value == _WRAPPER_TYPE
+        return inner[1] if wrapped and inner is not None else node
 
     def resource_line(self, index: int) -> int | None:
         node = self.resource_node(index)
@@ -222,6 +245,47 @@ class _ParseMemo:
         self._next, self._next_files = {}, {}
 
 
+#: The protocol's wrapper of a resource, here for its TTL.
+_WRAPPER_TYPE = resource_types.TYPE_PREFIX + "envoy.service.discovery.v3.Resource"
+_WRAPPER_KEYS = {"@type", "name", "ttl", "resource"}
+
+
+def _unwrap(doc: _File, index: int, item: Any) -> tuple[Any, float | None, str | None]:
+    """A Resource wrapper's resource, TTL in seconds and name; other items pass through."""
+    if not (isinstance(item, Mapping) and item.get("@type") == _WRAPPER_TYPE):
+        return item, None, None
+
+    def mistake(reason: str, field: str | None = None) -> SnapshotFileError:
+        node = doc.item_node(index)
+        line = (_search(node, [field]) if field and node is not None else None) or (
+            node.start_mark.line + 1 if node is not None else None)
+        return SnapshotFileError(doc.path, reason, line=line, resource=f"resource #{index} (a Resource wrapper)")
+
+    extra = sorted(set(item) - _WRAPPER_KEYS, key=str)
+    if extra:
+        raise mistake(f"a Resource wrapper here takes name, ttl and resource; {extra[0]!r} is not supported", str(extra[0]))
+    inner = item.get("resource")
+    if not isinstance(inner, Mapping) or "@type" not in inner:
+        raise mistake('a Resource wrapper needs "resource": the resource itself, with its "@type"', "resource")
+    ttl = item.get("ttl")
+    seconds = None
+    if ttl is not None:
+        duration = duration_pb2.Duration()
+        try:
+            if not isinstance(ttl, str):
+                raise ValueError
+            duration.FromJsonString(ttl)
+        except ValueError:
+            raise mistake(f'ttl {ttl!r} is not a duration (write it like "30s" or "0.5s")', "ttl") from None
+        seconds = duration.ToNanoseconds() / 1e9
+        if seconds <= 0:
+            raise mistake(f"ttl {ttl!r} must be positive", "ttl")
+    name = item.get("name")
+    if name is not None and not isinstance(name, str):
+        raise mistake(f"name {name!r} is not a string", "name")
+    return inner, seconds, name
+
+
 def _read_file(path: Path, memo: _ParseMemo) -> _File:
     text = _read_text(path)
     known = memo.file(path, text)
@@ -229,7 +293,12 @@ def _read_file(path: Path, memo: _ParseMemo) -> _File:
         return known
     doc = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
     try:
-        messages = [memo.message(item, f"resource #{i}") for i, item in enumerate(document_items(doc.data))]
+        items = document_items(doc.data)
+    except ResourceError as exc:
+        raise _wrap_resource_error(doc, exc) from None
+    unwrapped = [_unwrap(doc, i, item) for i, item in enumerate(items)]
+    try:
+        messages = [memo.message(item, f"resource #{i}") for i, (item, _, _) in enumerate(unwrapped)]
     except ResourceError as exc:
         raise _wrap_resource_error(doc, exc) from None
     doc.version = version_of_document(doc.data)
@@ -246,7 +315,15 @@ def _read_file(path: Path, memo: _ParseMemo) -> _File:
                 path, f"{rtype.short} resource has an empty or missing {key!r}", line=doc.resource_line(index),
                 resource=f"resource #{index}",
             )
-        doc.resources.append(_Resource(msg, type_url, name, path, index, doc))
+        _, ttl, wrapper_name = unwrapped[index]
+        if wrapper_name is not None and wrapper_name != name:
+            wrapper = doc.item_node(index)
+            raise SnapshotFileError(
+                path, f"the Resource wrapper is named {wrapper_name!r} but its resource {name!r}",
+                line=(_search(wrapper, ["name"]) if wrapper is not None else None) or doc.resource_line(index),
+                resource=f"resource #{index}",
+            )
+        doc.resources.append(_Resource(msg, type_url, name, path, index, doc, ttl))
     memo.keep_file(doc)
     return doc
 
@@ -446,8 +523,9 @@ def _load_files(files: Sequence[Path], where: Path, memo: _ParseMemo, check: boo
             where, ", ".join(f"{d.path.name}: {d.version}" for d in docs if d.version is not None),
         )
     resources = [r.message for d in docs for r in d.resources]
+    ttl = {(r.type_url, r.name): r.ttl for d in docs for r in d.resources if r.ttl is not None}
     try:
-        snapshot = Snapshot(resources, version=version, check=False)
+        snapshot = Snapshot(resources, version=version, check=False, ttl=ttl or None)
     except ResourceError as exc:  # the checks above should have caught it; still name the files
         raise SnapshotFileError(where, str(exc)) from None
     try:

@@ -230,10 +230,14 @@ def test_ttl_by_type_url_and_by_name():
     named = Snapshot([_static("a"), route_configuration("a", "a")], ttl={"a": 5}, check=False)
     assert named.ttl(CLUSTER, "a") == named.ttl(ROUTE, "a") == 5.0, "a name applies in every type"
     assert Snapshot([_static("a")], ttl={LISTENER: 1}).ttl(CLUSTER, "a") is None  # a type it lacks
+    pair = Snapshot([_static("a"), route_configuration("a", "a")], ttl={(CLUSTER, "a"): 7, "a": 3}, check=False)
+    assert (pair.ttl(CLUSTER, "a"), pair.ttl(ROUTE, "a")) == (7.0, 3.0), "a (type URL, name) pair wins over a name"
 
 
 @pytest.mark.parametrize("spec, error", [
     ({"nope": 1}, "no resource of this snapshot has that name"),
+    ({(ROUTE, "a"): 1}, "no resource of this snapshot has that type URL and name"),
+    ({("a",): 1}, "no resource of this snapshot has that type URL and name"),
     (0, "positive"),
     (-1, "positive"),
     (float("nan"), "positive"),

@@ -357,6 +357,49 @@ def test_a_route_to_a_bootstrap_cluster_loads_with_the_check_skipped(tmp_path):
     assert build_parser().parse_args(["serve", "--snapshot", str(tmp_path)]).no_check is False
 
 
+WRAPPED = """\
+resources:
+- "@type": type.googleapis.com/envoy.service.discovery.v3.Resource
+  name: web
+  ttl: 30s
+  resource:
+    "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: web
+    connect_timeout: 1s
+- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: web
+"""
+
+
+def test_a_resource_wrapper_gives_a_ttl_to_its_resource_only(tmp_path):
+    path = tmp_path / "ttl.yaml"
+    path.write_text(WRAPPED)
+    snap = load_path(path)
+    assert snap.entries(CLUSTER, True)["web"].ttl == 30.0
+    assert snap.entries(ROUTE, True)["web"].ttl is None  # the same name, another type: no TTL
+    assert snap.entries(CLUSTER)["web"].ttl is None  # clients without TTL support get it plain
+    assert snap.resources(CLUSTER)["web"].connect_timeout.seconds == 1
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(WRAPPED.replace("  ttl: 30s\n", ""))
+    assert load_path(plain).entries(CLUSTER, True)["web"].ttl is None
+
+
+@pytest.mark.parametrize("edit,line,expected", [  # WRAPPED's lines: wrapper 2-5, cluster 6-8
+    (("ttl: 30s", "ttl: soon"), 4, "ttl 'soon' is not a duration"),
+    (("ttl: 30s", "ttl: 0s"), 4, "ttl '0s' must be positive"),
+    (("  name: web\n  ttl", "  name: other\n  ttl"), 3, "wrapper is named 'other' but its resource 'web'"),
+    (("  ttl: 30s", "  ttl: 30s\n  version: '1'"), 5, "'version' is not supported"),
+    (('    "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster\n', ""), 5, 'needs "resource"'),
+    (("connect_timeout: 1s", "connect_timeout: soon"), 8, "connect_timeout"),
+])
+def test_resource_wrapper_mistakes_name_the_line(tmp_path, edit, line, expected):
+    path = tmp_path / "ttl.yaml"
+    path.write_text(WRAPPED.replace(*edit))
+    err = error_of(path)
+    assert expected in str(err) and err.path == path
+    assert err.line == line, (err.line, str(err))
+
+
 def test_duplicate_across_files_names_both(tmp_path):
     write_sandbox(tmp_path)
     shutil.copy(tmp_path / "cds.yaml", tmp_path / "more.yaml")
