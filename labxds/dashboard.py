@@ -73,6 +73,14 @@ def _clip(value: Any, n: int) -> str:
     return value[:n] + ("…" if len(value) > n else "")
 
 
+def _one_line(value: Any) -> Any:
+    """Envoy's NACK texts quote protos with escaped newlines ("rds {\\n  config_source ..."): in a
+    table cell those read better as spaces."""
+    if not isinstance(value, str):
+        return value
+    return " ".join(value.replace("\\n", " ").split())
+
+
 class Dashboard:
     """``Dashboard(workshop)``: display it in a cell; ``live=True`` (default) redraws on events."""
 
@@ -161,7 +169,7 @@ class Dashboard:
             view[col] = view[col].map(lambda t: "" if t is None or t != t else t.strftime("%H:%M:%S"))
         for t in TYPES:
             view[t] = view[t].map(lambda v: _clip(v, 8))
-        view["last_nack"] = view["last_nack"].map(lambda v: _clip(v, 160))
+        view["last_nack"] = view["last_nack"].map(lambda v: _clip(_one_line(v), 160))
         body = view.to_html(index=False, escape=True, na_rep="", classes="labxds-dashboard", border=0)
         style = ("<style>.labxds-dashboard td,.labxds-dashboard th{padding:2px 8px;text-align:left;"
                  "font-size:12px}</style>")  # fmt: skip

@@ -171,3 +171,11 @@ def test_live_refresh_needs_a_loop(setup) -> None:
     assert still.refreshes == count and not still.live
     still.refresh()
     assert still.frame().set_index("learner").loc["ann", "passed"] == 1
+
+
+def test_escaped_newlines_of_envoys_nack_text_read_as_one_line() -> None:
+    from labxds.dashboard import _one_line
+
+    envoy_text = "Error adding/updating listener(s) listener_0: rds {\\n  config_source {\\n    ads {\\n    }\\n"
+    assert _one_line(envoy_text) == "Error adding/updating listener(s) listener_0: rds { config_source { ads { }"
+    assert _one_line("two\nlines") == "two lines" and _one_line(None) is None
