@@ -23,9 +23,6 @@ __all__ = ["NestedTypeError", "parse_dict"]
 _FD = descriptor.FieldDescriptor
 _INTS = frozenset({_FD.CPPTYPE_INT32, _FD.CPPTYPE_INT64, _FD.CPPTYPE_UINT32, _FD.CPPTYPE_UINT64})
 _FLOAT32_MAX = 3.4028234663852886e38
-_WRAPPERS = frozenset(
-    f"google.protobuf.{n}Value" for n in ("Bool", "Bytes", "Double", "Float", "Int32", "Int64", "String", "UInt32", "UInt64")
-)
 _FROM_STRING = frozenset({"google.protobuf.Duration", "google.protobuf.Timestamp"})
 _DECLINED = frozenset(
     {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue", "google.protobuf.FieldMask"}
@@ -41,10 +38,22 @@ class _Declined(Exception):
     """Not a form the fast path handles (or a mistake): json_format decides."""
 
 
-# Per message type: JSON key (json_name or field name) -> (field, kind, extra).
-_Table = dict[str, tuple[Any, int, Any]]
-_TABLES: dict[str, _Table] = {}
+# How a value is checked and converted: the fast path accepts exactly what json_format would set
+# unchanged (and declines the rest, for json_format to convert or reject).
+_STR, _INT, _BOOL, _DOUBLE, _FLOAT, _OTHER = range(6)
+_WRAPPER_KINDS = {
+    "google.protobuf.BoolValue": _BOOL, "google.protobuf.BytesValue": _OTHER,
+    "google.protobuf.DoubleValue": _DOUBLE, "google.protobuf.FloatValue": _FLOAT,
+    "google.protobuf.Int32Value": _INT, "google.protobuf.Int64Value": _INT, "google.protobuf.StringValue": _STR,
+    "google.protobuf.UInt32Value": _INT, "google.protobuf.UInt64Value": _INT,
+}
 _SCALAR, _ENUM, _MESSAGE, _REPEATED_SCALAR, _REPEATED_ENUM, _REPEATED_MESSAGE, _MAP = range(7)
+
+# Per message type, JSON key (json_name or field name) -> (field name, kind, oneof name or None,
+# scalar kind, enum numbers by name, map value spec): built once from the descriptors, so a parse
+# touches no descriptor.
+_Spec = tuple[str, int, Any, int, Any, Any]
+_TABLES: dict[str, dict[str, _Spec]] = {}
 
 
 def parse_dict(data: Mapping[str, Any], msg: message.Message) -> None:
@@ -76,26 +85,42 @@ def _import_nested_types(data: Any) -> None:
             stack.extend(node)
 
 
-def _table(desc: Any) -> _Table:
+def _scalar_kind(f: Any) -> int:
+    cpp = f.cpp_type
+    if cpp == _FD.CPPTYPE_STRING:
+        return _OTHER if f.type == _FD.TYPE_BYTES else _STR
+    if cpp in _INTS:
+        return _INT
+    return {_FD.CPPTYPE_BOOL: _BOOL, _FD.CPPTYPE_DOUBLE: _DOUBLE, _FD.CPPTYPE_FLOAT: _FLOAT}.get(cpp, _OTHER)
+
+
+def _enum_numbers(f: Any) -> dict[str, int] | None:
+    return {v.name: v.number for v in f.enum_type.values} if f.cpp_type == _FD.CPPTYPE_ENUM else None
+
+
+def _table(desc: Any) -> dict[str, _Spec]:
     table = _TABLES.get(desc.full_name)
     if table is None:
         table = {}
         for f in desc.fields:
             if f.is_extension:
                 continue
+            oneof = f.containing_oneof.name if f.containing_oneof is not None else None
             if f.cpp_type == _FD.CPPTYPE_MESSAGE and f.message_type.GetOptions().map_entry:
                 key_f, value_f = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
-                entry = (f, _MAP, (key_f, value_f))
-            elif f.is_repeated:
-                kind = {_FD.CPPTYPE_MESSAGE: _REPEATED_MESSAGE, _FD.CPPTYPE_ENUM: _REPEATED_ENUM}.get(
-                    f.cpp_type, _REPEATED_SCALAR
-                )
-                entry = (f, kind, None)
+                value_kind = {_FD.CPPTYPE_MESSAGE: _MESSAGE, _FD.CPPTYPE_ENUM: _ENUM}.get(value_f.cpp_type, _SCALAR)
+                values = (key_f.cpp_type == _FD.CPPTYPE_STRING, value_kind, _scalar_kind(value_f), _enum_numbers(value_f))
+                spec: _Spec = (f.name, _MAP, oneof, _OTHER, None, values)
             else:
-                kind = {_FD.CPPTYPE_MESSAGE: _MESSAGE, _FD.CPPTYPE_ENUM: _ENUM}.get(f.cpp_type, _SCALAR)
-                entry = (f, kind, None)
-            table[f.name] = entry
-            table[f.json_name] = entry
+                if f.cpp_type == _FD.CPPTYPE_MESSAGE:
+                    kind = _REPEATED_MESSAGE if f.is_repeated else _MESSAGE
+                elif f.cpp_type == _FD.CPPTYPE_ENUM:
+                    kind = _REPEATED_ENUM if f.is_repeated else _ENUM
+                else:
+                    kind = _REPEATED_SCALAR if f.is_repeated else _SCALAR
+                spec = (f.name, kind, oneof, _scalar_kind(f), _enum_numbers(f), None)
+            table[f.name] = spec
+            table[f.json_name] = spec
         _TABLES[desc.full_name] = table
     return table
 
@@ -104,43 +129,47 @@ def _message(data: Any, msg: message.Message, depth: int) -> None:
     """``data`` into ``msg`` (already marked present by the caller)."""
     if depth >= _MAX_DEPTH:
         raise _Declined
-    full_name = msg.DESCRIPTOR.full_name
-    if full_name in _WRAPPERS:
-        msg.value = _scalar(data, msg.DESCRIPTOR.fields_by_name["value"])
-        return
-    if full_name in _FROM_STRING:
-        if not isinstance(data, str):
+    desc = msg.DESCRIPTOR
+    full_name = desc.full_name
+    table = _TABLES.get(full_name)
+    if table is None:
+        wrapped = _WRAPPER_KINDS.get(full_name)
+        if wrapped is not None:
+            msg.value = _scalar(data, wrapped)
+            return
+        if full_name in _FROM_STRING:
+            if not isinstance(data, str):
+                raise _Declined
+            msg.FromJsonString(data)
+            return
+        if full_name == "google.protobuf.Any":
+            _any(data, msg, depth)
+            return
+        if full_name in _DECLINED:
             raise _Declined
-        msg.FromJsonString(data)
-        return
-    if full_name == "google.protobuf.Any":
-        _any(data, msg, depth)
-        return
-    if full_name in _DECLINED or not isinstance(data, dict):
+        table = _table(desc)
+    if not isinstance(data, dict):
         raise _Declined
-    table = _table(msg.DESCRIPTOR)
-    seen: set[Any] = set()
+    seen: set[str] = set()
     for key, value in data.items():
-        entry = table.get(key)
-        if entry is None or value is None:
+        spec = table.get(key)
+        if spec is None or value is None:
             raise _Declined  # unknown field (json_format names it), or null (its own rules)
-        field, kind, extra = entry
-        oneof = field.containing_oneof
-        if field in seen or (oneof is not None and oneof in seen):
-            raise _Declined
-        seen.add(field)
+        name, kind, oneof, scalar_kind, enum_numbers, map_spec = spec
+        if name in seen or (oneof is not None and oneof in seen):
+            raise _Declined  # both spellings of a field, or two members of a oneof
+        seen.add(name)
         if oneof is not None:
             seen.add(oneof)
-        name = field.name
         if kind == _SCALAR:
-            setattr(msg, name, _scalar(value, field))
-        elif kind == _ENUM:
-            setattr(msg, name, _enum(value, field))
+            setattr(msg, name, _scalar(value, scalar_kind))
         elif kind == _MESSAGE:
             sub = getattr(msg, name)
             sub.SetInParent()
             _message(value, sub, depth + 1)
-        elif not isinstance(value, (list, dict) if kind == _MAP else list):
+        elif kind == _ENUM:
+            setattr(msg, name, _enum(value, enum_numbers))
+        elif not isinstance(value, dict if kind == _MAP else list):
             raise _Declined
         elif kind == _REPEATED_MESSAGE:
             container = getattr(msg, name)
@@ -149,26 +178,26 @@ def _message(data: Any, msg: message.Message, depth: int) -> None:
                     raise _Declined
                 _message(item, container.add(), depth + 1)
         elif kind == _REPEATED_SCALAR:
-            getattr(msg, name).extend([_scalar(item, field) for item in value])
+            getattr(msg, name).extend([_scalar(item, scalar_kind) for item in value])
         elif kind == _REPEATED_ENUM:
-            getattr(msg, name).extend([_enum(item, field) for item in value])
+            getattr(msg, name).extend([_enum(item, enum_numbers) for item in value])
         else:
-            _map(value, getattr(msg, name), extra, depth)
+            _map(value, getattr(msg, name), map_spec, depth)
 
 
-def _map(value: dict, container: Any, fields: tuple[Any, Any], depth: int) -> None:
-    key_field, value_field = fields
-    if key_field.cpp_type != _FD.CPPTYPE_STRING:
+def _map(value: dict, container: Any, spec: tuple[bool, int, int, Any], depth: int) -> None:
+    string_keys, value_kind, scalar_kind, enum_numbers = spec
+    if not string_keys:
         raise _Declined
     for key, item in value.items():
         if not isinstance(key, str) or item is None:
             raise _Declined
-        if value_field.cpp_type == _FD.CPPTYPE_MESSAGE:
+        if value_kind == _MESSAGE:
             _message(item, container[key], depth + 1)
-        elif value_field.cpp_type == _FD.CPPTYPE_ENUM:
-            container[key] = _enum(item, value_field)
+        elif value_kind == _ENUM:
+            container[key] = _enum(item, enum_numbers)
         else:
-            container[key] = _scalar(item, value_field)
+            container[key] = _scalar(item, scalar_kind)
 
 
 def _any(data: Any, msg: Any, depth: int) -> None:
@@ -184,7 +213,7 @@ def _any(data: Any, msg: Any, depth: int) -> None:
     except ValueError:
         raise _Declined from None
     inner_name = inner.DESCRIPTOR.full_name
-    if inner_name in _WRAPPERS or inner_name in _FROM_STRING or inner_name in _DECLINED or inner_name.startswith(
+    if inner_name in _WRAPPER_KINDS or inner_name in _FROM_STRING or inner_name in _DECLINED or inner_name.startswith(
         "google.protobuf.Any"
     ):
         raise _Declined  # the {"@type", "value"} form of well-known types
@@ -193,13 +222,12 @@ def _any(data: Any, msg: Any, depth: int) -> None:
     msg.type_url = type_url
 
 
-def _scalar(value: Any, field: Any) -> Any:
-    cpp = field.cpp_type
-    if cpp == _FD.CPPTYPE_STRING:
-        if field.type == _FD.TYPE_BYTES or not isinstance(value, str):
+def _scalar(value: Any, kind: int) -> Any:
+    if kind == _STR:
+        if not isinstance(value, str):
             raise _Declined
         return value
-    if cpp in _INTS:
+    if kind == _INT:
         if isinstance(value, bool):
             raise _Declined
         if isinstance(value, int):
@@ -207,22 +235,22 @@ def _scalar(value: Any, field: Any) -> Any:
         if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
             return int(value)
         raise _Declined
-    if cpp == _FD.CPPTYPE_BOOL:
+    if kind == _BOOL:
         if not isinstance(value, bool):
             raise _Declined
         return value
-    if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT):
+    if kind == _DOUBLE or kind == _FLOAT:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _Declined
-        if cpp == _FD.CPPTYPE_FLOAT and abs(value) > _FLOAT32_MAX:
+        if kind == _FLOAT and abs(value) > _FLOAT32_MAX:
             raise _Declined
         return value
-    raise _Declined
+    raise _Declined  # bytes (base64) and anything else
 
 
-def _enum(value: Any, field: Any) -> int:
+def _enum(value: Any, numbers: dict[str, int]) -> int:
     if isinstance(value, str):
-        found = field.enum_type.values_by_name.get(value)
+        found = numbers.get(value)
         if found is not None:
-            return found.number
+            return found
     raise _Declined  # numbers, and names json_format may still know (or reject)

@@ -60,6 +60,8 @@ class Entry:
     # What the resource makes the client ask for next: an EDS cluster its load assignment, a
     # listener its route configurations. Found once here, not on every ACK.
     needs: frozenset[str] = frozenset()
+    # Every (type URL, name) it refers to, for the consistency check of each new snapshot.
+    refs: frozenset[tuple[str, str]] = frozenset()
 
 
 def _digest(data: bytes) -> str:
@@ -73,8 +75,8 @@ class _Framed:
 
     def __init__(self, budget: int = 8 << 20) -> None:
         self.budget = budget
-        self._new: dict[tuple[str, str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
-        self._old: dict[tuple[str, str, bytes], tuple[str, bytes, bytes, frozenset[str]]] = {}
+        self._new: dict[tuple[str, str, bytes], tuple[Any, ...]] = {}
+        self._old: dict[tuple[str, str, bytes], tuple[Any, ...]] = {}
         self._size = 0
 
     def entry(self, type_url: str, name: str, msg: message.Message) -> Entry:
@@ -87,15 +89,15 @@ class _Framed:
                 version = _digest(body)
                 packed = wire.encode_any(type_url, body)
                 parts = (version, wire.sotw_resource(packed), wire.delta_resource(name, version, packed),
-                         _needs(type_url, msg))
+                         _needs(type_url, msg), _references(type_url, msg))
             self._keep(key, parts)
-        version, sotw, delta, needs = parts
-        return Entry(name, msg, version, sotw, delta, needs=needs)
+        version, sotw, delta, needs, refs = parts
+        return Entry(name, msg, version, sotw, delta, needs=needs, refs=refs)
 
     def clear(self) -> None:
         self._new, self._old, self._size = {}, {}, 0
 
-    def _keep(self, key: tuple[str, str, bytes], parts: tuple[str, bytes, bytes, frozenset[str]]) -> None:
+    def _keep(self, key: tuple[str, str, bytes], parts: tuple[Any, ...]) -> None:
         self._size += len(key[2]) + len(parts[1]) + len(parts[2])
         if self._size > self.budget:  # the older generation goes; this one becomes the older
             self._old, self._new, self._size = self._new, {}, 0
@@ -117,6 +119,34 @@ def _needs(type_url: str, msg: Any) -> frozenset[str]:
     return frozenset()
 
 
+def _references(type_url: str, msg: Any) -> frozenset[tuple[str, str]]:
+    """What ``msg`` points at: the check of a snapshot needs only these, not the messages."""
+    if type_url == CLUSTER:
+        return frozenset({(ENDPOINT, _eds_name(msg))}) if _is_eds(msg) else frozenset()
+    if type_url == ROUTE:
+        return frozenset((CLUSTER, c) for c in _route_targets(msg))
+    if type_url == LISTENER:
+        refs = set()
+        for hcm in _connection_managers(msg):
+            if hcm.HasField("rds"):
+                refs.add((ROUTE, hcm.rds.route_config_name))
+            if hcm.HasField("route_config"):
+                refs.update((CLUSTER, c) for c in _route_targets(hcm.route_config))
+        refs.update((CLUSTER, c) for c in _tcp_proxy_clusters(msg))
+        return frozenset(refs)
+    return frozenset()
+
+
+def _route_targets(rc: Any) -> Iterable[str]:
+    for vh in rc.virtual_hosts:
+        for route in vh.routes:
+            if route.HasField("route"):
+                if route.route.cluster:
+                    yield route.route.cluster
+                for wc in route.route.weighted_clusters.clusters:
+                    yield wc.name
+
+
 def _ttl_entry(type_url: str, plain: Entry, ttl: float) -> Entry:
     """``plain`` as served to a client that supports TTLs."""
     version = f"{plain.version}/ttl={ttl!r}s"
@@ -129,6 +159,7 @@ def _ttl_entry(type_url: str, plain: Entry, ttl: float) -> Entry:
         heartbeat_sotw=wire.sotw_wrapped(plain.name, version, None, ttl),
         heartbeat_delta=wire.delta_resource(plain.name, version, None, ttl),
         needs=plain.needs,
+        refs=plain.refs,
     )
 
 
@@ -310,6 +341,9 @@ class Snapshot:
 
     def check(self) -> None:
         """Raise ConsistencyError naming every reference that points at nothing."""
+        types = self._types
+        if all(name in types.get(url, ()) for entries in types.values() for e in entries.values() for url, name in e.refs):
+            return  # every reference resolves (known when each entry was built); else find the words
         problems: list[str] = []
         clusters = self.names(CLUSTER)
         endpoints = self.names(ENDPOINT)

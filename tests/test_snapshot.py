@@ -317,3 +317,14 @@ def test_reused_bytes_are_bounded():
         assert framed._size <= 10_000
     kept = len(framed._new) + len(framed._old)
     assert 0 < kept < 500
+
+
+def test_each_entry_knows_what_it_refers_to():
+    from labxds.resources import sandbox_resources
+
+    snap = Snapshot(sandbox_resources("127.0.0.1", 8080))
+    assert snap.entries(LISTENER)["listener_0"].refs == {(ROUTE, "local_route")}
+    assert snap.entries(ROUTE)["local_route"].refs == {(CLUSTER, "example_proxy_cluster")}
+    assert snap.entries(CLUSTER)["example_proxy_cluster"].refs == frozenset()  # LOGICAL_DNS, no EDS
+    eds = Snapshot([cluster_pb2.Cluster(name="e", type=cluster_pb2.Cluster.EDS)], check=False)
+    assert eds.entries(CLUSTER)["e"].refs == {(ENDPOINT, "e")}
