@@ -9,7 +9,9 @@ on another address (docker compose, a shared VM), two things are needed:
   ``write_tls_files``, ``server_credentials``, ``render_tls_bootstrap``);
 * **node authorization**, so a client can only fetch the snapshot of the node it is entitled to:
   ``TokenAuthorizer({node_id: token})`` plugs into ``ControlPlane(authorize=...)`` and checks the
-  token Envoy sends as gRPC initial metadata (``add_token`` puts it in a bootstrap).
+  token Envoy sends as gRPC initial metadata (``add_token`` puts it in a bootstrap); with mutual
+  TLS, ``CertificateAuthorizer()`` accepts a node id only from a client whose certificate bears
+  that name (``write_tls_files(dir, client_name=node_id, ca=ca)``).
 
 Everything is generated locally with ``cryptography``: a throw-away CA valid for days, not a PKI.
 
@@ -38,10 +40,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .server import PEER_COMMON_NAME, PEER_DNS_NAMES
+
 __all__ = [
     "SERVER_NAME",
     "TLS_BOOTSTRAP",
     "TOKEN_HEADER",
+    "CertificateAuthorizer",
     "Credential",
     "TlsFiles",
     "TokenAuthorizer",
@@ -383,5 +388,32 @@ class TokenAuthorizer:
         else:
             return True
         self.refused += 1
+        log.warning("labxds: refusing node %r: %s", node_id, reason)
+        return False
+
+
+class CertificateAuthorizer:
+    """``ControlPlane(authorize=CertificateAuthorizer(), server_credentials=server_credentials(files))``.
+
+    Mutual TLS proves a client holds a certificate from the lab's CA; this also ties the
+    certificate to one node: a stream is accepted only if its node id is the certificate's common
+    name or one of its DNS names, so alice's certificate cannot fetch bob's snapshot. A client
+    without a verified certificate (no mTLS) is refused. Combine with tokens if both are wanted:
+    ``authorize=lambda node, md: certs(node, md) and tokens(node, md)``.
+    """
+
+    def __init__(self) -> None:
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        return "CertificateAuthorizer()"
+
+    def __call__(self, node_id: str, metadata: Mapping[str, str]) -> bool:
+        names = {n for n in [metadata.get(PEER_COMMON_NAME), *metadata.get(PEER_DNS_NAMES, "").split(",")] if n}
+        if node_id in names:
+            return True
+        self.refused += 1
+        reason = (f"its client certificate names {', '.join(sorted(names))}" if names
+                  else "no verified client certificate (is the port using mutual TLS?)")
         log.warning("labxds: refusing node %r: %s", node_id, reason)
         return False

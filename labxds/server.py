@@ -50,6 +50,28 @@ log = logging.getLogger("labxds")
 
 Authorizer = Callable[[str, Mapping[str, str]], bool]
 
+#: Keys the server adds to the metadata an authorizer sees, for a client that presented a verified
+#: certificate (mutual TLS): its common name, and its DNS names joined by commas. No client can
+#: send them: a metadata key that starts with ":" is dropped before they are added.
+PEER_COMMON_NAME = ":x509-common-name"
+PEER_DNS_NAMES = ":x509-dns-names"
+
+
+def _peer_names(context: Any) -> dict[str, str]:
+    """The verified client certificate's names from gRPC's auth context (none without mTLS)."""
+    try:
+        auth = context.auth_context() or {}
+    except Exception:  # a context without TLS support (tests' fakes)
+        return {}
+    names: dict[str, str] = {}
+    common = auth.get("x509_common_name")
+    if common:
+        names[PEER_COMMON_NAME] = common[0].decode()
+    dns = auth.get("x509_subject_alternative_name")
+    if dns:
+        names[PEER_DNS_NAMES] = ",".join(d.decode() for d in dns)
+    return names
+
 _WAKE = object()
 _BEAT = object()  # the stream's heartbeat timer fired
 TTL_FEATURE = "xds.config.supports-resource-ttl"
@@ -315,7 +337,10 @@ class _Stream:
             )
         server = self.server
         if server.authorize is not None:
-            metadata = {k: v for k, v in (self.context.invocation_metadata() or ()) if isinstance(v, str)}
+            metadata = {
+                k: v for k, v in (self.context.invocation_metadata() or ()) if isinstance(v, str) and not k.startswith(":")
+            }
+            metadata.update(_peer_names(self.context))
             if not server.authorize(node.id, metadata):
                 log.warning("labxds refused node %r: not authorized", node.id)
                 await self.context.abort(

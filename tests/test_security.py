@@ -26,7 +26,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 from envoy_helpers import free_port  # noqa: E402
-from xds_client import SotwClient, names  # noqa: E402
+from xds_client import SotwClient, eventually, names  # noqa: E402
 
 from labxds import CLUSTER, ControlPlane, Snapshot, cluster, sandbox_snapshot  # noqa: E402
 from labxds.envoy import Envoy, render_bootstrap, validate_bootstrap  # noqa: E402
@@ -35,6 +35,7 @@ from labxds.security import (  # noqa: E402
     SERVER_NAME,
     TLS_BOOTSTRAP,
     TOKEN_HEADER,
+    CertificateAuthorizer,
     TokenAuthorizer,
     add_token,
     channel_credentials,
@@ -290,6 +291,56 @@ def test_mtls_end_to_end_with_envoy_and_refusals(tls):
         finally:
             for envoy in refused:
                 envoy.stop()
+
+
+# -- certificates tied to node ids -------------------------------------------------------------
+
+
+def test_certificate_authorizer_ties_each_client_certificate_to_its_node(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="labxds")
+    ca = make_ca()
+    alice = write_tls_files(tmp_path / "alice", client_name="alice", ca=ca)
+    bob = write_tls_files(tmp_path / "bob", client_name="bob", ca=ca)
+    auth = CertificateAuthorizer()
+    with ControlPlane(0, server_credentials=server_credentials(alice), authorize=auth) as cp:
+        cp.set_snapshot(Snapshot([cluster("only", [("127.0.0.1", 1)], type="STATIC")], version="1"))
+        with _tls_channel(cp.port, channel_credentials(alice)) as channel:
+            assert names(_ads_once(channel, "alice")) == ["only"]
+            with pytest.raises(grpc.RpcError) as info:
+                _ads_once(channel, "bob")  # alice's certificate, bob's node id
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with _tls_channel(cp.port, channel_credentials(bob)) as channel:
+            assert names(_ads_once(channel, "bob")) == ["only"]
+        assert auth.refused == 1 and "its client certificate names alice" in caplog.text
+        assert cp.tracker.node("alice") is not None and cp.tracker.node("bob") is not None
+
+    with ControlPlane(0, authorize=auth) as plain, grpc.insecure_channel(plain.address) as channel:
+        with pytest.raises(grpc.RpcError) as info:  # no TLS: nothing to tie the node id to
+            _ads_once(channel, "alice")
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "no verified client certificate" in caplog.text
+    with grpc.insecure_channel("127.0.0.1:1") as channel, pytest.raises(grpc.RpcError) as info:
+        _ads_once(channel, "alice", metadata=((":x509-common-name", "alice"),))  # and no client can
+    assert info.value.code() == grpc.StatusCode.INTERNAL  # pass itself off through metadata
+
+
+def test_certificate_authorizer_with_real_envoys(tmp_path):
+    ca = make_ca()
+    files = write_tls_files(tmp_path / "learner-a", client_name="learner-a", ca=ca)
+    auth = CertificateAuthorizer()
+    with ControlPlane(0, server_credentials=server_credentials(files), authorize=auth) as cp:
+        cp.set_snapshot(sandbox_snapshot("127.0.0.1", 9, listener_port=free_port(), version="1"))
+        own = Envoy(render_tls_bootstrap(files, xds_port=cp.port, admin_port=0, node_id="learner-a")).start()
+        other = Envoy(render_tls_bootstrap(files, xds_port=cp.port, admin_port=0, node_id="learner-b")).start()
+        try:
+            cp.wait_for_node("learner-a", timeout=10)
+            assert eventually(lambda: auth.refused >= 2)  # learner-b's streams, retried and refused again
+            assert cp.nodes() == ["learner-a"] and cp.tracker.node("learner-b") is None
+            assert own.admin.stats("control_plane.")["control_plane.connected_state"] == 1
+            assert other.admin.stats("control_plane.")["control_plane.connected_state"] == 0
+        finally:
+            own.stop()
+            other.stop()
 
 
 # -- node tokens --------------------------------------------------------------------------------
