@@ -112,3 +112,15 @@ def test_wake_interrupts_a_blocked_read(tmp_path):
 def test_missing_directory_is_an_oserror_naming_it(tmp_path):
     with Inotify() as ino, pytest.raises(OSError, match="nope"):
         ino.add(str(tmp_path / "nope"))
+
+
+def test_an_overflowing_queue_is_reported_as_such(tmp_path):
+    limit = int(open("/proc/sys/fs/inotify/max_queued_events").read())
+    if limit > 100_000:
+        pytest.skip(f"max_queued_events is {limit}: too many files to write")
+    with Inotify() as ino:
+        ino.add(str(tmp_path))
+        for i in range(limit // 2 + 10):  # a create and a close each; nobody reads meanwhile
+            os.close(os.open(tmp_path / f"{i}.yaml", os.O_WRONLY | os.O_CREAT))
+        events = ino.read(1)
+        assert events and events[-1].overflow and events[-1].path == ""

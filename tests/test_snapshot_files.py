@@ -598,6 +598,23 @@ def test_a_save_of_several_files_is_judged_once_they_are_quiet(tmp_path, cp):
         assert "renamed_route" in cp.snapshot().resources(ROUTE)
 
 
+@pytest.mark.skipif(not inotify.AVAILABLE, reason="inotify is Linux-only")
+def test_lost_events_still_load_the_latest_files(tmp_path, cp, monkeypatch):
+    real_read = inotify.Inotify.read
+
+    def overflowing(self, timeout):  # the kernel's queue overflowed: the events themselves are lost
+        events = real_read(self, timeout)
+        return [inotify.Event("", inotify.IN_Q_OVERFLOW)] if events else events
+
+    monkeypatch.setattr(inotify.Inotify, "read", overflowing)
+    write_sandbox(tmp_path, "service1", 8080, version="1")
+    rec = Recorder(cp)
+    with SnapshotWatcher([tmp_path], cp, on_error=rec.on_error):
+        atomic_write(tmp_path / "cds.yaml", (tmp_path / "cds.yaml").read_text().replace("service1", "service3"))
+        rec.wait(lambda: endpoint_of(cp.snapshot()) == ("service3", 8080))
+        assert rec.errors == []
+
+
 @pytest.mark.parametrize("how", ["no inotify", "inotify refused"])
 def test_without_inotify_the_watcher_polls(tmp_path, cp, monkeypatch, caplog, how):
     if how == "no inotify":  # not Linux
