@@ -40,6 +40,7 @@ from .resource_types import (
     RUNTIME,
     SECRET,
     order_key,
+    short_name,
 )
 from .snapshot import Entry, Snapshot
 from .tracking import TraceEvent, Tracker
@@ -55,6 +56,19 @@ Authorizer = Callable[[str, Mapping[str, str]], bool]
 #: send them: a metadata key that starts with ":" is dropped before they are added.
 PEER_COMMON_NAME = ":x509-common-name"
 PEER_DNS_NAMES = ":x509-dns-names"
+
+
+def _version_text(node: Any) -> str:
+    v = node.user_agent_build_version.version
+    return f"{v.major_number}.{v.minor_number}.{v.patch}" if node.HasField("user_agent_build_version") else ""
+
+
+def _envoy_up_to(node: Any, version: tuple[int, int]) -> bool:
+    """Whether the client is Envoy at ``version`` (major, minor) or older."""
+    if node.user_agent_name != "envoy" or not node.HasField("user_agent_build_version"):
+        return False
+    v = node.user_agent_build_version.version
+    return (v.major_number, v.minor_number) <= version
 
 
 def _peer_names(context: Any) -> dict[str, str]:
@@ -224,6 +238,7 @@ class _Stream:
         self.snapshot: Snapshot | None = None
         self._nonce = 0
         self.ttl = False  # the client supports resource TTLs (rule 14)
+        self.fragile_ttl = False  # ... and is an Envoy known to crash when an RDS/EDS TTL runs out
         self._beat_timer: asyncio.TimerHandle | None = None
 
     # Called by the cache from any thread.
@@ -349,7 +364,9 @@ class _Stream:
         self.node_id = node.id
         # Rule 14: only the first request's node says whether the client supports TTLs.
         self.ttl = TTL_FEATURE in node.client_features
-        agent = f"{node.user_agent_name} {node.user_agent_version or node.user_agent_build_version.version}"
+        self.fragile_ttl = self.ttl and not self.delta and _envoy_up_to(node, (1, 40))
+        self.agent_version = _version_text(node)
+        agent = f"{node.user_agent_name} {node.user_agent_version or self.agent_version}"
         server.tracker.stream_opened(node.id, node.cluster, agent.strip())
         self._unwatch = server.cache.watch(node.id, self.wake)
         server.tracker.emit("stream_open", node.id, self.id)
@@ -551,6 +568,14 @@ class _SotwStream(_Stream):
             st.nonce, st.outstanding, st.unsure = nonce, True, False
             st.beat_due = False  # the response carries every resource of the type, TTLs included
             st.sent, st.sent_version = plan.entries, plan.version
+            if self.fragile_ttl and url in (ROUTE, ENDPOINT) and any(e.ttl for e in plan.entries.values()):
+                self.fragile_ttl = False  # said once per stream
+                log.warning(
+                    "node %s (Envoy %s) is sent %s resources with a TTL over SotW: Envoy 1.40 crashes "
+                    "(segfault) when such a TTL runs out, e.g. if this control plane stops; use Delta "
+                    "xDS for it, or TTLs on listeners and clusters only", self.node_id,
+                    self.agent_version, short_name(url),
+                )
             out.append(wire.sotw_response(
                 version=plan.version, type_url=url, nonce=nonce,
                 resources=[e.sotw for e in plan.entries.values()],

@@ -4,6 +4,7 @@ tests' own xDS client against a real ControlPlane on a kernel-chosen port."""
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 
 import grpc
@@ -856,3 +857,21 @@ def test_rule15_after_a_nack_the_previous_version_is_sent_again(cp, connect):
     cp.set_snapshot(good)
     r = c.recv()
     assert (r.version_info, names(r)) == ("1", ["c1"])
+
+
+def test_rule14_envoy_140_is_warned_of_rds_ttls_over_sotw(cp, connect, caplog):
+    # Envoy 1.40 segfaults when a SotW RDS/EDS TTL runs out (docs/xds-rules.md, rule 14).
+    caplog.set_level(logging.WARNING, logger="labxds")
+    cp.set_snapshot(Snapshot([route_configuration("r", "c")], version="1", ttl={ROUTE: 30}, check=False))
+    envoy = connect("node-envoy", client_features=[TTL_FEATURE])
+    envoy.node.user_agent_name = "envoy"
+    envoy.node.user_agent_build_version.version.major_number = 1
+    envoy.node.user_agent_build_version.version.minor_number = 40
+    envoy.ack(envoy.subscribe(ROUTE, ["r"]))
+    warnings = [r.getMessage() for r in caplog.records if "crashes" in r.getMessage()]
+    assert len(warnings) == 1 and "node-envoy (Envoy 1.40.0)" in warnings[0] and "RDS" in warnings[0]
+
+    caplog.clear()
+    other = connect("node-other", client_features=[TTL_FEATURE])  # not Envoy: the protocol's TTLs
+    other.ack(other.subscribe(ROUTE, ["r"]))
+    assert not [r for r in caplog.records if "crashes" in r.getMessage()]
