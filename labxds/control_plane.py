@@ -62,6 +62,12 @@ class ControlPlane:
     no TTL from bare ones; ``sotw_heartbeat="bare"`` sends the protocol's form to clients that
     implement it.
 
+    Every ``keepalive[0]`` seconds the server pings each client's connection and drops it when
+    the answer takes longer than ``keepalive[1]``, so a client that vanished without closing its
+    connection stops counting as connected (None: TCP's own, hours-long, timeouts). The timeout
+    is generous because Envoy answers pings on its main thread, which applying 10,000 clusters
+    keeps busy for about 6 s.
+
     Disconnected nodes keep their status and trace (``trace_size`` events each) until more than
     ``keep_disconnected`` of them are gone; then the longest gone are forgotten.
 
@@ -82,6 +88,7 @@ class ControlPlane:
         identifier: str = "labxds",
         heartbeat_interval: float | None = None,
         sotw_heartbeat: str = "resend",
+        keepalive: tuple[float, float] | None = (30.0, 20.0),
     ) -> None:
         self.host = host
         self.port = port
@@ -94,6 +101,9 @@ class ControlPlane:
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
         self._requested_port = port
+        if keepalive is not None and not (keepalive[0] > 0 and keepalive[1] > 0):
+            raise ValueError(f"keepalive is (interval, timeout) in positive seconds, not {keepalive!r}")
+        self._keepalive = keepalive
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -158,13 +168,24 @@ class ControlPlane:
 
     async def _bind(self) -> None:
         # so_reuseport would let a second server bind the same port silently.
-        server = grpc.aio.server(options=[
+        options = [
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ])
+        ]
+        if self._keepalive is not None:
+            # Ping every client and drop its connection when a ping goes unanswered: a client that
+            # vanished without a word (a sleeping laptop) must not look connected for hours.
+            interval, timeout = self._keepalive
+            options += [
+                ("grpc.keepalive_time_ms", max(1, int(interval * 1000))),
+                ("grpc.keepalive_timeout_ms", max(1, int(timeout * 1000))),
+                ("grpc.http2.max_pings_without_data", 0),  # idle ADS streams carry no data for long
+                ("grpc.http2.ping_timeout_ms", max(1, int(timeout * 1000))),
+            ]
+        server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers(self._xds.handlers())
         target = f"{self.host}:{self._requested_port}" if ":" not in self.host else f"[{self.host}]:{self._requested_port}"
         try:

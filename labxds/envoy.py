@@ -157,12 +157,17 @@ def render_bootstrap(
     node_id: str | None = None,
     node_cluster: str | None = None,
     delta: bool = False,
+    keepalive: tuple[float, float] | None = None,
 ) -> dict:
     """Load the sandbox bootstrap and point it at a local control plane.
 
     The docker sandbox reaches `control-plane:18000` and exposes admin on 0.0.0.0;
     locally we rewrite those (and only those) so the same file works unchanged
     under compose. `delta=True` switches every gRPC xDS source to DELTA_GRPC.
+    `keepalive=(interval, timeout)` makes Envoy ping the control plane every `interval`
+    seconds and reconnect when a ping is not answered in `timeout`: without it, a connection
+    that dies silently (a sleeping laptop, a dropped Wi-Fi) holds a dead ADS stream for as long
+    as TCP takes to notice, which can be many minutes.
     """
     path = Path(template) if template is not None else bootstrap_path()
     try:
@@ -204,7 +209,21 @@ def render_bootstrap(
         for source in _walk_dicts(bootstrap.get("dynamic_resources")):
             if source.get("api_type") == "GRPC":
                 source["api_type"] = "DELTA_GRPC"
+    if keepalive is not None:
+        interval, timeout = keepalive
+        options = xds.setdefault("typed_extension_protocol_options", {}).setdefault(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},
+        )
+        http2 = options.setdefault("explicit_http_config", {}).setdefault("http2_protocol_options", {})
+        http2["connection_keepalive"] = {"interval": _duration(interval), "timeout": _duration(timeout)}
     return bootstrap
+
+
+def _duration(seconds: float) -> str:
+    if not seconds > 0:
+        raise ValueError(f"keepalive times are positive seconds, not {seconds!r}")
+    return f"{seconds:.3f}s"
 
 
 def _admin_address(bootstrap: dict) -> tuple[str, int]:

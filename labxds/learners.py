@@ -140,13 +140,16 @@ def learner_bootstrap(
     admin_host: str = "127.0.0.1",
     delta: bool = False,
     learner: Learner | None = None,
+    keepalive: tuple[float, float] | None = (30.0, 10.0),
 ) -> dict:
     """A learner's Envoy bootstrap: node id ``node``, ADS at ``control_plane`` (HOST:PORT).
 
     ``token`` is sent as gRPC initial metadata (``x-labxds-token``) on the ADS stream; the TLS
     files turn on TLS to the control plane (mutual TLS with a client certificate and key).
     ``learner`` adds node metadata telling the control plane where the listener, the admin
-    interface and the echo services are.
+    interface and the echo services are. ``keepalive`` (interval, timeout in seconds) has Envoy
+    ping the instructor's control plane and reconnect if a ping goes unanswered: across a
+    network, a connection can die without either side being told.
     """
     from .envoy import render_bootstrap
 
@@ -157,7 +160,7 @@ def learner_bootstrap(
     if tls_given and len(tls_given) != 3:
         raise ValueError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
     render = dict(xds_host=host, xds_port=port, admin_host=admin_host, admin_port=admin_port,
-                  node_id=node, node_cluster="workshop", delta=delta)  # fmt: skip
+                  node_id=node, node_cluster="workshop", delta=delta, keepalive=keepalive)  # fmt: skip
     if tls_given:
         from .security import SERVER_NAME, TlsFiles, render_tls_bootstrap
 

@@ -422,3 +422,10 @@ def test_authorize_refuses_unknown_nodes():
             assert "not authorized" in bad.ended().details
     finally:
         plane.stop()
+
+
+def test_keepalive_must_be_positive_seconds():
+    for bad in ((0, 1), (1, 0), (-1, 5)):
+        with pytest.raises(ValueError, match="keepalive"):
+            ControlPlane(0, keepalive=bad)
+    ControlPlane(0, keepalive=None)  # off: TCP's own timeouts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -135,6 +136,11 @@ def test_render_bootstrap_finds_the_ads_cluster_by_name(tmp_path):
 @pytest.mark.parametrize("delta", [False, True])
 def test_rendered_bootstrap_passes_envoy_validate(delta):
     assert "OK" in validate_bootstrap(render_bootstrap(delta=delta))
+    with_keepalive = render_bootstrap(delta=delta, keepalive=(0.5, 0.25))
+    assert "OK" in validate_bootstrap(with_keepalive)
+    assert "connection_keepalive" not in json.dumps(render_bootstrap(delta=delta))  # the sandbox's file as it is
+    with pytest.raises(ValueError, match="keepalive"):
+        render_bootstrap(keepalive=(0, 1))
 
 
 def test_validate_reports_envoys_complaint():

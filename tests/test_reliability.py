@@ -488,6 +488,122 @@ def test_labxds_serve_sigkilled_and_restarted_under_traffic(tmp_path):
 # == 2. Envoy restarted: it gets the current snapshot at once ==================================
 
 
+class Blackhole:
+    """A TCP proxy that, once ``drop()`` is called, loses everything both ways and closes
+    nothing: the network failing silently (a laptop asleep, Wi-Fi gone), where neither end is
+    told the connection is dead."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.dropping = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop(self) -> None:
+        self.dropping.set()
+
+    def heal(self) -> None:
+        self.dropping.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            if self.dropping.is_set():
+                continue  # accepted, then nothing ever gets through
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets.append(upstream)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if self.dropping.is_set():
+                if not data:
+                    return  # the close is lost too
+                continue
+            if not data:
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def test_a_client_that_vanished_silently_is_dropped_by_keepalive():
+    """Network fault: the path to a client goes dead without a FIN or RST. The server's
+    keepalive pings go unanswered and it drops the stream, so the node stops counting as
+    connected (without keepalive it would, for as long as TCP takes: many minutes)."""
+    with ControlPlane(0, keepalive=(0.3, 0.3)) as cp:
+        cp.set_snapshot(Snapshot([cluster("c", [("127.0.0.1", 1)], type="STATIC")], version="1"))
+        hole = Blackhole(cp.port)
+        client = SotwClient(f"127.0.0.1:{hole.port}", "vanishing")
+        try:
+            client.ack(client.subscribe(CLUSTER))
+            time.sleep(1.0)  # several keepalive rounds while the network is fine: still connected
+            assert cp.tracker.connected() == ["vanishing"]
+            hole.drop()
+            dropped = time.monotonic()
+            wait_until(lambda: cp.tracker.connected() == [], 10, "the server to drop the dead stream")
+            record("network: a client vanishes silently", dropped_after_s=time.monotonic() - dropped)
+        finally:
+            client.close()
+            hole.close()
+
+
+def test_envoy_behind_a_dead_network_reconnects_by_keepalive_and_gets_the_news(make_rig):
+    """Network fault, Envoy's side: the control plane's path goes dead silently, Envoy's own
+    keepalive (``render_bootstrap(keepalive=...)``, on in learners' bootstraps) notices and
+    reconnects once the network heals; the change pushed meanwhile then reaches it."""
+    rig = make_rig(envoy=False)
+    rig.cp.stop()
+    rig.cp = ControlPlane(0, keepalive=(0.5, 0.5)).start()
+    rig.cp.set_snapshot(rig.snapshot("service1", "1"))
+    hole = Blackhole(rig.cp.port)
+    try:
+        bootstrap = render_bootstrap(xds_port=hole.port, admin_port=0, node_id=NODE, keepalive=(0.5, 0.5))
+        envoy = Envoy(bootstrap).start()
+        rig.envoys.append(envoy)
+        rig.cp.wait_for_node(NODE)
+        wait_until(lambda: rig.served_by() == "service1", 10, "Envoy serving service1")
+        connected = lambda: envoy.admin.stats("control_plane.").get("control_plane.connected_state")  # noqa: E731
+        assert connected() == 1
+        hole.drop()
+        dropped = time.monotonic()
+        wait_until(lambda: connected() == 0, 10, "Envoy to notice the dead connection")
+        noticed = time.monotonic() - dropped
+        wait_until(lambda: rig.cp.tracker.connected() == [], 10, "the server to drop it too")
+        rig.cp.set_snapshot(rig.snapshot("service2", "2"))  # pushed while Envoy cannot hear
+        assert rig.served_by() == "service1"  # and traffic is unhurt meanwhile
+        hole.heal()
+        healed = time.monotonic()
+        wait_until(lambda: rig.served_by() == "service2", 15, "the change to reach Envoy after the heal")
+        record("network: the control plane's path dies silently", envoy_noticed_after_s=noticed,
+               change_served_after_heal_s=time.monotonic() - healed)
+    finally:
+        hole.close()
+
+
 def test_envoy_restarted_receives_current_snapshot_at_once(make_rig):
     rig = make_rig()
     assert rig.envoy is not None

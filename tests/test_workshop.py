@@ -129,6 +129,9 @@ def test_bootstrap_command_writes_what_envoy_accepts(tmp_path: Path, capsys: pyt
     assert tls["@type"].endswith("UpstreamTlsContext")
     assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == str(files.ca.resolve())
     assert boot["admin"]["address"]["socket_address"]["port_value"] == 19555
+    options = xds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    keepalive = options["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"]
+    assert keepalive == {"interval": "30.000s", "timeout": "10.000s"}  # a learner's network can die silently
     assert "OK" in validate_bootstrap(out)
 
     # Without TLS and token: plain, and no placeholder token left behind.
