@@ -1,8 +1,9 @@
 """Envoy resources in protobuf's JSON form (dicts, as YAML and JSON files hold them) into messages.
 
-``json_format.ParseDict`` is pure Python and rebuilds its field tables for every message it
-meets: about 0.25 ms for the sandbox's cluster, most of what a watched snapshot file costs per
-change. :func:`parse_dict` walks the same mapping with the tables cached per message type, for the
+``json_format.ParseDict`` is pure Python and looks its fields up in the descriptors for every
+message it meets: 80 µs for the sandbox's cluster on a warm CPU, much of what a watched
+snapshot file cost per change. :func:`parse_dict` (14 µs) walks the same mapping with field
+tables built once per message type, for the
 forms resources are written in (messages, lists, maps with string keys, scalars, enums by name,
 ``Any`` with ``"@type"``, wrappers, ``Duration``, ``Timestamp``). Anything else, and every
 mistake, goes to ``json_format`` itself, so results and error messages are exactly its own.
