@@ -3,10 +3,10 @@
 ``json_format.ParseDict`` is pure Python and looks its fields up in the descriptors for every
 message it meets: 80 µs for the sandbox's cluster on a warm CPU, much of what a watched
 snapshot file cost per change. :func:`parse_dict` (14 µs) walks the same mapping with field
-tables built once per message type, for the
-forms resources are written in (messages, lists, maps with string keys, scalars, enums by name,
-``Any`` with ``"@type"``, wrappers, ``Duration``, ``Timestamp``). Anything else, and every
-mistake, goes to ``json_format`` itself, so results and error messages are exactly its own.
+tables built once per message type, for the forms resources are written in (messages, lists,
+maps with string keys, scalars, enums by name, ``Any`` with ``"@type"``, wrappers, ``Duration``,
+``Timestamp``). Anything else, and every mistake, goes to ``json_format`` itself, so results and
+error messages are exactly its own.
 """
 
 from __future__ import annotations
