@@ -576,6 +576,24 @@ def test_a_file_still_being_written_is_loaded_once_closed(tmp_path, cp):
         assert endpoint_of(cp.snapshot()) == ("service2", 8080) and rec.errors == []
 
 
+def test_an_editors_backup_and_rewrite_save_is_loaded_whole(tmp_path, cp):
+    # vim's and emacs's way: the original renamed to a backup, a new file written, the backup
+    # deleted. In between there is no cds.yaml at all: that state must not be served or reported.
+    write_sandbox(tmp_path, "service1", 8080, version="1")
+    rec = Recorder(cp)
+    with SnapshotWatcher([tmp_path], cp, on_error=rec.on_error, debounce_ms=500) as watcher:
+        n = len(rec.calls)
+        cds = tmp_path / "cds.yaml"
+        new_text = cds.read_text().replace("service1", "service4")
+        os.rename(cds, tmp_path / "cds.yaml~")
+        cds.write_text(new_text)
+        (tmp_path / "cds.yaml~").unlink()
+        rec.wait(lambda: endpoint_of(cp.snapshot()) == ("service4", 8080))
+        settle()
+        assert rec.errors == [] and watcher.last_error is None
+        assert rec.calls_after(n) == [("set", None)]  # one push, of the whole new file
+
+
 def test_a_save_of_several_files_is_judged_once_they_are_quiet(tmp_path, cp):
     # lds.yaml first names a route configuration that only the next file defines: the state in
     # between is inconsistent, and must not be reported as a mistake.
