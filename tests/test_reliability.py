@@ -554,7 +554,7 @@ def test_a_client_that_vanished_silently_is_dropped_by_keepalive():
     """Network fault: the path to a client goes dead without a FIN or RST. The server's
     keepalive pings go unanswered and it drops the stream, so the node stops counting as
     connected (without keepalive it would, for as long as TCP takes: many minutes)."""
-    with ControlPlane(0, keepalive=(0.3, 0.3)) as cp:
+    with ControlPlane(0, keepalive=(0.3, 1.0)) as cp:  # a generous timeout: CI machines stall
         cp.set_snapshot(Snapshot([cluster("c", [("127.0.0.1", 1)], type="STATIC")], version="1"))
         hole = Blackhole(cp.port)
         client = SotwClient(f"127.0.0.1:{hole.port}", "vanishing")
@@ -577,11 +577,11 @@ def test_envoy_behind_a_dead_network_reconnects_by_keepalive_and_gets_the_news(m
     reconnects once the network heals; the change pushed meanwhile then reaches it."""
     rig = make_rig(envoy=False)
     rig.cp.stop()
-    rig.cp = ControlPlane(0, keepalive=(0.5, 0.5)).start()
+    rig.cp = ControlPlane(0, keepalive=(0.5, 1.0)).start()
     rig.cp.set_snapshot(rig.snapshot("service1", "1"))
     hole = Blackhole(rig.cp.port)
     try:
-        bootstrap = render_bootstrap(xds_port=hole.port, admin_port=0, node_id=NODE, keepalive=(0.5, 0.5))
+        bootstrap = render_bootstrap(xds_port=hole.port, admin_port=0, node_id=NODE, keepalive=(0.5, 1.0))
         envoy = Envoy(bootstrap).start()
         rig.envoys.append(envoy)
         rig.cp.wait_for_node(NODE)
