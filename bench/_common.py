@@ -307,6 +307,22 @@ class RawHttp:
         return status, body
 
 
+def sandbox_file_text(port: int, *, listener_port: int = 10000, clusters: bool = True, others: bool = True) -> str:
+    """The sandbox's resources as a snapshot file (Envoy's filesystem form, JSON), upstream on
+    127.0.0.1:``port``; ``clusters``/``others`` pick the cluster or the listener and route."""
+    from google.protobuf import any_pb2, json_format
+
+    from labxds.resources import sandbox_resources
+
+    docs = []
+    for r in sandbox_resources("127.0.0.1", port, listener_port=listener_port):
+        if (clusters if r.DESCRIPTOR.name == "Cluster" else others):
+            packed = any_pb2.Any()
+            packed.Pack(r)
+            docs.append(json.loads(json_format.MessageToJson(packed)))
+    return json.dumps({"resources": docs})
+
+
 def served_by(body: bytes) -> str | None:
     """'service1' from an echo body 'Request served by service1\\n...'."""
     if body.startswith(b"Request served by "):

@@ -24,24 +24,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, summary  # noqa: E402
+from _common import RESULTS, sandbox_file_text, summary  # noqa: E402
 from big_snapshot import CountingClient  # noqa: E402
-from google.protobuf import any_pb2, json_format  # noqa: E402
 
 from labxds import CLUSTER, ControlPlane, inotify, snapshot_files  # noqa: E402
-from labxds.resources import sandbox_resources  # noqa: E402
 
 STAGES = ("event", "reload", "loaded", "set", "response")
-
-
-def _render(port: int, clusters: bool, others: bool) -> str:
-    docs = []
-    for r in sandbox_resources("127.0.0.1", port):
-        if (r.DESCRIPTOR.name == "Cluster" and clusters) or (r.DESCRIPTOR.name != "Cluster" and others):
-            a = any_pb2.Any()
-            a.Pack(r)
-            docs.append(json.loads(json_format.MessageToJson(a)))
-    return json.dumps({"resources": docs})
 
 
 def run(split: bool, switches: int) -> dict[str, Any]:
@@ -50,9 +38,9 @@ def run(split: bool, switches: int) -> dict[str, Any]:
     watched.mkdir()
     staging.mkdir()
     name = "cds.json" if split else "snapshot.json"
-    texts = {p: _render(p, True, not split) for p in (18081, 18082)}
+    texts = {p: sandbox_file_text(p, others=not split) for p in (18081, 18082)}
     if split:
-        (watched / "lds.json").write_text(_render(1, False, True))
+        (watched / "lds.json").write_text(sandbox_file_text(1, clusters=False))
     (watched / name).write_text(texts[18081])
     stamps: dict[str, float] = {}
     saved = (inotify.Inotify.read, snapshot_files.SnapshotWatcher._reload, snapshot_files._load_snapshots,

@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
     free_port,
     machine_info,
     regenerate_docs,
+    sandbox_file_text,
     served_by,
     summary,
     wait_until,
@@ -198,12 +199,10 @@ class SnapshotFileMode(Mode):
         self.staging.mkdir()
         self.proc: subprocess.Popen | None = None
         self._log: Any = None
-        self.texts: dict[str, str] = {}
-        for svc, port in ports.items():
-            res = sandbox_resources("127.0.0.1", port, listener_port=self.listener_port)
-            if split:
-                res = [r for r in res if r.DESCRIPTOR.full_name.endswith(".Cluster")]
-            self.texts[svc] = json.dumps({"resources": [json.loads(json_format.MessageToJson(_pack(r))) for r in res]})
+        self.texts = {
+            svc: sandbox_file_text(port, listener_port=self.listener_port, others=not split)
+            for svc, port in ports.items()
+        }
         self.final = self.dir / ("cds.json" if split else "snapshot.json")
 
     def _write(self, target: str) -> None:
@@ -213,10 +212,7 @@ class SnapshotFileMode(Mode):
 
     def setup(self) -> None:
         if self.split:
-            rest = [r for r in sandbox_resources("127.0.0.1", 1, listener_port=self.listener_port)
-                    if not r.DESCRIPTOR.full_name.endswith(".Cluster")]
-            (self.dir / "lds.json").write_text(
-                json.dumps({"resources": [json.loads(json_format.MessageToJson(_pack(r))) for r in rest]}))
+            (self.dir / "lds.json").write_text(sandbox_file_text(1, listener_port=self.listener_port, clusters=False))
         self._write("service1")
         self._log = open(self.tmp / "serve.log", "wb")
         self.proc = subprocess.Popen(
