@@ -14,6 +14,9 @@ echo services (separate processes, like the sandbox's containers):
   labxds/snapshot_files.py exists): a new ``cds.json`` renamed in beside ``lds.json``, as for the
   floor, and, as ``(one file)``, one file with all three resources replaced whole.
 
+``--what-if`` adds ``labxds serve`` rows with parts of the work removed (bench/serve_whatif.py:
+no parse, no thread hop, no log line): lower bounds, written apart to propagation_whatif.json.
+
 After each change a keep-alive raw-socket client, in a process of its own, GETs the listener in a
 tight loop until the body says the new service. Modes are interleaved in blocks so that machine noise hits them alike.
 """
@@ -187,9 +190,10 @@ class SnapshotFileMode(Mode):
     floor's files are.
     """
 
-    def __init__(self, ports: dict[str, int], split: bool) -> None:
-        self.name = "labxds serve --snapshot" + ("" if split else " (one file)")
+    def __init__(self, ports: dict[str, int], split: bool, what_if: str = "") -> None:
+        self.name = "labxds serve --snapshot" + ("" if split else " (one file)") + (f" [what if: {what_if}]" if what_if else "")
         self.split = split
+        self.what_if = what_if  # switches of bench/serve_whatif.py: a lower bound, not labxds as shipped
         self.listener_port = free_port()
         self.xds_port = free_port()
         self.tmp = Path(tempfile.mkdtemp(prefix="labxds-bench-snapfile-", dir=_FAST_DIR))
@@ -215,8 +219,10 @@ class SnapshotFileMode(Mode):
             (self.dir / "lds.json").write_text(sandbox_file_text(1, listener_port=self.listener_port, clusters=False))
         self._write("service1")
         self._log = open(self.tmp / "serve.log", "wb")
+        command = ["serve", "--snapshot", str(self.dir), "--port", str(self.xds_port)]
+        launcher = [str(ROOT / "bench" / "serve_whatif.py"), self.what_if] if self.what_if else ["-m", "labxds"]
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "labxds", "serve", "--snapshot", str(self.dir), "--port", str(self.xds_port)],
+            [PYTHON, *launcher, *command],
             # its log goes to a file: a pipe nobody reads fills up and then blocks the server
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
         )
@@ -357,6 +363,11 @@ def main() -> int:
         return probe_process()
     parser = arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--switches", type=int, default=None, help="switches per mode (default 200, quick 30)")
+    parser.add_argument(
+        "--what-if", default="", metavar="SETS",
+        help="also run serve rows with parts of the work removed (bench/serve_whatif.py), e.g. "
+        "'bound;loop,nolog;bound,loop,nolog'; written to propagation_whatif.json",
+    )
     args = parser.parse_args()
     switches = args.switches or (30 if args.quick else 200)
     block = 10
@@ -369,6 +380,7 @@ def main() -> int:
     snapshot_files = (ROOT / "labxds" / "snapshot_files.py").exists()
     if snapshot_files:
         modes += [SnapshotFileMode(ports, split=True), SnapshotFileMode(ports, split=False)]
+        modes += [SnapshotFileMode(ports, split=True, what_if=w) for w in args.what_if.split(";") if w]
     probe = Probe()
     records: dict[str, list[dict[str, Any]]] = {m.name: [] for m in modes}
     steady: dict[str, list[float]] = {}
@@ -454,7 +466,7 @@ def main() -> int:
             ratios[name] = {"p50": entry["seconds"]["p50"] / floor,
                             "p99": entry["seconds"]["p99"] / results["floor (Envoy filesystem)"]["seconds"]["p99"]}
             print(f"{name:28s} / floor: p50 x{ratios[name]['p50']:.2f}  p99 x{ratios[name]['p99']:.2f}")
-    write_result("propagation", {
+    write_result("propagation_whatif" if args.what_if else "propagation", {
         "machine": info,
         "switches_per_mode": switches,
         "gap_s": GAP,
@@ -465,7 +477,7 @@ def main() -> int:
         "snapshot_files_available": snapshot_files,
         "probe": "process",
     }, args.quick)
-    if not args.no_report:
+    if not args.no_report and not args.what_if:
         regenerate_docs()
     return 0
 
