@@ -136,7 +136,7 @@ def propagation(summary_rows: list[list[str]]) -> str:
         for name, r in d["ratio_to_floor"].items():
             note = ""
             if bound is not None and name.startswith("labxds serve") and r["p50"] > 1.1:
-                note = (f" (out of reach: in a what-if run where this row was ×{bound[0]:.2f}, it was still "
+                note = (f" (out of reach: in a what-if run where the shipped split row was ×{bound[0]:.2f}, it was still "
                         f"×{bound[1]:.2f} without parsing, thread hop or log line; F3)")
             summary_rows.append([
                 f"Propagation: {name} ÷ Envoy-filesystem floor, p50",
