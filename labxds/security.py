@@ -13,6 +13,10 @@ on another address (docker compose, a shared VM), two things are needed:
   TLS, ``CertificateAuthorizer()`` accepts a node id only from a client whose certificate bears
   that name (``write_tls_files(dir, client_name=node_id, ca=ca)``).
 
+Certificates rotate without restarts: ``server_credentials`` reads the files again when they
+change (``renew_server_certificate``), and ``render_tls_bootstrap`` has Envoy read its own through
+filesystem SDS, which Envoy watches.
+
 Everything is generated locally with ``cryptography``: a throw-away CA valid for days, not a PKI.
 
     files = write_tls_files(tmp_dir)                      # CA, server and client certificates
@@ -28,8 +32,10 @@ import copy
 import datetime
 import hmac
 import ipaddress
+import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +54,7 @@ __all__ = [
     "TOKEN_HEADER",
     "CertificateAuthorizer",
     "Credential",
+    "TlsFileError",
     "TlsFiles",
     "TokenAuthorizer",
     "add_token",
@@ -55,6 +62,7 @@ __all__ = [
     "issue",
     "make_ca",
     "render_tls_bootstrap",
+    "renew_server_certificate",
     "server_credentials",
     "write_tls_files",
 ]
@@ -98,14 +106,27 @@ class Credential:
         return str(attrs[0].value) if attrs else ""
 
     def write(self, cert_path: Path | str, key_path: Path | str) -> tuple[Path, Path]:
-        """Write PEM files; the key is readable by its owner only (0600)."""
+        """Write PEM files, each replaced whole (a reader sees the old file or the new one, never
+        half of one); the key is readable by its owner only (0600). Key first: a reader that
+        finds a new certificate also finds its key."""
         cert_path, key_path = Path(cert_path), Path(key_path)
-        cert_path.write_bytes(self.cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.key_pem)
-        os.chmod(key_path, 0o600)  # an existing file keeps its mode through O_CREAT
+        _replace(key_path, self.key_pem, 0o600)
+        _replace(cert_path, self.cert_pem, 0o644)
         return cert_path, key_path
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _name(common_name: str) -> x509.Name:
@@ -199,7 +220,12 @@ def issue(
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM files for the ADS port: the CA, the control plane's and one client's certificate."""
+    """PEM files for the ADS port: the CA, the control plane's and one client's certificate.
+
+    ``envoy_certificate_sds`` and ``envoy_validation_sds`` are Envoy's filesystem SDS files for
+    the client certificate and the CA (written by :func:`write_tls_files`): a bootstrap that
+    reads them reloads new certificates without a restart.
+    """
 
     ca: Path
     server_cert: Path
@@ -207,6 +233,8 @@ class TlsFiles:
     client_cert: Path
     client_key: Path
     server_name: str = SERVER_NAME
+    envoy_certificate_sds: Path | None = None
+    envoy_validation_sds: Path | None = None
 
 
 def write_tls_files(
@@ -229,28 +257,168 @@ def write_tls_files(
                    ip_addresses=["127.0.0.1", "::1"], days=days)
     client = issue(ca, client_name, client=True, days=days)
     ca_path = directory / "ca.pem"
-    ca_path.write_bytes(ca.cert_pem)
+    _replace(ca_path, ca.cert_pem, 0o644)
     server_cert, server_key = server.write(directory / "server.pem", directory / "server-key.pem")
     client_cert, client_key = client.write(directory / "client.pem", directory / "client-key.pem")
-    return TlsFiles(ca_path, server_cert, server_key, client_cert, client_key, server_name)
+    certificate_sds, validation_sds = directory / "envoy-client-sds.json", directory / "envoy-ca-sds.json"
+    _replace(certificate_sds, _sds_file(_CLIENT_SECRET, {"tls_certificate": {
+        "certificate_chain": {"filename": str(client_cert.absolute())},
+        "private_key": {"filename": str(client_key.absolute())},
+    }}), 0o644)
+    _replace(validation_sds, _sds_file(_CA_SECRET, {"validation_context": {
+        "trusted_ca": {"filename": str(ca_path.absolute())},
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": server_name}}],
+    }}), 0o644)
+    return TlsFiles(ca_path, server_cert, server_key, client_cert, client_key, server_name,
+                    certificate_sds, validation_sds)
+
+
+def renew_server_certificate(files: TlsFiles, ca: Credential, *, days: float = 30) -> Credential:
+    """Issue a new certificate for the control plane from ``ca`` and write it over the old one.
+
+    A control plane started with ``server_credentials(files)`` uses it from the next connection
+    on; streams already open keep theirs.
+    """
+    server = issue(ca, files.server_name, server=True, dns_names=[files.server_name, "localhost"],
+                   ip_addresses=["127.0.0.1", "::1"], days=days)
+    server.write(files.server_cert, files.server_key)
+    return server
+
+
+_SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+_CLIENT_SECRET = "labxds_xds_client_certificate"
+_CA_SECRET = "labxds_xds_trusted_ca"
+
+
+def _sds_file(name: str, secret: dict) -> bytes:
+    return json.dumps({"resources": [{"@type": _SECRET_TYPE, "name": name, **secret}]}, indent=2).encode() + b"\n"
 
 
 # -- gRPC credentials -----------------------------------------------------------------------
 
 
-def server_credentials(files: TlsFiles, *, require_client_auth: bool = True) -> Any:
-    """``grpc.ssl_server_credentials`` for ControlPlane(server_credentials=...).
+class TlsFileError(ValueError):
+    """A certificate, key or CA file the control plane cannot serve with; names the file."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _server_material(files: TlsFiles) -> tuple[bytes, bytes, bytes, str]:
+    """Key, certificate chain and CA bundle as read, checked; and a description of the certificate.
+
+    gRPC would accept a key that does not belong to the certificate (the handshakes fail later)
+    or an expired certificate, so both are checked here, where the file can still be named.
+    """
+
+    def read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise TlsFileError(path, f"cannot read it: {exc.strerror or exc}") from None
+
+    key_pem, cert_pem, ca_pem = read(files.server_key), read(files.server_cert), read(files.ca)
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise TlsFileError(files.server_cert, "not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise TlsFileError(files.server_key, "not an unencrypted PEM private key") from None
+    try:
+        cas = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise TlsFileError(files.ca, "not a PEM certificate (a CA bundle is PEM certificates one after another)") from None
+    leaf = chain[0]
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise TlsFileError(files.server_key, f"this key does not belong to the certificate in {files.server_cert.name} "
+                           "(a renewal written halfway?)")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if leaf.not_valid_after_utc <= now:
+        raise TlsFileError(files.server_cert, f"the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if leaf.not_valid_before_utc > now:
+        raise TlsFileError(files.server_cert, f"the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    described = (f"{files.server_cert.name} serial {leaf.serial_number:x}, valid until "
+                 f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {files.ca.name}: {len(cas)} CA certificate(s)")
+    return key_pem, cert_pem, ca_pem, described
+
+
+class _ReloadingCertificates:
+    """gRPC's certificate fetcher: the files are looked at before every TLS handshake and read
+    again when one changed (an unchanged set costs three ``stat`` calls). Files that cannot be
+    served are reported once, naming the file, and the previous certificate stays in use."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        import grpc
+
+        self._grpc = grpc
+        self.files = files
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        key, cert, ca, self.described = _server_material(files)
+        self.initial = grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+        self.reloads = 0
+        #: Why the files on disk are not the ones in use (None when they are).
+        self.last_error: TlsFileError | None = None
+
+    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out = []
+        for path in (self.files.server_key, self.files.server_cert, self.files.ca):
+            try:
+                st = os.stat(path)
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def __call__(self) -> Any:
+        try:
+            with self._lock:
+                stamp = self._stat()
+                if stamp == self._stamp:
+                    return None
+                try:
+                    key, cert, ca, described = _server_material(self.files)
+                except TlsFileError as exc:
+                    if self.last_error is None or str(exc) != str(self.last_error):
+                        log.error("%s -- the control plane keeps its certificate (%s)", exc, self.described)
+                    self.last_error = exc
+                    return None  # stamp kept: the next handshake looks again (the rest may still be coming)
+                self._stamp, self.described, self.last_error = stamp, described, None
+                self.reloads += 1
+                log.info("TLS files changed: new connections get %s", described)
+                return self._grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+        except Exception:  # a bug here must not fail every handshake
+            log.exception("reloading the TLS files failed; keeping the certificate in use")
+            return None
+
+
+def server_credentials(files: TlsFiles, *, require_client_auth: bool = True, reload: bool = True) -> Any:
+    """gRPC server credentials for ControlPlane(server_credentials=...).
 
     With ``require_client_auth`` (the default) a client must present a certificate signed by
     the CA in ``files.ca``: a client without one, or with one from another CA, fails the TLS
     handshake and never reaches the xDS handlers.
+
+    With ``reload`` (the default) the files are read again when they change: a renewed
+    certificate (:func:`renew_server_certificate`) or a new CA bundle applies to the next
+    connection, with no restart; open streams keep the TLS session they have. Files that cannot
+    be served (a key that does not match, an expired certificate, garbage) are logged with the
+    file's name and the previous certificate stays. Raises TlsFileError if they are bad at start.
     """
     import grpc
 
-    pair = (files.server_key.read_bytes(), files.server_cert.read_bytes())
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=files.ca.read_bytes(), require_client_auth=require_client_auth
-    )
+    if reload:
+        fetcher = _ReloadingCertificates(files)
+        return grpc.dynamic_ssl_server_credentials(
+            fetcher.initial, fetcher, require_client_authentication=require_client_auth
+        )
+    key, cert, ca, _ = _server_material(files)
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=require_client_auth)
 
 
 def channel_credentials(files: TlsFiles, *, client_certificate: bool = True) -> Any:
@@ -311,18 +479,31 @@ def render_tls_bootstrap(
     tls["sni"] = files.server_name
     common = tls.setdefault("common_tls_context", {})
     common.setdefault("alpn_protocols", ["h2"])
-    common["tls_certificates"] = [{
-        "certificate_chain": {"filename": str(files.client_cert)},
-        "private_key": {"filename": str(files.client_key)},
-    }]
-    validation = common.setdefault("validation_context", {})
-    validation["trusted_ca"] = {"filename": str(files.ca)}
-    validation["match_typed_subject_alt_names"] = [
-        {"san_type": "DNS", "matcher": {"exact": files.server_name}}
-    ]
+    for key in ("tls_certificates", "tls_certificate_sds_secret_configs", "validation_context",
+                "validation_context_sds_secret_config"):
+        common.pop(key, None)
+    if files.envoy_certificate_sds is not None and files.envoy_validation_sds is not None:
+        # Envoy's filesystem SDS: it watches these files and the PEM files they name, so renewed
+        # certificates and CA bundles apply without restarting Envoy
+        common["tls_certificate_sds_secret_configs"] = [_sds_config(_CLIENT_SECRET, files.envoy_certificate_sds)]
+        common["validation_context_sds_secret_config"] = _sds_config(_CA_SECRET, files.envoy_validation_sds)
+    else:
+        common["tls_certificates"] = [{
+            "certificate_chain": {"filename": str(files.client_cert)},
+            "private_key": {"filename": str(files.client_key)},
+        }]
+        common["validation_context"] = {
+            "trusted_ca": {"filename": str(files.ca)},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": files.server_name}}],
+        }
     if token is not None:
         add_token(bootstrap, token)
     return bootstrap
+
+
+def _sds_config(name: str, path: Path) -> dict:
+    return {"name": name, "sds_config": {"path_config_source": {"path": str(Path(path).absolute())},
+                                         "resource_api_version": "V3"}}
 
 
 def add_token(bootstrap: dict, token: str, header: str = TOKEN_HEADER) -> dict:
@@ -346,6 +527,7 @@ def without_client_certificate(bootstrap: dict) -> dict:
     out = copy.deepcopy(bootstrap)
     common = _xds_cluster(out)["transport_socket"]["typed_config"]["common_tls_context"]
     common.pop("tls_certificates", None)
+    common.pop("tls_certificate_sds_secret_configs", None)
     return out
 
 

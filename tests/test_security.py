@@ -10,10 +10,12 @@ from __future__ import annotations
 import collections
 import datetime
 import ipaddress
+import json
 import logging
 import os
 import re
 import socket
+import ssl
 import stat
 import time
 from pathlib import Path
@@ -36,16 +38,19 @@ from labxds.security import (  # noqa: E402
     TLS_BOOTSTRAP,
     TOKEN_HEADER,
     CertificateAuthorizer,
+    TlsFileError,
     TokenAuthorizer,
     add_token,
     channel_credentials,
     issue,
     make_ca,
     render_tls_bootstrap,
+    renew_server_certificate,
     server_credentials,
     without_client_certificate,
     write_tls_files,
 )
+from labxds.server import PEER_COMMON_NAME  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -210,6 +215,10 @@ def _ads_once(channel: grpc.Channel, node: str, metadata: tuple = ()) -> discove
         call.cancel()
 
 
+def _tls_context(bootstrap: dict) -> dict:
+    return bootstrap["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+
+
 def _tls_channel(port: int, credentials: grpc.ChannelCredentials) -> grpc.Channel:
     return grpc.secure_channel(f"127.0.0.1:{port}", credentials,
                                options=[("grpc.ssl_target_name_override", SERVER_NAME)])
@@ -247,8 +256,17 @@ def test_envoy_tls_yaml_is_a_valid_bootstrap_once_rendered(tls):
     context = xds["transport_socket"]["typed_config"]
     assert context["sni"] == SERVER_NAME
     common = context["common_tls_context"]
-    assert common["tls_certificates"][0]["certificate_chain"]["filename"] == str(files.client_cert)
-    assert common["validation_context"]["trusted_ca"]["filename"] == str(files.ca)
+    # Envoy reads its certificate and CA through filesystem SDS, which it watches (rotation)
+    [certificate] = common["tls_certificate_sds_secret_configs"]
+    assert "tls_certificates" not in common and "validation_context" not in common
+    secret = json.loads(Path(certificate["sds_config"]["path_config_source"]["path"]).read_text())["resources"][0]
+    assert secret["name"] == certificate["name"]
+    assert secret["tls_certificate"]["certificate_chain"]["filename"] == str(files.client_cert.absolute())
+    assert secret["tls_certificate"]["private_key"]["filename"] == str(files.client_key.absolute())
+    validation = common["validation_context_sds_secret_config"]
+    secret = json.loads(Path(validation["sds_config"]["path_config_source"]["path"]).read_text())["resources"][0]
+    assert secret["validation_context"]["trusted_ca"]["filename"] == str(files.ca.absolute())
+    assert secret["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"] == SERVER_NAME
     metadata = bootstrap["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"]
     assert metadata == [{"key": TOKEN_HEADER, "value": "t0k3n"}]
     validate_bootstrap(bootstrap)
@@ -270,9 +288,9 @@ def test_mtls_end_to_end_with_envoy_and_refusals(tls):
             good.stop()
 
         foreign = render_tls_bootstrap(files, xds_port=cp.port, admin_port=0, node_id="tls-foreign")
-        common = foreign["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]
-        common["tls_certificates"] = [{"certificate_chain": {"filename": str(other.client_cert)},
-                                       "private_key": {"filename": str(other.client_key)}}]
+        other_bootstrap = render_tls_bootstrap(other, xds_port=cp.port, admin_port=0)  # the other CA's client
+        _tls_context(foreign)["tls_certificate_sds_secret_configs"] = (
+            _tls_context(other_bootstrap)["tls_certificate_sds_secret_configs"])
         bare = without_client_certificate(
             render_tls_bootstrap(files, xds_port=cp.port, admin_port=0, node_id="tls-bare"))
         refused = [Envoy(foreign).start(), Envoy(bare).start()]
@@ -291,6 +309,154 @@ def test_mtls_end_to_end_with_envoy_and_refusals(tls):
         finally:
             for envoy in refused:
                 envoy.stop()
+
+
+# -- rotating certificates without restarts -----------------------------------------------------
+
+
+def _served_certificate(port: int, files) -> x509.Certificate:
+    """The certificate the control plane presents to a new connection (a TLS handshake, no RPC)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # which certificate, not whether to trust it
+    context.load_cert_chain(files.client_cert, files.client_key)
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _envoy_certificates(envoy: Envoy) -> tuple[set[str], set[str]]:
+    """Serial numbers (hex, as Envoy's /certs shows them) of the client certificates and CAs Envoy has loaded."""
+    certs = envoy.admin.get("/certs").json().get("certificates", [])
+    chains = {c["serial_number"] for entry in certs for c in entry.get("cert_chain", [])}
+    cas = {c["serial_number"] for entry in certs for c in entry.get("ca_cert", [])}
+    return chains, cas
+
+
+@pytest.mark.envoy
+def test_a_renewed_server_certificate_serves_new_connections_and_open_streams_stay(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="labxds")
+    ca = make_ca()
+    files = write_tls_files(tmp_path, ca=ca)
+    port = free_port()
+    with ControlPlane(0, server_credentials=server_credentials(files)) as cp:
+        cp.set_snapshot(sandbox_snapshot("127.0.0.1", 9, listener_port=port, version="1"))
+        envoy = Envoy(render_tls_bootstrap(files, xds_port=cp.port, admin_port=0, node_id="renewing")).start()
+        newcomer = None
+        try:
+            cp.wait_for_node("renewing", timeout=10)
+            before = _served_certificate(cp.port, files)
+            renewed = renew_server_certificate(files, ca)
+            assert renewed.certificate.serial_number != before.serial_number
+            assert _served_certificate(cp.port, files).serial_number == renewed.certificate.serial_number
+            assert f"new connections get server.pem serial {renewed.certificate.serial_number:x}" in caplog.text
+
+            # Envoy's stream is the one it opened before the renewal, and it still gets pushes
+            cp.push(sandbox_snapshot("127.0.0.1", 10, listener_port=port, version="2"), nodes=["renewing"])
+            dump = envoy.admin.config_dump(resource="dynamic_active_clusters")["configs"]
+            assert [c["version_info"] for c in dump] == ["2"]
+            assert envoy.admin.stats("cluster.xds_cluster.upstream_cx_total")["cluster.xds_cluster.upstream_cx_total"] == 1
+            # and a new Envoy checks the renewed certificate against the lab's CA
+            newcomer = Envoy(render_tls_bootstrap(files, xds_port=cp.port, admin_port=0, node_id="newcomer")).start()
+            cp.wait_for_node("newcomer", timeout=10)
+        finally:
+            envoy.stop()
+            if newcomer is not None:
+                newcomer.stop()
+
+
+def test_a_bad_renewal_is_reported_by_file_and_the_certificate_in_use_stays(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="labxds")
+    ca = make_ca()
+    files = write_tls_files(tmp_path, ca=ca)
+    good_key, good_cert = files.server_key.read_bytes(), files.server_cert.read_bytes()
+    with ControlPlane(0, server_credentials=server_credentials(files)) as cp:
+        cp.set_snapshot(Snapshot([cluster("only", [("127.0.0.1", 1)], type="STATIC")], version="1"))
+        serial = _served_certificate(cp.port, files).serial_number
+        stranger = issue(ca, SERVER_NAME, server=True, dns_names=[SERVER_NAME])
+        expired = issue(ca, SERVER_NAME, server=True, dns_names=[SERVER_NAME], days=-0.002)  # ended 3 min ago
+        mistakes = {
+            "server-key.pem: this key does not belong to the certificate in server.pem": (stranger.key_pem, good_cert),
+            "server.pem: not a PEM certificate": (good_key, b"-----BEGIN CERTIFICATE-----\nbroken\n"),
+            "server.pem: the certificate expired on": (expired.key_pem, expired.cert_pem),
+        }
+        for message, (key, cert) in mistakes.items():
+            _write_whole(files.server_key, key)
+            _write_whole(files.server_cert, cert)
+            assert _served_certificate(cp.port, files).serial_number == serial, message
+            assert message in caplog.text
+            assert "the control plane keeps its certificate" in caplog.text
+            with _tls_channel(cp.port, channel_credentials(files)) as channel:  # RPCs go on
+                assert names(_ads_once(channel, "still-served")) == ["only"]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == len(mistakes)  # each reported once, not at every handshake
+        _served_certificate(cp.port, files)
+        assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == len(mistakes)
+
+        renewed = renew_server_certificate(files, ca)  # mended
+        assert _served_certificate(cp.port, files).serial_number == renewed.certificate.serial_number
+
+    _write_whole(files.server_key, stranger.key_pem)
+    with pytest.raises(TlsFileError, match="server-key.pem: this key does not belong"):
+        server_credentials(files)  # bad at start: an error naming the file, not a failing port
+    with pytest.raises(TlsFileError, match="server-key.pem: this key does not belong"):
+        server_credentials(files, reload=False)
+
+
+@pytest.mark.envoy
+def test_rotating_to_a_new_ca_without_restarting_envoy(tmp_path):
+    """The whole rotation: trust both CAs, move every certificate to the new one, drop the old CA.
+    Envoy reloads its own certificate and CA bundle (filesystem SDS); the control plane restarts
+    on the same port and Envoy reconnects with its new certificate."""
+    old_ca, new_ca = make_ca("old lab CA"), make_ca("new lab CA")
+    files = write_tls_files(tmp_path / "tls", ca=old_ca, client_name="envoy-old-ca")
+    old_client = write_tls_files(tmp_path / "old-client", ca=old_ca, client_name="old-client")
+    peers: list[str | None] = []
+
+    def authorize(node: str, metadata) -> bool:
+        peers.append(metadata.get(PEER_COMMON_NAME))
+        return True
+
+    port = free_port()
+    cp = ControlPlane(0, server_credentials=server_credentials(files), authorize=authorize).start()
+    envoy = Envoy(render_tls_bootstrap(files, xds_port=cp.port, admin_port=0, node_id="rotating")).start()
+    try:
+        cp.set_snapshot(sandbox_snapshot("127.0.0.1", 9, listener_port=port, version="1"))
+        cp.wait_for_node("rotating", timeout=10)
+        assert peers[-1] == "envoy-old-ca"
+        serial = lambda c: format(c.certificate.serial_number, "x")  # noqa: E731
+
+        _write_whole(files.ca, old_ca.cert_pem + new_ca.cert_pem)  # 1. both CAs trusted everywhere
+        renew_server_certificate(files, new_ca)  # 2. every certificate from the new CA
+        new_client = issue(new_ca, "envoy-new-ca", client=True)
+        new_client.write(files.client_cert, files.client_key)
+        assert eventually(lambda: _envoy_certificates(envoy) == (
+            {serial(new_client)}, {serial(old_ca), serial(new_ca)}), timeout=10), _envoy_certificates(envoy)
+        _write_whole(files.ca, new_ca.cert_pem)  # 3. the old CA goes
+        assert eventually(lambda: _envoy_certificates(envoy)[1] == {serial(new_ca)}, timeout=10)
+
+        xds_port = cp.port
+        cp.stop()  # a restart of the control plane: Envoy reconnects, Envoy itself never restarts
+        cp = ControlPlane(xds_port, server_credentials=server_credentials(files), authorize=authorize).start()
+        cp.set_snapshot(sandbox_snapshot("127.0.0.1", 10, listener_port=port, version="2"))
+        assert eventually(lambda: [c["version_info"] for c in
+                                   envoy.admin.config_dump(resource="dynamic_active_clusters")["configs"]] == ["2"],
+                          timeout=15)
+        assert peers[-1] == "envoy-new-ca"
+        # a client still holding an old-CA certificate is refused at the handshake
+        with _tls_channel(cp.port, channel_credentials(old_client)) as channel, pytest.raises(grpc.RpcError) as info:
+            _ads_once(channel, "old-client")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        envoy.stop()
+        cp.stop()
 
 
 # -- certificates tied to node ids -------------------------------------------------------------
