@@ -11,11 +11,13 @@ Ports are always chosen by the kernel: other test sessions share this machine.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import gc
 import json
 import os
 import queue
+import random
 import re
 import signal
 import socket
@@ -488,17 +490,28 @@ def test_labxds_serve_sigkilled_and_restarted_under_traffic(tmp_path):
 # == 2. Envoy restarted: it gets the current snapshot at once ==================================
 
 
-class Blackhole:
-    """A TCP proxy that, once ``drop()`` is called, loses everything both ways and closes
-    nothing: the network failing silently (a laptop asleep, Wi-Fi gone), where neither end is
-    told the connection is dead."""
+class FaultyLink:
+    """A TCP proxy between a client and the control plane that can be made slow, lossy or dead.
 
-    def __init__(self, target_port: int) -> None:
+    ``delay`` adds one-way latency to every chunk, both ways. With probability ``stalls`` a chunk
+    is held ``stall`` seconds more: what a lost packet looks like above TCP, which retransmits it
+    while everything after it waits (nothing is lost or reordered). ``drop()`` loses every byte
+    both ways and every close, until ``heal()``: the network failing silently (a laptop asleep,
+    Wi-Fi gone), where neither end is told the connection is dead.
+    """
+
+    def __init__(self, target_port: int, *, delay: float = 0.0, stalls: float = 0.0, stall: float = 0.0,
+                 seed: int = 0) -> None:
         self.target_port = target_port
+        self.delay, self.stalls, self.stall = delay, stalls, stall
+        self.random = random.Random(seed)
+        self.chunks = 0
+        self.stalled = 0
         self.dropping = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = [self.listener]
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def drop(self) -> None:
@@ -521,21 +534,58 @@ class Blackhole:
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
+    def _release_time(self, last: float) -> float:
+        with self._lock:
+            self.chunks += 1
+            held = self.delay
+            if self.stalls and self.random.random() < self.stalls:
+                self.stalled += 1
+                held += self.stall
+        return max(time.monotonic() + held, last)  # in order, like TCP
+
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        slow = self.delay > 0 or self.stalls > 0
+        due: collections.deque[tuple[float, bytes]] = collections.deque()
+        ready = threading.Condition()
+        if slow:
+            threading.Thread(target=self._deliver, args=(due, ready, dst), daemon=True).start()
+        last = 0.0
         while True:
             try:
                 data = src.recv(65536)
             except OSError:
-                return
+                data = b""
             if self.dropping.is_set():
                 if not data:
                     return  # the close is lost too
                 continue
-            if not data:
+            if slow:
+                last = self._release_time(last)
+                with ready:
+                    due.append((last, data))
+                    ready.notify()
+            elif data:
                 try:
-                    dst.shutdown(socket.SHUT_WR)
+                    dst.sendall(data)
                 except OSError:
-                    pass
+                    return
+            else:
+                _shutdown(dst)
+            if not data:
+                return
+
+    @staticmethod
+    def _deliver(due: collections.deque[tuple[float, bytes]], ready: threading.Condition, dst: socket.socket) -> None:
+        while True:
+            with ready:
+                while not due:
+                    ready.wait()
+                when, data = due[0]
+            time.sleep(max(0.0, when - time.monotonic()))
+            with ready:
+                due.popleft()
+            if not data:
+                _shutdown(dst)
                 return
             try:
                 dst.sendall(data)
@@ -550,13 +600,20 @@ class Blackhole:
                 pass
 
 
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def test_a_client_that_vanished_silently_is_dropped_by_keepalive():
     """Network fault: the path to a client goes dead without a FIN or RST. The server's
     keepalive pings go unanswered and it drops the stream, so the node stops counting as
     connected (without keepalive it would, for as long as TCP takes: many minutes)."""
     with ControlPlane(0, keepalive=(0.3, 1.0)) as cp:  # a generous timeout: CI machines stall
         cp.set_snapshot(Snapshot([cluster("c", [("127.0.0.1", 1)], type="STATIC")], version="1"))
-        hole = Blackhole(cp.port)
+        hole = FaultyLink(cp.port)
         client = SotwClient(f"127.0.0.1:{hole.port}", "vanishing")
         try:
             client.ack(client.subscribe(CLUSTER))
@@ -579,7 +636,7 @@ def test_envoy_behind_a_dead_network_reconnects_by_keepalive_and_gets_the_news(m
     rig.cp.stop()
     rig.cp = ControlPlane(0, keepalive=(0.5, 1.0)).start()
     rig.cp.set_snapshot(rig.snapshot("service1", "1"))
-    hole = Blackhole(rig.cp.port)
+    hole = FaultyLink(rig.cp.port)
     try:
         bootstrap = render_bootstrap(xds_port=hole.port, admin_port=0, node_id=NODE, keepalive=(0.5, 1.0))
         envoy = Envoy(bootstrap).start()
@@ -602,6 +659,48 @@ def test_envoy_behind_a_dead_network_reconnects_by_keepalive_and_gets_the_news(m
                change_served_after_heal_s=time.monotonic() - healed)
     finally:
         hole.close()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_envoy_over_a_slow_lossy_link_ends_on_the_last_of_rapid_pushes(make_rig, delta):
+    """Network fault: 100 ms each way, and one chunk in five held 300 ms more (a lost packet,
+    retransmitted). Ten pushes 20 ms apart, several per round trip. A type has one unanswered
+    response at a time, so the versions pushed while Envoy's answer is on its way coalesce: a slow
+    client gets the latest, not every step. Envoy ends on the last snapshot, nothing is NACKed or
+    sent twice, and keepalive pings, answered within their timeout however slowly, never cost a
+    reconnect."""
+    rig = make_rig(envoy=False, delta=delta)
+    rig.cp.stop()
+    rig.cp = ControlPlane(0, keepalive=(0.5, 2.0)).start()
+    rig.cp.set_snapshot(rig.snapshot("service1", "1"))
+    link = FaultyLink(rig.cp.port, delay=0.1, stalls=0.2, stall=0.3, seed=7)
+    try:
+        bootstrap = render_bootstrap(xds_port=link.port, admin_port=0, node_id=NODE, delta=delta, keepalive=(0.5, 2.0))
+        envoy = Envoy(bootstrap).start()
+        rig.envoys.append(envoy)
+        rig.cp.wait_for_node(NODE, timeout=15)
+        wait_until(lambda: rig.served_by() == "service1", 15, "Envoy serving service1 over the slow link")
+        started = time.monotonic()
+        for version in range(2, 11):
+            rig.cp.set_snapshot(rig.snapshot("service2" if version % 2 else "service1", str(version)))
+            time.sleep(0.02)
+        rig.push(rig.snapshot("service2", "11"), timeout=30)  # returns once Envoy has applied it
+        converged = time.monotonic() - started
+        assert rig.served_by() == "service2"
+        events = rig.cp.tracker.events(NODE)
+        assert [e for e in events if e.kind == "NACK"] == []
+        sent = Counter((e.type_url, e.version) for e in events if e.direction == "sent" and e.kind == "response")
+        assert sent and max(sent.values()) == 1, sent  # no version sent twice
+        cds_sent = sum(n for (url, _), n in sent.items() if url == CLUSTER)
+        assert cds_sent < 10, sent  # the initial version and far fewer than the ten pushes
+        stats = envoy.admin.stats("cluster.xds_cluster.upstream_cx_total")
+        assert stats["cluster.xds_cluster.upstream_cx_total"] == 1  # the one connection throughout
+        assert envoy.admin.stats("control_plane.")["control_plane.connected_state"] == 1
+        assert link.stalled > 0
+        record(f"network: slow and lossy link ({'Delta' if delta else 'SotW'})", converged_s=converged,
+               cds_responses=cds_sent, chunks=link.chunks, chunks_stalled=link.stalled)
+    finally:
+        link.close()
 
 
 def test_envoy_restarted_receives_current_snapshot_at_once(make_rig):
