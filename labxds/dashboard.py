@@ -2,7 +2,9 @@
 
 Each row: connected since, the version of each resource type the learner's Envoy ACKed, the last
 NACK with Envoy's own message, when the control plane last heard from it, where its snapshot comes
-from (its own or the class default) and its exercise progress. A dropdown sorts the rows; a
+from (its own or the class default) and its exercise progress (✓ passed and confirmed by the
+control plane, ✓? passed but not confirmable, ⚠ a reported pass the control plane contradicts,
+✗ failed; ⚠ does not count). A dropdown sorts the rows; a
 multiple selection of learners, a dropdown of prepared snapshots and a button push one to them.
 
 Everything a click does, code can do: ``dash.sort.value = "last NACK"``, ``dash.learners.value =
@@ -153,10 +155,8 @@ class Dashboard:
                 row["nack_open"] = st.acked_at is None or st.nacked_at > st.acked_at
                 row["nack_at"] = _ts(st.nacked_at)
             results = ws.progress.get(name, {})
-            row["passed"] = sum(1 for r in results.values() if r.passed)
-            row["progress"] = ", ".join(
-                f"{key} {'✓' if results[key].passed else '✗'}" for key in ws.exercises if key in results
-            )
+            row["passed"] = sum(1 for r in results.values() if r.passed and not r.contradicted)
+            row["progress"] = ", ".join(f"{key} {results[key].mark}" for key in ws.exercises if key in results)
             rows.append(row)
         df = pd.DataFrame(rows, columns=COLUMNS)
         df["passed"] = df["passed"].astype("int64")

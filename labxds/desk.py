@@ -12,6 +12,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -207,14 +208,17 @@ class LearnerSession:
         return snap
 
     def check(self, exercise: str, *, report: bool = True) -> CheckResult:
-        """Check ``exercise`` on your Envoy; report the result to the instructor."""
+        """Check ``exercise`` on your Envoy; report the result to the instructor (the result
+        then also says what the control plane confirms of your configuration)."""
         result = EXERCISES[exercise].check(self.lab, self.name)
-        if report:
-            self.report(result)
-        return result
+        return self.report(result) if report else result
 
-    def report(self, result: CheckResult) -> None:
-        self._post("result", result.to_dict())
+    def report(self, result: CheckResult) -> CheckResult:
+        """Send ``result`` to the desk; returns it as recorded, with the control plane's verdict."""
+        recorded = self._post("result", result.to_dict())
+        confirmed = recorded.get("confirmed")
+        return replace(result, confirmed=confirmed if isinstance(confirmed, bool) else None,
+                       evidence=str(recorded.get("evidence") or ""))
 
     def exercises(self) -> list[dict[str, str]]:
         return self._client.get("/v1/exercises").json()["exercises"]

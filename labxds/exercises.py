@@ -2,7 +2,9 @@
 
 A check reads the learner's ``/config_dump`` (through :class:`~labxds.envoy.EnvoyAdmin`) and
 sends requests through its listener (:func:`~labxds.tables.curl`); it answers pass or fail with
-a hint, never by trusting what the learner says.
+a hint. It runs where the learner's Envoy is, usually the learner's machine, so the workshop
+cannot take a reported pass on trust: :meth:`Exercise.confirm` sets it against what the control
+plane itself knows, the snapshot it serves the learner's node and the versions Envoy ACKed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .learners import Learner, SnapshotSpec, broken_listener, canary, routes, sandbox
+from .resource_types import LISTENER, ROUTE
 from .resources import SANDBOX_LISTENER
 
 if TYPE_CHECKING:
@@ -32,9 +35,26 @@ class CheckResult:
     hint: str = ""
     detail: str = ""
     at: float = field(default_factory=time.time)
+    #: What the control plane says of the learner's configuration (set by the workshop, never
+    #: taken from a report): True it confirms, False it contradicts, None it cannot tell.
+    confirmed: bool | None = None
+    evidence: str = ""
 
     def __bool__(self) -> bool:
         return self.passed
+
+    @property
+    def mark(self) -> str:
+        """✓ passed and confirmed, ✓? passed but not confirmable, ⚠ a pass the control plane
+        contradicts, ✗ failed."""
+        if not self.passed:
+            return "✗"
+        return {True: "✓", None: "✓?", False: "⚠"}[self.confirmed]
+
+    @property
+    def contradicted(self) -> bool:
+        """A pass the control plane knows to be false (the configuration Envoy runs does not do it)."""
+        return self.passed and self.confirmed is False
 
     def __str__(self) -> str:
         mark = "PASS" if self.passed else "FAIL"
@@ -43,6 +63,8 @@ class CheckResult:
             text += f": {self.detail}"
         if self.hint and not self.passed:
             text += f"\nhint: {self.hint}"
+        if self.evidence:
+            text += f"\ncontrol plane: {self.evidence}"
         return text
 
     def _repr_html_(self) -> str:
@@ -50,16 +72,20 @@ class CheckResult:
 
         color = "#1a7f37" if self.passed else "#cf222e"
         hint = f"<br><b>hint:</b> {html.escape(self.hint)}" if self.hint and not self.passed else ""
+        if self.evidence:
+            hint += f"<br><b>control plane {self.mark}:</b> {html.escape(self.evidence)}"
         return (f'<div style="border-left:4px solid {color};padding-left:8px"><b style="color:{color}">'
                 f'{"PASS" if self.passed else "FAIL"}</b> {html.escape(self.exercise)} '
                 f"({html.escape(self.learner)}): {html.escape(self.detail)}{hint}</div>")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"exercise": self.exercise, "learner": self.learner, "passed": self.passed,
-                "hint": self.hint, "detail": self.detail, "at": self.at}  # fmt: skip
+                "hint": self.hint, "detail": self.detail, "at": self.at,
+                "confirmed": self.confirmed, "evidence": self.evidence}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], learner: str | None = None) -> CheckResult:
+        """A reported result: ``confirmed`` and ``evidence`` are the workshop's to set, not read."""
         return cls(str(data["exercise"]), learner or str(data.get("learner", "")), bool(data["passed"]),
                    str(data.get("hint") or ""), str(data.get("detail") or ""), float(data.get("at") or time.time()))
 
@@ -172,9 +198,119 @@ def _check_fix_nack(t: _Target) -> str:
     return f"{SANDBOX_LISTENER} accepted and serving ({served[0]})"
 
 
+# -- what the control plane can confirm -----------------------------------------------------
+#
+# A check of the learner's Envoy runs on the learner's machine and is reported to the desk. The
+# control plane cannot see the learner's traffic, but it knows the snapshot it serves the node and
+# whether Envoy ACKed it: these functions say whether that configuration does what the exercise
+# asks (a description of it), raise _Fail when it does not, and _CannotTell for a form they do not
+# read (a regex route, say).
+
+
+class _CannotTell(Exception):
+    pass
+
+
+def _route_target(config: Any, path: str) -> str | dict[str, float]:
+    """The cluster (or weighted clusters) Envoy's first matching route sends ``path`` to."""
+    for vhost in config.virtual_hosts:
+        if "*" not in vhost.domains:
+            continue
+        for route in vhost.routes:
+            kind = route.match.WhichOneof("path_specifier")
+            if kind == "prefix":
+                hit = path.startswith(route.match.prefix)
+            elif kind == "path":
+                hit = path == route.match.path
+            else:
+                raise _CannotTell(f"a route matches by {kind}, which the control plane does not evaluate")
+            if route.match.headers or route.match.query_parameters:
+                raise _CannotTell("a route matches on headers or query parameters")
+            if not hit:
+                continue
+            action = route.route
+            if action.WhichOneof("cluster_specifier") == "cluster":
+                return action.cluster
+            if action.WhichOneof("cluster_specifier") == "weighted_clusters":
+                total = sum(c.weight.value for c in action.weighted_clusters.clusters) or 1
+                return {c.name: 100.0 * c.weight.value / total for c in action.weighted_clusters.clusters}
+            raise _CannotTell(f"the route for {path} is not a route to a cluster")
+        raise _Fail(f"no route matches {path}", "")
+    raise _Fail("the route configuration has no virtual host for every domain ('*')", "")
+
+
+def _service_of(snapshot: Any, learner: Learner, cluster_name: str) -> str:
+    """The learner's service a cluster reaches: by name, else by its endpoints."""
+    from .resource_types import CLUSTER, ENDPOINT
+
+    if cluster_name in learner.services:
+        return cluster_name
+    cluster = snapshot.resources(CLUSTER).get(cluster_name)
+    assignment = cluster.load_assignment if cluster is not None and cluster.HasField("load_assignment") else (
+        snapshot.resources(ENDPOINT).get(cluster_name))
+    if assignment is not None:
+        found = {(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+                 for group in assignment.endpoints for e in group.lb_endpoints}  # fmt: skip
+        for service, endpoints in learner.services.items():
+            if found and found <= set(endpoints):
+                return service
+    return cluster_name
+
+
+def _routes_config(snapshot: Any) -> Any:
+    from .resource_types import ROUTE
+    from .resources import SANDBOX_ROUTE
+
+    config = snapshot.resources(ROUTE).get(SANDBOX_ROUTE)
+    if config is None:
+        raise _Fail(f"there is no route configuration {SANDBOX_ROUTE}", "")
+    return config
+
+
+def _config_route_api(snapshot: Any, learner: Learner) -> str:
+    config = _routes_config(snapshot)
+    for path, wanted in (("/api", "service2"), ("/", "service1")):
+        target = _route_target(config, path)
+        went = _describe_target(snapshot, learner, target)
+        if went != wanted:
+            raise _Fail(f"{path} goes to {went}", "")
+    return "sends /api to service2 and / to service1"
+
+
+def _describe_target(snapshot: Any, learner: Learner, target: str | dict[str, float]) -> str:
+    if isinstance(target, str):
+        return _service_of(snapshot, learner, target)
+    return "a split: " + ", ".join(f"{_service_of(snapshot, learner, n)} {w:g}%" for n, w in target.items())
+
+
+def _config_canary(snapshot: Any, learner: Learner) -> str:
+    target = _route_target(_routes_config(snapshot), "/")
+    if not isinstance(target, dict):
+        raise _Fail(f"/ goes to {_describe_target(snapshot, learner, target)} alone, not split", "")
+    shares: dict[str, float] = {}
+    for name, share in target.items():
+        service = _service_of(snapshot, learner, name)
+        shares[service] = shares.get(service, 0.0) + share
+    if not (abs(shares.get("service1", 0) - 90) < 0.5 and abs(shares.get("service2", 0) - 10) < 0.5):
+        split = ", ".join(f"{k} {v:g}%" for k, v in sorted(shares.items()))
+        raise _Fail(f"/ is split {split}", "")
+    return "splits / 90% to service1, 10% to service2"
+
+
+def _config_fix_nack(snapshot: Any, learner: Learner) -> str:
+    from .resource_types import LISTENER
+
+    if SANDBOX_LISTENER not in snapshot.resources(LISTENER):
+        raise _Fail(f"there is no {SANDBOX_LISTENER}", "")
+    return f"has a {SANDBOX_LISTENER} (the refusal is over)"
+
+
 @dataclass(frozen=True)
 class Exercise:
-    """A task, the snapshot it starts from, a check of the learner's real Envoy, and a solution."""
+    """A task, the snapshot it starts from, a check of the learner's real Envoy, and a solution.
+
+    ``config_fn`` judges the snapshot the control plane serves the learner (see :meth:`confirm`).
+    """
 
     key: str
     title: str
@@ -183,6 +319,41 @@ class Exercise:
     start: SnapshotSpec | None = None
     solution: SnapshotSpec | None = None
     wrong: SnapshotSpec | None = None  # a typical mistake (for demos and tests)
+    config_fn: Callable[[Any, Learner], str] | None = None
+    config_types: tuple[str, ...] = ()  # the types config_fn reads: Envoy must hold them
+
+    def confirm(self, control_plane: Any, learner: Learner) -> tuple[bool | None, str]:
+        """What the control plane knows of ``learner``'s configuration: (True, why) when Envoy has
+        ACKed a snapshot that does what the exercise asks, (False, why) when the snapshot does
+        not or Envoy refused it, (None, why) when it cannot tell (Envoy away, not ACKed yet)."""
+        from .resource_types import short_name
+
+        if self.config_fn is None:
+            return None, "this exercise has no configuration the control plane can judge"
+        snapshot = control_plane.snapshot(learner.name)
+        if snapshot is None:
+            return None, "the control plane serves this learner no snapshot"
+        tracker = control_plane.tracker
+        refused = tracker.refused(learner.name, snapshot)
+        if refused:
+            url, error = sorted(refused.items())[0]
+            lines = [line for line in error.strip().splitlines() if line.strip()]
+            return False, f"Envoy refused the {short_name(url)} it was sent: {lines[-1].strip() if lines else 'NACK'}"
+        if not tracker.applied(learner.name, snapshot):
+            status = tracker.node(learner.name)
+            if status is None or status.streams == 0:
+                return None, "the learner's Envoy is not connected to the control plane"
+            return None, "the learner's Envoy has not ACKed its current snapshot yet"
+        status = tracker.node(learner.name)
+        for url in self.config_types:  # applied covers what Envoy asked for: did it ask for these?
+            if status is None or url not in status.types or status.types[url].acked_version is None:
+                return None, f"the learner's Envoy never ACKed any {short_name(url)}: it does not use one"
+        try:
+            return True, "Envoy ACKed a configuration that " + self.config_fn(snapshot, learner)
+        except _Fail as fail:
+            return False, f"in the configuration Envoy ACKed, {fail.detail}"
+        except _CannotTell as exc:
+            return None, str(exc)
 
     def check(self, where: Any, learner: str | None = None) -> CheckResult:
         """Run the check against a Lab, a Learner or (admin_url, listener_url)."""
@@ -207,6 +378,7 @@ EXERCISES: dict[str, Exercise] = {
             _check_route_api, start=sandbox("service1"),
             solution=routes({"/api": "service2", "/": "service1"}),
             wrong=routes({"/": "service1", "/api": "service2"}),
+            config_fn=_config_route_api, config_types=(ROUTE,),
         ),
         Exercise(
             "canary", "A 90/10 canary",
@@ -214,6 +386,7 @@ EXERCISES: dict[str, Exercise] = {
             _check_canary, start=routes({"/": "service1"}),
             solution=canary({"service1": 90, "service2": 10}),
             wrong=canary({"service1": 10, "service2": 90}),
+            config_fn=_config_canary, config_types=(ROUTE,),
         ),
         Exercise(
             "fix-nack", "Fix this NACKed listener",
@@ -221,6 +394,7 @@ EXERCISES: dict[str, Exercise] = {
             "listener_0 it accepts.",
             _check_fix_nack, start=broken_listener(),
             solution=sandbox("service1"), wrong=broken_listener(),
+            config_fn=_config_fix_nack, config_types=(LISTENER,),
         ),
     )
 }

@@ -347,6 +347,23 @@ class Tracker:
             finally:
                 self._waiters.remove(dirty)
 
+    def applied(self, node_id: str, snapshot: object) -> bool:
+        """Whether every open stream of ``node_id`` runs ``snapshot``: nothing left to send, all
+        of it ACKed (what ``push(wait=True)`` waits for)."""
+        with self._cond:
+            return self._node_settled(node_id, snapshot)
+
+    def refused(self, node_id: str, snapshot: Snapshot) -> dict[str, str]:
+        """The types of ``snapshot`` whose version ``node_id`` NACKed and has not ACKed since:
+        type URL -> Envoy's error."""
+        versions = snapshot.versions
+        with self._cond:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return {}
+            return {url: st.nack_error or "" for url, st in node.types.items()
+                    if _refuses(st, versions.get(url))}  # fmt: skip
+
     def wait_connected(self, node_id: str | None, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -376,6 +393,14 @@ def _is_version_of(sent: str, version: str | None) -> bool:
     return version is not None and (sent == version or sent.startswith(version + "+"))
 
 
+def _refuses(st: TypeStatus, version: str | None) -> bool:
+    """Whether the node's last word on exactly ``version`` is a NACK (an interim version's NACK
+    is about another state: see test_an_earlier_nack_of_the_interim_version_does_not_reject)."""
+    if version is None or st.nacked_version != version or st.nacked_at is None:
+        return False
+    return not (st.acked_version == version and st.acked_at is not None and st.acked_at >= st.nacked_at)
+
+
 def _rejects(st: TypeStatus, version: str | None, since: float) -> bool:
     """Whether this type's NACK means the node will not apply ``version``.
 
@@ -387,5 +412,4 @@ def _rejects(st: TypeStatus, version: str | None, since: float) -> bool:
         return False
     if st.nacked_at >= since and _is_version_of(st.nacked_version, version):
         return True
-    acked_since = st.acked_version == version and st.acked_at is not None and st.acked_at >= st.nacked_at
-    return st.nacked_version == version and not acked_since
+    return _refuses(st, version)

@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -467,7 +468,14 @@ class Workshop:
     # -- progress ----------------------------------------------------------------------------
 
     def record(self, result: CheckResult) -> CheckResult:
-        """Keep a check result (a learner's report, or a check the instructor ran)."""
+        """Keep a check result (a learner's report, or a check the instructor ran), with what the
+        control plane knows of that learner's configuration (:meth:`Exercise.confirm`)."""
+        exercise = self.exercises.get(result.exercise)
+        if exercise is not None:
+            confirmed, evidence = exercise.confirm(self.control_plane, self.learner(result.learner))
+            result = replace(result, confirmed=confirmed, evidence=evidence)
+            if result.contradicted:
+                log.warning("labxds workshop: %s reports %s passed, but %s", result.learner, result.exercise, evidence)
         with self._lock:
             self.progress.setdefault(result.learner, {})[result.exercise] = result
         self._changed("progress", result.learner)
@@ -506,11 +514,11 @@ class Workshop:
         import pandas as pd
 
         rows = [
-            {"learner": r.learner, "exercise": r.exercise, "passed": r.passed, "detail": r.detail, "hint": r.hint,
-             "at": pd.Timestamp(r.at, unit="s")}
+            {"learner": r.learner, "exercise": r.exercise, "passed": r.passed, "confirmed": r.confirmed,
+             "detail": r.detail, "evidence": r.evidence, "hint": r.hint, "at": pd.Timestamp(r.at, unit="s")}
             for results in self.progress.values() for r in results.values()
         ]  # fmt: skip
-        return pd.DataFrame(rows, columns=["learner", "exercise", "passed", "detail", "hint", "at"])
+        return pd.DataFrame(rows, columns=["learner", "exercise", "passed", "confirmed", "detail", "evidence", "hint", "at"])
 
     # -- change notifications ----------------------------------------------------------------
 

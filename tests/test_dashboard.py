@@ -121,7 +121,8 @@ def test_progress_reported_from_another_thread_refreshes_on_the_loop(setup) -> N
     assert dash.refreshes == before + 1  # three events, one coalesced refresh
     assert dash.refresh_threads == {threading.get_ident()}
     df = dash.frame().set_index("learner")
-    assert df.loc["cat", "passed"] == 1 and df.loc["cat", "progress"] == "route-api ✓, canary ✗"
+    # cat's client only takes clusters: the control plane cannot confirm a route exercise (✓?)
+    assert df.loc["cat", "passed"] == 1 and df.loc["cat", "progress"] == "route-api ✓?, canary ✗"
     assert df.loc["ben", "progress"] == "route-api ✗"
     dash.sort.value = "progress"
     assert dash.frame().loc[0, "learner"] == "cat"

@@ -188,6 +188,24 @@ def test_an_earlier_nack_of_the_interim_version_does_not_reject():
     tr.wait_applied(snap, ["a"], 1, time.time(), lambda n: snap)
 
 
+def test_applied_and_refused_say_where_a_node_stands_on_a_snapshot():
+    tr = Tracker()
+    snap, other = _snap("5"), _snap("6")
+    assert not tr.applied("a", snap) and tr.refused("a", snap) == {}
+    tr.stream_opened("a", "c", "ua")
+    tr.stream_opened("a", "c", "ua")
+    tr.settled("a", 1, snap)
+    assert not tr.applied("a", snap)  # one of its two streams is not there yet
+    tr.settled("a", 2, snap)
+    assert tr.applied("a", snap) and not tr.applied("a", other)
+    tr.record(_ev("NACK", version="5", error="bad cluster"))
+    assert tr.refused("a", snap) == {CLUSTER: "bad cluster"} and tr.refused("a", other) == {}
+    tr.record(_ev("ACK", version="5"))  # applied after all
+    assert tr.refused("a", snap) == {}
+    tr.record(_ev("NACK", version="6+retained", error="x"))  # an interim state's NACK, not 6's
+    assert tr.refused("a", other) == {}
+
+
 def test_push_timeout_names_the_missing_nodes():
     tr = Tracker()
     snap = _snap()

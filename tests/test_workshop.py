@@ -23,6 +23,7 @@ from google.protobuf import struct_pb2
 
 from labxds import cli
 from labxds.envoy import validate_bootstrap
+from labxds.exercises import CheckResult
 from labxds.lab import Lab
 from labxds.resources import cluster
 from labxds.snapshot import Snapshot
@@ -225,17 +226,57 @@ def test_exercise_checks_pass_on_a_solution_and_fail_with_a_hint(workshop: Works
         me.push(EXERCISES["route-api"].solution)
         result = me.check("route-api")
         assert result.passed, str(result)
-        assert workshop.progress["alice"]["route-api"].passed  # reported through the desk
+        recorded = workshop.progress["alice"]["route-api"]  # reported through the desk
+        assert recorded.passed and recorded.confirmed is True, recorded.evidence
+        assert "Envoy ACKed a configuration that sends /api to service2 and / to service1" in recorded.evidence
 
         # canary: 10/90 is the wrong way round; the instructor runs this check from here.
         workshop.push(EXERCISES["canary"].wrong, "carol")
         result = workshop.check("canary", "carol")
         assert not result.passed and "90% to service1" in result.hint
+        assert result.confirmed is False and "/ is split service1 10%, service2 90%" in result.evidence
         workshop.push(canary(), "carol")
         result = workshop.check("canary", "carol")
         assert result.passed, str(result)
+        assert result.confirmed is True and "splits / 90% to service1" in result.evidence
     finally:
         me.close()
+
+
+@pytest.mark.envoy
+def test_a_reported_pass_is_set_against_what_the_control_plane_knows(
+    workshop: Workshop, baseline: dict[str, Lab], caplog
+) -> None:
+    """A check runs on the learner's machine, so a learner could report a pass without the work.
+    The workshop compares every report with the snapshot it serves that learner and the versions
+    their Envoy ACKed; the learner cannot set that verdict."""
+    caplog.set_level(logging.WARNING, "labxds")
+    me = LearnerSession(workshop.desk_url, baseline["alice"], token=workshop.token("alice"))
+    try:
+        forged = {"exercise": "route-api", "passed": True, "detail": "trust me", "confirmed": True,
+                  "evidence": "the control plane agrees"}  # fmt: skip
+        me._post("result", forged)  # alice still runs the class default: everything to service1
+        recorded = workshop.progress["alice"]["route-api"]
+        assert recorded.passed and recorded.contradicted and recorded.mark == "⚠"
+        assert recorded.evidence == "in the configuration Envoy ACKed, /api goes to service1"
+        assert "alice reports route-api passed, but in the configuration Envoy ACKed" in caplog.text
+        from labxds.dashboard import Dashboard
+
+        row = Dashboard(workshop, live=False).frame().set_index("learner").loc["alice"]
+        assert row["progress"] == "route-api ⚠" and row["passed"] == 0  # a contradicted pass does not count
+
+        me.push(EXERCISES["route-api"].solution)
+        returned = me.check("route-api")  # the learner sees the verdict too
+        assert returned.passed and returned.confirmed is True and "control plane: Envoy ACKed" in str(returned)
+        assert workshop.progress["alice"]["route-api"].mark == "✓"
+    finally:
+        me.close()
+
+    # a learner whose Envoy never connected: the report is kept, unconfirmed
+    dave = workshop.record(CheckResult("canary", "dave", True, detail="reported"))
+    assert dave.confirmed is None and dave.mark == "✓?"
+    assert dave.evidence == "the learner's Envoy is not connected to the control plane"
+    workshop.progress.pop("dave")
 
 
 @pytest.mark.envoy
@@ -253,6 +294,9 @@ def test_fix_the_nacked_listener(workshop: Workshop, baseline: dict[str, Lab]) -
     assert not rows.loc["carol", "nack_open"]
     result = workshop.check("fix-nack", "bob")
     assert not result.passed and "stat_prefix" in result.hint and "StatPrefix" in result.detail
+    forged = workshop.record(CheckResult("fix-nack", "bob", True))  # what a forged report would say
+    assert forged.contradicted and forged.evidence.startswith("Envoy refused the LDS it was sent: ")
+    assert "StatPrefix" in forged.evidence
     assert served(labs["bob"], 1) == ["service1"]  # Envoy kept the listener it had
 
     me = LearnerSession(workshop.desk_url, labs["bob"], token=workshop.token("bob"))
@@ -262,6 +306,7 @@ def test_fix_the_nacked_listener(workshop: Workshop, baseline: dict[str, Lab]) -
         me.push(sandbox("service2"))
         result = me.check("fix-nack")
         assert result.passed, str(result)
+        assert workshop.progress["bob"]["fix-nack"].confirmed is True
     finally:
         me.close()
 
