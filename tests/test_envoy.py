@@ -238,8 +238,9 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _child_envoy(mode: str) -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _child_envoy(mode: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    # TMPDIR: Envoy's work dir goes under the test's own, since a killed parent cannot remove it
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), TMPDIR=str(tmp_path))
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD.format(xds_port=free_port()), mode],
         stdout=subprocess.PIPE,
@@ -252,8 +253,8 @@ def _child_envoy(mode: str) -> tuple[subprocess.Popen, int]:
     return child, int(line)
 
 
-def test_no_orphan_when_parent_python_is_killed():
-    child, envoy_pid = _child_envoy("hang")
+def test_no_orphan_when_parent_python_is_killed(tmp_path):
+    child, envoy_pid = _child_envoy("hang", tmp_path)
     try:
         assert not _gone(envoy_pid)
         os.kill(child.pid, signal.SIGKILL)
@@ -265,8 +266,8 @@ def test_no_orphan_when_parent_python_is_killed():
             os.kill(envoy_pid, signal.SIGKILL)
 
 
-def test_atexit_stops_envoy_when_python_exits_normally():
-    child, envoy_pid = _child_envoy("exit")
+def test_atexit_stops_envoy_when_python_exits_normally(tmp_path):
+    child, envoy_pid = _child_envoy("exit", tmp_path)
     try:
         assert child.wait(10) == 0, child.stderr.read()
         assert _wait_gone(envoy_pid, 3)

@@ -147,7 +147,9 @@ def test_envoy_dies_with_a_killed_parent(tmp_path: Path) -> None:
         print(lab.envoy.pid, flush=True)
         time.sleep(60)
     """))
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # TMPDIR: Envoy's work dir goes under the test's own, since a killed parent cannot remove it
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TMPDIR=str(tmp_path)))
     try:
         envoy_pid = int(parent.stdout.readline())
         assert _pid_alive(envoy_pid)
