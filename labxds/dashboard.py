@@ -75,6 +75,13 @@ def _clip(value: Any, n: int) -> str:
     return value[:n] + ("…" if len(value) > n else "")
 
 
+def _clip_middle(value: Any, head: int, tail: int) -> str:
+    """Envoy puts the reason of a NACK last, after a dump of the refused proto: keep both ends."""
+    if not isinstance(value, str):
+        return ""
+    return value if len(value) <= head + tail + 3 else f"{value[:head]} … {value[-tail:]}"
+
+
 def _one_line(value: Any) -> Any:
     """Envoy's NACK texts quote protos with escaped newlines ("rds {\\n  config_source ..."): in a
     table cell those read better as spaces."""
@@ -169,11 +176,13 @@ class Dashboard:
             view[col] = view[col].map(lambda t: "" if t is None or t != t else t.strftime("%H:%M:%S"))
         for t in TYPES:
             view[t] = view[t].map(lambda v: _clip(v, 8))
-        view["last_nack"] = view["last_nack"].map(lambda v: _clip(_one_line(v), 160))
+        view["last_nack"] = view["last_nack"].map(lambda v: _clip_middle(_one_line(v), 40, 110))
         body = view.to_html(index=False, escape=True, na_rep="", classes="labxds-dashboard", border=0)
+        # one line per learner, however narrow the output area (JupyterLab's is): scroll sideways
         style = ("<style>.labxds-dashboard td,.labxds-dashboard th{padding:2px 8px;text-align:left;"
-                 "font-size:12px}</style>")  # fmt: skip
-        return style + body
+                 "font-size:12px;white-space:nowrap}</style>")  # fmt: skip
+        return f'{style}<div style="overflow-x:auto">{body}</div>'
+
 
     # -- drawing (on the kernel's thread) --------------------------------------------------------
 

@@ -97,6 +97,15 @@ def test_a_nack_from_one_learner_shows_in_its_row_and_sorts_first(setup) -> None
     assert "nope, not today" in dash.table.value
     assert "1 open NACK" in dash.header.value
 
+    # Envoy puts the reason last, after a dump of the refused proto: the table keeps both ends
+    dump = " ".join(f"field_{i} {{ }}" for i in range(100))
+    ws.push(snap("v3"), ["ben"], wait=False)
+    clients["ben"].nack(clients["ben"].recv(), f"listener_0: {dump}: StatPrefix: value length must be at least 1",
+                        last_good="v1")
+    wait_processed(ws.control_plane, clients.values())
+    wait_until(loop, lambda: "value length must be at least 1" in dash.table.value)
+    assert "field_50" not in dash.table.value and "CDS vv3: listener_0: field_0" in dash.table.value
+
     dash.sort.value = "last NACK"
     assert dash.frame().loc[0, "learner"] == "ben"
     assert dash.table.value.index("ben") < dash.table.value.index("ann")
