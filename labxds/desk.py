@@ -20,7 +20,10 @@ from urllib.parse import unquote
 
 from .exercises import EXERCISES, CheckResult
 from .learners import Learner, SnapshotSpec, render
-from .security import TOKEN_HEADER  # the header name and the token check live there
+from .security import (  # the header name and the token check live there
+    TOKEN_HEADER,
+    server_ssl_context,
+)
 from .snapshot import Snapshot
 from .tracking import PushRejected, PushTimeout
 
@@ -73,11 +76,7 @@ class Desk:
         self.server = server_cls((self.host, port), handler)
         self.tls = workshop.tls_files is not None
         if self.tls:
-            files = workshop.tls_files
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(str(files.server_cert), str(files.server_key))
-            ctx.load_verify_locations(str(files.ca))
-            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx = server_ssl_context(workshop.tls_files)  # renewed certificates apply at the next handshake
             self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self._thread: threading.Thread | None = None
 

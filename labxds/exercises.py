@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .learners import Learner, SnapshotSpec, broken_listener, canary, routes, sandbox
-from .resource_types import LISTENER, ROUTE
-from .resources import SANDBOX_LISTENER
+from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
+from .resources import SANDBOX_LISTENER, SANDBOX_ROUTE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -241,8 +241,6 @@ def _route_target(config: Any, path: str) -> str | dict[str, float]:
 
 def _service_of(snapshot: Any, learner: Learner, cluster_name: str) -> str:
     """The learner's service a cluster reaches: by name, else by its endpoints."""
-    from .resource_types import CLUSTER, ENDPOINT
-
     if cluster_name in learner.services:
         return cluster_name
     cluster = snapshot.resources(CLUSTER).get(cluster_name)
@@ -258,9 +256,6 @@ def _service_of(snapshot: Any, learner: Learner, cluster_name: str) -> str:
 
 
 def _routes_config(snapshot: Any) -> Any:
-    from .resource_types import ROUTE
-    from .resources import SANDBOX_ROUTE
-
     config = snapshot.resources(ROUTE).get(SANDBOX_ROUTE)
     if config is None:
         raise _Fail(f"there is no route configuration {SANDBOX_ROUTE}", "")
@@ -298,8 +293,6 @@ def _config_canary(snapshot: Any, learner: Learner) -> str:
 
 
 def _config_fix_nack(snapshot: Any, learner: Learner) -> str:
-    from .resource_types import LISTENER
-
     if SANDBOX_LISTENER not in snapshot.resources(LISTENER):
         raise _Fail(f"there is no {SANDBOX_LISTENER}", "")
     return f"has a {SANDBOX_LISTENER} (the refusal is over)"
@@ -326,8 +319,6 @@ class Exercise:
         """What the control plane knows of ``learner``'s configuration: (True, why) when Envoy has
         ACKed a snapshot that does what the exercise asks, (False, why) when the snapshot does
         not or Envoy refused it, (None, why) when it cannot tell (Envoy away, not ACKed yet)."""
-        from .resource_types import short_name
-
         if self.config_fn is None:
             return None, "this exercise has no configuration the control plane can judge"
         snapshot = control_plane.snapshot(learner.name)

@@ -35,6 +35,7 @@ import ipaddress
 import json
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ __all__ = [
     "render_tls_bootstrap",
     "renew_server_certificate",
     "server_credentials",
+    "server_ssl_context",
     "write_tls_files",
 ]
 
@@ -347,21 +349,18 @@ def _server_material(files: TlsFiles) -> tuple[bytes, bytes, bytes, str]:
     return key_pem, cert_pem, ca_pem, described
 
 
-class _ReloadingCertificates:
-    """gRPC's certificate fetcher: the files are looked at before every TLS handshake and read
-    again when one changed (an unchanged set costs three ``stat`` calls). Files that cannot be
-    served are reported once, naming the file, and the previous certificate stays in use."""
+class _WatchedTlsFiles:
+    """The control plane's key, certificate and CA bundle, read again when one of them changes
+    (an unchanged set costs three ``stat`` calls). Files that cannot be served are reported once,
+    naming the file, and the previous material stays in use."""
 
-    def __init__(self, files: TlsFiles) -> None:
-        import grpc
-
-        self._grpc = grpc
+    def __init__(self, files: TlsFiles, what: str) -> None:
         self.files = files
+        self.what = what  # who serves with them, for the log: "the ADS port", "the desk"
         self._lock = threading.Lock()
         self._stamp = self._stat()
         key, cert, ca, self.described = _server_material(files)
-        self.initial = grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
-        self.reloads = 0
+        self.material = key, cert, ca
         #: Why the files on disk are not the ones in use (None when they are).
         self.last_error: TlsFileError | None = None
 
@@ -375,26 +374,74 @@ class _ReloadingCertificates:
                 out.append(None)
         return tuple(out)
 
+    def poll(self) -> tuple[bytes, bytes, bytes] | None:
+        """New (key, certificate, CA) if the files changed and can be served, else None."""
+        with self._lock:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return None
+            try:
+                key, cert, ca, described = _server_material(self.files)
+            except TlsFileError as exc:
+                if self.last_error is None or str(exc) != str(self.last_error):
+                    log.error("%s -- %s keeps its certificate (%s)", exc, self.what, self.described)
+                self.last_error = exc
+                return None  # stamp kept: the next handshake looks again (the rest may still be coming)
+            self._stamp, self.described, self.last_error = stamp, described, None
+            self.material = key, cert, ca
+            log.info("TLS files changed: new connections to %s get %s", self.what, described)
+            return self.material
+
+
+class _ReloadingCertificates:
+    """gRPC's certificate fetcher, called before every TLS handshake: new material or None."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        import grpc
+
+        self._grpc = grpc
+        self.watch = _WatchedTlsFiles(files, "the ADS port")
+        self.initial = self._config(*self.watch.material)
+
+    def _config(self, key: bytes, cert: bytes, ca: bytes) -> Any:
+        return self._grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
     def __call__(self) -> Any:
         try:
-            with self._lock:
-                stamp = self._stat()
-                if stamp == self._stamp:
-                    return None
-                try:
-                    key, cert, ca, described = _server_material(self.files)
-                except TlsFileError as exc:
-                    if self.last_error is None or str(exc) != str(self.last_error):
-                        log.error("%s -- the control plane keeps its certificate (%s)", exc, self.described)
-                    self.last_error = exc
-                    return None  # stamp kept: the next handshake looks again (the rest may still be coming)
-                self._stamp, self.described, self.last_error = stamp, described, None
-                self.reloads += 1
-                log.info("TLS files changed: new connections get %s", described)
-                return self._grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+            material = self.watch.poll()
+            return self._config(*material) if material is not None else None
         except Exception:  # a bug here must not fail every handshake
             log.exception("reloading the TLS files failed; keeping the certificate in use")
             return None
+
+
+def server_ssl_context(files: TlsFiles, *, require_client_auth: bool = True, what: str = "the desk") -> ssl.SSLContext:
+    """An ``ssl`` server context on the control plane's files (the workshop desk's HTTPS) that,
+    like :func:`server_credentials`, picks up renewed files at the next handshake."""
+    watch = _WatchedTlsFiles(files, what)
+
+    def context() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(files.server_cert), str(files.server_key))
+        ctx.load_verify_locations(cadata=watch.material[2].decode())
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_auth else ssl.CERT_OPTIONAL
+        return ctx
+
+    current = [context()]
+
+    def on_hello(sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        try:
+            if watch.poll() is not None:
+                fresh = context()
+                fresh.sni_callback = on_hello
+                current[0] = fresh
+            if sock.context is not current[0]:
+                sock.context = current[0]
+        except Exception:
+            log.exception("reloading the TLS files failed; keeping the certificate in use")
+
+    current[0].sni_callback = on_hello
+    return current[0]
 
 
 def server_credentials(files: TlsFiles, *, require_client_auth: bool = True, reload: bool = True) -> Any:

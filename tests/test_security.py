@@ -356,7 +356,7 @@ def test_a_renewed_server_certificate_serves_new_connections_and_open_streams_st
             renewed = renew_server_certificate(files, ca)
             assert renewed.certificate.serial_number != before.serial_number
             assert _served_certificate(cp.port, files).serial_number == renewed.certificate.serial_number
-            assert f"new connections get server.pem serial {renewed.certificate.serial_number:x}" in caplog.text
+            assert f"new connections to the ADS port get server.pem serial {renewed.certificate.serial_number:x}" in caplog.text
 
             # Envoy's stream is the one it opened before the renewal, and it still gets pushes
             cp.push(sandbox_snapshot("127.0.0.1", 10, listener_port=port, version="2"), nodes=["renewing"])
@@ -392,7 +392,7 @@ def test_a_bad_renewal_is_reported_by_file_and_the_certificate_in_use_stays(tmp_
             _write_whole(files.server_cert, cert)
             assert _served_certificate(cp.port, files).serial_number == serial, message
             assert message in caplog.text
-            assert "the control plane keeps its certificate" in caplog.text
+            assert "the ADS port keeps its certificate" in caplog.text
             with _tls_channel(cp.port, channel_credentials(files)) as channel:  # RPCs go on
                 assert names(_ads_once(channel, "still-served")) == ["only"]
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]

@@ -371,10 +371,42 @@ def test_tls_workshop_with_a_real_envoy(tmp_path: Path) -> None:
             me.close()
         assert served(lab, 1) == ["service1"]
         assert "--tls-cert dana.pem" in ws.bootstrap_command("dana")
+
+        # a renewed certificate: the desk's HTTPS and the ADS port serve it from the next
+        # connection, without a restart, and the learner's clients still trust it
+        from labxds.security import renew_server_certificate
+
+        renewed = renew_server_certificate(ws.tls_files, ws._ca).certificate.serial_number
+        desk_port = int(ws.desk_url.rsplit(":", 1)[1])
+        assert _presented_serial(desk_port, cert, key) == renewed
+        assert _presented_serial(ws.control_plane.port, cert, key) == renewed
+        me = LearnerSession(ws.desk_url, lab, token=token, tls=(ca, cert, key))
+        try:
+            me.push(sandbox("service2"))
+        finally:
+            me.close()
+        assert served(lab, 1) == ["service2"]
     finally:
         if lab is not None:
             lab.stop()
         ws.stop()
+
+
+def _presented_serial(port: int, cert: Path, key: Path) -> int:
+    """The serial number of the certificate a TLS server on ``port`` presents to a new connection."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # which certificate, not whether to trust it
+    context.load_cert_chain(str(cert), str(key))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
 
 # --------------------------------------------------------------------------- hundreds of learners
