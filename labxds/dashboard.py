@@ -183,7 +183,6 @@ class Dashboard:
                  "font-size:12px;white-space:nowrap}</style>")  # fmt: skip
         return f'{style}<div style="overflow-x:auto">{body}</div>'
 
-
     # -- drawing (on the kernel's thread) --------------------------------------------------------
 
     def refresh(self) -> None:
