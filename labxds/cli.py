@@ -10,7 +10,8 @@ from collections.abc import Sequence
 def _serve(args: argparse.Namespace) -> int:
     from .snapshot_files import serve
 
-    return serve(args.snapshot, host=args.host, port=args.port, check=not args.no_check)
+    return serve(args.snapshot, host=args.host, port=args.port, check=not args.no_check, tls=args.tls,
+                 tie_node_ids=args.tie_node_ids)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--no-check", action="store_true",
                        help="skip the consistency check (routes or listeners use clusters Envoy's bootstrap defines)")
+    serve.add_argument("--tls", metavar="DIR",
+                       help="mutual TLS with DIR's ca.pem, server.pem and server-key.pem (as labxds.security."
+                            "write_tls_files writes them); renewed files apply to new connections")
+    serve.add_argument("--tie-node-ids", action="store_true",
+                       help="with --tls: accept a node id only from a client certificate that names it")
     serve.set_defaults(func=_serve)
 
     up = sub.add_parser("up", help="run the whole lab: control plane, Envoy, service1 and service2")

@@ -124,11 +124,18 @@ class ControlPlane:
             existing = _RUNNING.get((self.host, self._requested_port)) if self._requested_port else None
             if existing is not None and existing.running:
                 return existing
-            if self.host not in _LOOPBACK:
+            if self.host not in _LOOPBACK and self._credentials is None:
                 log.warning(
                     "labxds: the control plane listens on %s, beyond this machine. Anyone who can "
                     "reach it can read every snapshot (secrets included) and pose as any node; "
                     "use TLS and node tokens, or bind 127.0.0.1.",
+                    self.host,
+                )
+            elif self.host not in _LOOPBACK and self._xds.authorize is None:
+                log.warning(
+                    "labxds: the control plane listens on %s with TLS but no node authorization: a "
+                    "client with a certificate it accepts can pose as any node and read its snapshot; "
+                    "tie node ids to certificates (CertificateAuthorizer) or use node tokens.",
                     self.host,
                 )
             started = threading.Event()

@@ -66,6 +66,7 @@ __all__ = [
     "renew_server_certificate",
     "server_credentials",
     "server_ssl_context",
+    "tls_files_in",
     "write_tls_files",
 ]
 
@@ -258,10 +259,10 @@ def write_tls_files(
     server = issue(ca, server_name, server=True, dns_names=[server_name, "localhost"],
                    ip_addresses=["127.0.0.1", "::1"], days=days)
     client = issue(ca, client_name, client=True, days=days)
-    ca_path = directory / "ca.pem"
+    ca_path = directory / _CA_FILE
     _replace(ca_path, ca.cert_pem, 0o644)
-    server_cert, server_key = server.write(directory / "server.pem", directory / "server-key.pem")
-    client_cert, client_key = client.write(directory / "client.pem", directory / "client-key.pem")
+    server_cert, server_key = server.write(directory / _SERVER_FILES[0], directory / _SERVER_FILES[1])
+    client_cert, client_key = client.write(directory / _CLIENT_FILES[0], directory / _CLIENT_FILES[1])
     certificate_sds, validation_sds = directory / "envoy-client-sds.json", directory / "envoy-ca-sds.json"
     _replace(certificate_sds, _sds_file(_CLIENT_SECRET, {"tls_certificate": {
         "certificate_chain": {"filename": str(client_cert.absolute())},
@@ -273,6 +274,18 @@ def write_tls_files(
     }}), 0o644)
     return TlsFiles(ca_path, server_cert, server_key, client_cert, client_key, server_name,
                     certificate_sds, validation_sds)
+
+
+_CA_FILE = "ca.pem"
+_SERVER_FILES = ("server.pem", "server-key.pem")
+_CLIENT_FILES = ("client.pem", "client-key.pem")
+
+
+def tls_files_in(directory: Path | str, *, server_name: str = SERVER_NAME) -> TlsFiles:
+    """The files :func:`write_tls_files` writes, in ``directory`` (yours, from any CA, named the same)."""
+    d = Path(directory)
+    return TlsFiles(d / _CA_FILE, d / _SERVER_FILES[0], d / _SERVER_FILES[1], d / _CLIENT_FILES[0],
+                    d / _CLIENT_FILES[1], server_name)
 
 
 def renew_server_certificate(files: TlsFiles, ca: Credential, *, days: float = 30) -> Credential:

@@ -1051,9 +1051,20 @@ class SnapshotWatcher:
 # --------------------------------------------------------------------------- serve
 
 
-def serve(paths: Sequence[PathLike], host: str = "127.0.0.1", port: int = 18000, *, check: bool = True) -> int:
+def serve(
+    paths: Sequence[PathLike],
+    host: str = "127.0.0.1",
+    port: int = 18000,
+    *,
+    check: bool = True,
+    tls: PathLike | None = None,
+    tie_node_ids: bool = False,
+) -> int:
     """``python -m labxds serve``: serve snapshot files over ADS until SIGTERM or SIGINT.
 
+    ``tls``: a directory with ``ca.pem``, ``server.pem`` and ``server-key.pem`` (as
+    ``labxds.security.write_tls_files`` writes them): mutual TLS, files re-read when renewed.
+    ``tie_node_ids``: a client's node id must be named by its certificate.
     Returns 0 after a clean stop, 2 if the files cannot be served at startup.
     """
     path_list = [Path(p) for p in paths]
@@ -1083,11 +1094,31 @@ def serve(paths: Sequence[PathLike], host: str = "127.0.0.1", port: int = 18000,
             )
         from .control_plane import ControlPlane
 
-        control_plane = ControlPlane(port=port, host=host).start()
+        credentials, authorize, secured = None, None, ""
+        if tls is not None:
+            from .security import (
+                CertificateAuthorizer,
+                TlsFileError,
+                server_credentials,
+                tls_files_in,
+            )
+
+            try:
+                credentials = server_credentials(tls_files_in(tls))
+            except TlsFileError as exc:
+                print(f"labxds: cannot serve over TLS: {exc}", file=sys.stderr, flush=True)
+                return 2
+            authorize = CertificateAuthorizer() if tie_node_ids else None
+            secured = " over mutual TLS" + (" (node ids tied to client certificates)" if tie_node_ids else "")
+        elif tie_node_ids:
+            print("labxds: --tie-node-ids needs --tls: the node ids are tied to client certificates",
+                  file=sys.stderr, flush=True)
+            return 2
+        control_plane = ControlPlane(port=port, host=host, server_credentials=credentials, authorize=authorize).start()
         watcher = SnapshotWatcher(path_list, control_plane, check=check).start(initial=snapshots)
         print(
             f"labxds: serving ADS (SotW and Delta) on {control_plane.address} from "
-            f"{', '.join(map(str, path_list))}: {snapshots.describe()}; watching for changes "
+            f"{', '.join(map(str, path_list))}: {snapshots.describe()}; watching for changes{secured} "
             "(Ctrl-C or SIGTERM stops)",
             flush=True,
         )

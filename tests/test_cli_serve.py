@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from envoy_helpers import free_port
+from envoy_helpers import free_port, presented_certificate
 from test_snapshot_files import (
     atomic_write,
     cluster_version,
@@ -33,8 +33,8 @@ SERVING = re.compile(r"serving ADS \(SotW and Delta\) on 127\.0\.0\.1:(\d+) from
 class Serve:
     """The CLI in a subprocess, its stdout and stderr collected line by line."""
 
-    def __init__(self, *paths: Path, port: int = 0) -> None:
-        args = [sys.executable, "-m", "labxds", "serve", "--snapshot", *map(str, paths), "--port", str(port)]
+    def __init__(self, *paths: Path, port: int = 0, extra: tuple[str, ...] = ()) -> None:
+        args = [sys.executable, "-m", "labxds", "serve", "--snapshot", *map(str, paths), "--port", str(port), *extra]
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
@@ -90,8 +90,8 @@ class Serve:
 def serve_proc():
     started: list[Serve] = []
 
-    def start(*paths: Path, port: int = 0) -> Serve:
-        started.append(Serve(*paths, port=port))
+    def start(*paths: Path, port: int = 0, extra: tuple[str, ...] = ()) -> Serve:
+        started.append(Serve(*paths, port=port, extra=extra))
         return started[-1]
 
     yield start
@@ -161,3 +161,57 @@ def test_missing_path_exits_2(tmp_path, serve_proc):
     assert serve.proc.wait(20) == 2
     time.sleep(0.1)
     assert f"{tmp_path / 'nowhere'}: no such file or directory" in "\n".join(serve.stderr)
+
+
+def test_serve_over_mutual_tls_ties_node_ids_and_picks_up_a_renewed_certificate(tmp_path, serve_proc):
+    """``serve --tls DIR --tie-node-ids``: plaintext and foreign certificates are refused at the
+    handshake, a certificate serves only the node it names, and a renewed server certificate is
+    presented from the next connection on, with no restart."""
+    import grpc
+    from test_security import _ads_once, _tls_channel
+
+    from labxds.security import (
+        channel_credentials,
+        make_ca,
+        renew_server_certificate,
+        write_tls_files,
+    )
+
+    ca = make_ca()
+    files = write_tls_files(tmp_path / "tls", client_name="edge-1", ca=ca)
+    other = write_tls_files(tmp_path / "other", client_name="edge-1")  # the same name from another CA
+    write_sandbox(tmp_path / "snap", version="1")
+    serve = serve_proc(tmp_path / "snap", extra=("--tls", str(tmp_path / "tls"), "--tie-node-ids"))
+    port = serve.serving_port()
+    assert "over mutual TLS (node ids tied to client certificates)" in serve.line
+    with _tls_channel(port, channel_credentials(files)) as channel:
+        assert _ads_once(channel, "edge-1").type_url == CLUSTER
+        with pytest.raises(grpc.RpcError) as info:
+            _ads_once(channel, "edge-2")  # edge-1's certificate, another node id
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    for credentials in (channel_credentials(other), channel_credentials(files, client_certificate=False)):
+        with _tls_channel(port, credentials) as channel, pytest.raises(grpc.RpcError) as info:
+            _ads_once(channel, "edge-1")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as plain, pytest.raises(grpc.RpcError):
+        _ads_once(plain, "edge-1")
+
+    renewed = renew_server_certificate(files, ca).certificate.serial_number
+    assert presented_certificate(port, files.client_cert, files.client_key).serial_number == renewed
+    serve.wait_stderr(f"new connections to the ADS port get server.pem serial {renewed:x}")
+    with _tls_channel(port, channel_credentials(files)) as channel:
+        assert _ads_once(channel, "edge-1").type_url == CLUSTER
+    assert serve.stop() == 0
+
+
+def test_serve_refuses_to_start_on_bad_tls_files(tmp_path):
+    write_sandbox(tmp_path / "snap", version="1")
+    (tmp_path / "tls").mkdir()
+    run = subprocess.run([sys.executable, "-m", "labxds", "serve", "--snapshot", str(tmp_path / "snap"),
+                          "--port", "0", "--tls", str(tmp_path / "tls")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2
+    assert f"labxds: cannot serve over TLS: {tmp_path / 'tls' / 'server-key.pem'}: cannot read it" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "labxds", "serve", "--snapshot", str(tmp_path / "snap"),
+                          "--port", "0", "--tie-node-ids"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--tie-node-ids needs --tls" in run.stderr

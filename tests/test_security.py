@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import socket
-import ssl
 import stat
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
-from envoy_helpers import free_port  # noqa: E402
+from envoy_helpers import free_port, presented_certificate  # noqa: E402
 from xds_client import SotwClient, eventually, names  # noqa: E402
 
 from labxds import CLUSTER, ControlPlane, Snapshot, cluster, sandbox_snapshot  # noqa: E402
@@ -162,6 +161,21 @@ def test_exposing_ads_beyond_loopback_logs_a_warning_naming_the_risk(caplog):
     assert "0.0.0.0" in text
     assert "snapshot" in text and "any node" in text  # what is at risk
     assert "TLS" in text and "token" in text  # and what to do
+
+
+def test_exposing_ads_over_tls_warns_only_without_node_authorization(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="labxds")
+    files = write_tls_files(tmp_path)
+    with ControlPlane(0, host="0.0.0.0", server_credentials=server_credentials(files)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "with TLS but no node authorization" in warnings[0], warnings
+    assert "CertificateAuthorizer" in warnings[0] and "token" in warnings[0]
+    caplog.clear()
+    with ControlPlane(0, host="0.0.0.0", server_credentials=server_credentials(files),
+                      authorize=CertificateAuthorizer()):
+        pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 # -- certificates -----------------------------------------------------------------------------
@@ -315,15 +329,7 @@ def test_mtls_end_to_end_with_envoy_and_refusals(tls):
 
 
 def _served_certificate(port: int, files) -> x509.Certificate:
-    """The certificate the control plane presents to a new connection (a TLS handshake, no RPC)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # which certificate, not whether to trust it
-    context.load_cert_chain(files.client_cert, files.client_key)
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+    return presented_certificate(port, files.client_cert, files.client_key)
 
 
 def _write_whole(path: Path, data: bytes) -> None:

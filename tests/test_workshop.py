@@ -18,7 +18,7 @@ import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from envoy_helpers import free_port
+from envoy_helpers import free_port, presented_certificate
 from google.protobuf import struct_pb2
 
 from labxds import cli
@@ -378,8 +378,8 @@ def test_tls_workshop_with_a_real_envoy(tmp_path: Path) -> None:
 
         renewed = renew_server_certificate(ws.tls_files, ws._ca).certificate.serial_number
         desk_port = int(ws.desk_url.rsplit(":", 1)[1])
-        assert _presented_serial(desk_port, cert, key) == renewed
-        assert _presented_serial(ws.control_plane.port, cert, key) == renewed
+        assert presented_certificate(desk_port, cert, key).serial_number == renewed
+        assert presented_certificate(ws.control_plane.port, cert, key).serial_number == renewed
         me = LearnerSession(ws.desk_url, lab, token=token, tls=(ca, cert, key))
         try:
             me.push(sandbox("service2"))
@@ -390,23 +390,6 @@ def test_tls_workshop_with_a_real_envoy(tmp_path: Path) -> None:
         if lab is not None:
             lab.stop()
         ws.stop()
-
-
-def _presented_serial(port: int, cert: Path, key: Path) -> int:
-    """The serial number of the certificate a TLS server on ``port`` presents to a new connection."""
-    import socket
-    import ssl
-
-    from cryptography import x509
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # which certificate, not whether to trust it
-    context.load_cert_chain(str(cert), str(key))
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
 
 # --------------------------------------------------------------------------- hundreds of learners
