@@ -357,9 +357,15 @@ def _server_material(files: TlsFiles) -> tuple[bytes, bytes, bytes, str]:
         raise TlsFileError(files.server_cert, f"the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_before_utc > now:
         raise TlsFileError(files.server_cert, f"the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
-    described = (f"{files.server_cert.name} serial {leaf.serial_number:x}, valid until "
+    described = (f"{files.server_cert.name} serial {_serial_hex(leaf.serial_number)}, valid until "
                  f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {files.ca.name}: {len(cas)} CA certificate(s)")
     return key_pem, cert_pem, ca_pem, described
+
+
+def _serial_hex(serial: int) -> str:
+    """A serial number as Envoy's ``/certs`` shows it: whole bytes in hex (a leading 0 kept)."""
+    text = format(serial, "x")
+    return "0" + text if len(text) % 2 else text
 
 
 class _WatchedTlsFiles:

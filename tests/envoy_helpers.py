@@ -46,6 +46,13 @@ def presented_certificate(port: int, cert: Path, key: Path) -> Any:
             return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
+def serial_hex(serial: int) -> str:
+    """A certificate serial as Envoy's /certs prints it: whole bytes in hex, so a leading zero
+    nibble stays (one random serial in eight has one)."""
+    text = format(serial, "x")
+    return text.zfill(len(text) + len(text) % 2)
+
+
 def socket_address(host: str, port: int) -> dict:
     return {"socket_address": {"address": host, "port_value": port}}
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from envoy_helpers import free_port, presented_certificate
+from envoy_helpers import free_port, presented_certificate, serial_hex
 from test_snapshot_files import (
     atomic_write,
     cluster_version,
@@ -198,7 +198,7 @@ def test_serve_over_mutual_tls_ties_node_ids_and_picks_up_a_renewed_certificate(
 
     renewed = renew_server_certificate(files, ca).certificate.serial_number
     assert presented_certificate(port, files.client_cert, files.client_key).serial_number == renewed
-    serve.wait_stderr(f"new connections to the ADS port get server.pem serial {renewed:x}")
+    serve.wait_stderr(f"new connections to the ADS port get server.pem serial {serial_hex(renewed)}")
     with _tls_channel(port, channel_credentials(files)) as channel:
         assert _ads_once(channel, "edge-1").type_url == CLUSTER
     assert serve.stop() == 0

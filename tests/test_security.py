@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
-from envoy_helpers import free_port, presented_certificate  # noqa: E402
+from envoy_helpers import free_port, presented_certificate, serial_hex  # noqa: E402
 from xds_client import SotwClient, eventually, names  # noqa: E402
 
 from labxds import CLUSTER, ControlPlane, Snapshot, cluster, sandbox_snapshot  # noqa: E402
@@ -362,7 +362,7 @@ def test_a_renewed_server_certificate_serves_new_connections_and_open_streams_st
             renewed = renew_server_certificate(files, ca)
             assert renewed.certificate.serial_number != before.serial_number
             assert _served_certificate(cp.port, files).serial_number == renewed.certificate.serial_number
-            assert f"new connections to the ADS port get server.pem serial {renewed.certificate.serial_number:x}" in caplog.text
+            assert f"new connections to the ADS port get server.pem serial {serial_hex(renewed.certificate.serial_number)}" in caplog.text
 
             # Envoy's stream is the one it opened before the renewal, and it still gets pushes
             cp.push(sandbox_snapshot("127.0.0.1", 10, listener_port=port, version="2"), nodes=["renewing"])
@@ -437,7 +437,7 @@ def test_rotating_to_a_new_ca_without_restarting_envoy(tmp_path):
         cp.set_snapshot(sandbox_snapshot("127.0.0.1", 9, listener_port=port, version="1"))
         cp.wait_for_node("rotating", timeout=10)
         assert peers[-1] == "envoy-old-ca"
-        serial = lambda c: format(c.certificate.serial_number, "x")  # noqa: E731
+        serial = lambda c: serial_hex(c.certificate.serial_number)  # noqa: E731
 
         _write_whole(files.ca, old_ca.cert_pem + new_ca.cert_pem)  # 1. both CAs trusted everywhere
         renew_server_certificate(files, new_ca)  # 2. every certificate from the new CA
