@@ -321,21 +321,20 @@ class Exercise:
         not or Envoy refused it, (None, why) when it cannot tell (Envoy away, not ACKed yet)."""
         if self.config_fn is None:
             return None, "this exercise has no configuration the control plane can judge"
+        tracker = control_plane.tracker
+        status = tracker.node(learner.name)
+        if status is None or status.streams == 0:
+            return None, "the learner's Envoy is not connected to the control plane"
         snapshot = control_plane.snapshot(learner.name)
         if snapshot is None:
             return None, "the control plane serves this learner no snapshot"
-        tracker = control_plane.tracker
         refused = tracker.refused(learner.name, snapshot)
         if refused:
             url, error = sorted(refused.items())[0]
             lines = [line for line in error.strip().splitlines() if line.strip()]
             return False, f"Envoy refused the {short_name(url)} it was sent: {lines[-1].strip() if lines else 'NACK'}"
         if not tracker.applied(learner.name, snapshot):
-            status = tracker.node(learner.name)
-            if status is None or status.streams == 0:
-                return None, "the learner's Envoy is not connected to the control plane"
             return None, "the learner's Envoy has not ACKed its current snapshot yet"
-        status = tracker.node(learner.name)
         for url in self.config_types:  # applied covers what Envoy asked for: did it ask for these?
             if status is None or url not in status.types or status.types[url].acked_version is None:
                 return None, f"the learner's Envoy never ACKed any {short_name(url)}: it does not use one"
