@@ -1109,7 +1109,7 @@ def serve(
                 print(f"labxds: cannot serve over TLS: {exc}", file=sys.stderr, flush=True)
                 return 2
             authorize = CertificateAuthorizer() if tie_node_ids else None
-            secured = " over mutual TLS" + (" (node ids tied to client certificates)" if tie_node_ids else "")
+            secured = "; mutual TLS" + (", node ids tied to client certificates" if tie_node_ids else "")
         elif tie_node_ids:
             print("labxds: --tie-node-ids needs --tls: the node ids are tied to client certificates",
                   file=sys.stderr, flush=True)

@@ -183,7 +183,7 @@ def test_serve_over_mutual_tls_ties_node_ids_and_picks_up_a_renewed_certificate(
     write_sandbox(tmp_path / "snap", version="1")
     serve = serve_proc(tmp_path / "snap", extra=("--tls", str(tmp_path / "tls"), "--tie-node-ids"))
     port = serve.serving_port()
-    assert "over mutual TLS (node ids tied to client certificates)" in serve.line
+    assert "watching for changes; mutual TLS, node ids tied to client certificates (Ctrl-C" in serve.line
     with _tls_channel(port, channel_credentials(files)) as channel:
         assert _ads_once(channel, "edge-1").type_url == CLUSTER
         with pytest.raises(grpc.RpcError) as info:
