@@ -364,12 +364,16 @@ def test_tls_workshop_with_a_real_envoy(tmp_path: Path) -> None:
                   admin_port=0, listener_port=free_port()).start(progress=False)  # fmt: skip
         ws.broadcast(sandbox("service2"))
         assert served(lab, 1) == ["service2"]
-        me = LearnerSession(ws.desk_url, lab, token=token, tls=(ca, cert, key))
-        try:
-            me.push(sandbox("service1"))
-        finally:
-            me.close()
-        assert served(lab, 1) == ["service1"]
+
+        def push_through_the_desk(upstream: str) -> None:
+            me = LearnerSession(ws.desk_url, lab, token=token, tls=(ca, cert, key))
+            try:
+                me.push(sandbox(upstream))
+            finally:
+                me.close()
+            assert served(lab, 1) == [upstream]
+
+        push_through_the_desk("service1")
         assert "--tls-cert dana.pem" in ws.bootstrap_command("dana")
 
         # a renewed certificate: the desk's HTTPS and the ADS port serve it from the next
@@ -380,12 +384,7 @@ def test_tls_workshop_with_a_real_envoy(tmp_path: Path) -> None:
         desk_port = int(ws.desk_url.rsplit(":", 1)[1])
         assert presented_certificate(desk_port, cert, key).serial_number == renewed
         assert presented_certificate(ws.control_plane.port, cert, key).serial_number == renewed
-        me = LearnerSession(ws.desk_url, lab, token=token, tls=(ca, cert, key))
-        try:
-            me.push(sandbox("service2"))
-        finally:
-            me.close()
-        assert served(lab, 1) == ["service2"]
+        push_through_the_desk("service2")
     finally:
         if lab is not None:
             lab.stop()
