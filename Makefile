@@ -51,6 +51,8 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $@
 
 test: $(STAMP)
+	@out=$$($(IN_VENV) $(BIN)/lint-imports --no-cache 2>&1) || { echo "$$out"; exit 1; }; \
+	  echo "lint-imports (the layers, pyproject.toml): $$(echo "$$out" | tail -n 1)"
 	$(IN_VENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: $(STAMP)

@@ -312,7 +312,7 @@ def sandbox_file_text(port: int, *, listener_port: int = 10000, clusters: bool =
     127.0.0.1:``port``; ``clusters``/``others`` pick the cluster or the listener and route."""
     from google.protobuf import any_pb2, json_format
 
-    from labxds.resources import sandbox_resources
+    from labxds.xds import sandbox_resources
 
     docs = []
     for r in sandbox_resources("127.0.0.1", port, listener_port=listener_port):

@@ -32,8 +32,8 @@ from envoy.config.core.v3 import base_pb2  # noqa: E402
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 
 from labxds import CLUSTER, ENDPOINT, ControlPlane, Snapshot, cluster, load_assignment  # noqa: E402
-from labxds import snapshot as snapshot_module  # noqa: E402
 from labxds.envoy import Envoy, render_bootstrap  # noqa: E402
+from labxds.xds import snapshot as snapshot_module  # noqa: E402
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 

@@ -84,8 +84,8 @@ _PHASES = textwrap.dedent(r'''
     from labxds import Lab
     t["imported"] = time.monotonic()
     lab = Lab(xds_port=XDS, admin_port=ADMIN, listener_port=LISTENER)
-    from labxds.control_plane import ControlPlane
-    from labxds.echo import EchoFleet
+    from labxds.xds import ControlPlane
+    from labxds.lab import EchoFleet
     from labxds.envoy import Envoy
     # wrap the phases to timestamp them
     cp_start, fleet_start, envoy_start = ControlPlane.start, EchoFleet.start, Envoy.start

@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, sandbox_file_text, summary  # noqa: E402
 from big_snapshot import CountingClient  # noqa: E402
 
-from labxds import CLUSTER, ControlPlane, inotify, snapshot_files  # noqa: E402
+from labxds import CLUSTER, ControlPlane  # noqa: E402
+from labxds.files import inotify  # noqa: E402
+from labxds.files import watch as files_watch  # noqa: E402
 
 STAGES = ("event", "reload", "loaded", "set", "response")
 
@@ -43,7 +45,7 @@ def run(split: bool, switches: int) -> dict[str, Any]:
         (watched / "lds.json").write_text(sandbox_file_text(1, clusters=False))
     (watched / name).write_text(texts[18081])
     stamps: dict[str, float] = {}
-    saved = (inotify.Inotify.read, snapshot_files.SnapshotWatcher._reload, snapshot_files._load_snapshots,
+    saved = (inotify.Inotify.read, files_watch.SnapshotWatcher._reload, files_watch.load_snapshots_with,
              ControlPlane.set_snapshot)
 
     def read(self: Any, timeout: float | None) -> Any:
@@ -66,11 +68,11 @@ def run(split: bool, switches: int) -> dict[str, Any]:
         return saved[3](self, *a, **k)
 
     inotify.Inotify.read = read  # type: ignore[method-assign]
-    snapshot_files.SnapshotWatcher._reload = reload  # type: ignore[method-assign]
-    snapshot_files._load_snapshots = load  # type: ignore[assignment]
+    files_watch.SnapshotWatcher._reload = reload  # type: ignore[method-assign]
+    files_watch.load_snapshots_with = load  # type: ignore[assignment]
     ControlPlane.set_snapshot = set_snapshot  # type: ignore[method-assign]
     cp = ControlPlane(port=0).start()
-    watcher = snapshot_files.SnapshotWatcher([watched], cp).start()
+    watcher = files_watch.SnapshotWatcher([watched], cp).start()
     client = CountingClient(f"127.0.0.1:{cp.port}", False, "bench-snapfile-profile")
     client.quiet_for(0.3)
 
@@ -98,7 +100,7 @@ def run(split: bool, switches: int) -> dict[str, Any]:
         watcher.stop()
         client.close()
         cp.stop()
-        (inotify.Inotify.read, snapshot_files.SnapshotWatcher._reload, snapshot_files._load_snapshots,
+        (inotify.Inotify.read, files_watch.SnapshotWatcher._reload, files_watch.load_snapshots_with,
          ControlPlane.set_snapshot) = saved
         shutil.rmtree(base, ignore_errors=True)
     return {"switches": len(rows), "stamps": {k: summary([r[k] for r in rows]) for k in STAGES}}

@@ -57,15 +57,8 @@ from google.protobuf import any_pb2, json_format  # noqa: E402
 
 from labxds import CLUSTER, ControlPlane, Snapshot  # noqa: E402
 from labxds.envoy import Envoy, render_bootstrap  # noqa: E402
-from labxds.resources import (  # noqa: E402
-    SANDBOX_CLUSTER,
-    SANDBOX_LISTENER,
-    SANDBOX_ROUTE,
-    cluster,
-    http_listener,
-    route_configuration,
-    sandbox_resources,
-)
+from labxds.xds import cluster, http_listener, route_configuration, sandbox_resources  # noqa: E402
+from labxds.xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE  # noqa: E402
 
 GAP = 0.05  # pause after each switch (the old cluster drains; the ACK goes back)
 # Watched directories live on tmpfs: on this machine's disk a rename alone takes ~1.2 ms, which

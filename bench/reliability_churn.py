@@ -37,8 +37,8 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from labxds import ControlPlane, sandbox_snapshot  # noqa: E402
-from labxds.echo import EchoFleet  # noqa: E402
 from labxds.envoy import Envoy, render_bootstrap  # noqa: E402
+from labxds.lab import EchoFleet  # noqa: E402
 
 DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- churn:begin -->", "<!-- churn:end -->"

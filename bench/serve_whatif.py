@@ -23,24 +23,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labxds import snapshot_files  # noqa: E402
 from labxds.cli import main  # noqa: E402
+from labxds.files import load as files_load  # noqa: E402
+from labxds.files import parse as files_parse  # noqa: E402
+from labxds.files import watch as files_watch  # noqa: E402
 
 SWITCHES = ("bound", "loop", "nolog")
 
 
 def _bound() -> None:
-    load = snapshot_files._load_snapshots
+    load = files_watch.load_snapshots_with
     parsed: dict[tuple[str, ...], Any] = {}
 
     def lookup(paths: Any, memo: Any, check: bool = True) -> Any:
-        texts = tuple(snapshot_files._read_text(p) for d in paths for p in snapshot_files._snapshot_files(d))
+        texts = tuple(files_parse._read_text(p) for d in paths for p in files_load._snapshot_files(d))
         hit = parsed.get(texts)
         if hit is None:
             hit = parsed[texts] = load(paths, memo, check)
         return hit
 
-    snapshot_files._load_snapshots = lookup  # type: ignore[assignment]
+    files_watch.load_snapshots_with = lookup  # type: ignore[assignment]
 
 
 def _loop() -> None:
@@ -56,11 +58,11 @@ def _loop() -> None:
         self._stop.wait()
         return False
 
-    snapshot_files.SnapshotWatcher._follow = follow  # type: ignore[method-assign]
+    files_watch.SnapshotWatcher._follow = follow  # type: ignore[method-assign]
 
 
 def _nolog() -> None:
-    snapshot_files.SnapshotWatcher._log_push = staticmethod(lambda *a: None)  # type: ignore[method-assign]
+    files_watch.SnapshotWatcher._log_push = staticmethod(lambda *a: None)  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -1,18 +1,29 @@
 """labxds: a live, Pythonic Envoy dynamic-configuration lab with a real xDS control plane.
 
-The engine (snapshots, cache, SotW and Delta ADS server) is usable on its own; the lab runtime
-adds a real Envoy and echo services, and tables and widgets for notebooks.
+The engine (``labxds.xds``: snapshots, cache, SotW and Delta ADS server) is usable on its own
+and is what ``import labxds`` loads; ``labxds.Lab`` (the notebook layer) adds a real Envoy, echo
+services, tables and widgets. docs/architecture.md draws the layers.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .cache import SnapshotCache
-from .control_plane import ControlPlane, PortInUseError
-from .messages import ResourceError, to_dict, to_message
-from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME, SECRET
-from .resources import (
+from .xds import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    RUNTIME,
+    SECRET,
+    ConsistencyError,
+    ControlPlane,
+    PortInUseError,
+    PushRejected,
+    PushTimeout,
+    ResourceError,
+    Snapshot,
+    SnapshotCache,
     api_listener,
     cluster,
     http_listener,
@@ -20,12 +31,12 @@ from .resources import (
     route_configuration,
     sandbox_resources,
     sandbox_snapshot,
+    to_dict,
+    to_message,
 )
-from .snapshot import ConsistencyError, Snapshot
-from .tracking import PushRejected, PushTimeout
 
 if TYPE_CHECKING:
-    from .lab import Lab
+    from .notebook.lab import Lab
 
 __version__ = "0.1.0"
 
@@ -58,9 +69,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The lab pulls in the Envoy runner and HTTP client; the engine alone should import fast.
+    # The lab pulls in Envoy's runner, an HTTP client and pandas (labxds[lab,notebook]); the engine
+    # alone must import fast and install without them.
     if name == "Lab":
-        from .lab import Lab
+        from .notebook.lab import Lab
 
         return Lab
     raise AttributeError(f"module 'labxds' has no attribute {name!r}")

@@ -22,9 +22,9 @@ from test_snapshot_files import (
 )
 
 from labxds import CLUSTER
-from labxds.echo import EchoService
 from labxds.envoy import Envoy, render_bootstrap
-from labxds.snapshot_files import load_path
+from labxds.files import load_path
+from labxds.lab import EchoService
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING = re.compile(r"serving ADS \(SotW and Delta\) on 127\.0\.0\.1:(\d+) from ")
@@ -170,7 +170,7 @@ def test_serve_over_mutual_tls_ties_node_ids_and_picks_up_a_renewed_certificate(
     import grpc
     from test_security import _ads_once, _tls_channel
 
-    from labxds.security import (
+    from labxds.tls import (
         channel_credentials,
         make_ca,
         renew_server_certificate,

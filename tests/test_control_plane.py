@@ -31,7 +31,8 @@ from labxds import (
     http_listener,
     route_configuration,
 )
-from labxds import control_plane as control_plane_mod
+from labxds.notebook.tables import status_table, trace_table
+from labxds.xds import control_plane as control_plane_mod
 
 
 @pytest.fixture
@@ -370,7 +371,7 @@ def test_trace_has_the_expected_rows(cp):
     cp.set_snapshot(snap("a", "b", version="2"))
     c.nack(c.recv(), "nope", last_good="1")
     wait_processed(cp, [c])
-    trace = cp.trace("node-a")
+    trace = trace_table(cp, "node-a")
     rows = list(zip(trace["direction"], trace["type"], trace["kind"], trace["version"], trace["nonce"],
                     trace["resources"], trace["error"]))
     assert rows == [
@@ -380,7 +381,7 @@ def test_trace_has_the_expected_rows(cp):
         ("sent", "CDS", "response", "2", "2", "a, b", ""),
         ("received", "CDS", "NACK", "2", "2", "", "nope"),
     ]
-    assert len(cp.trace(last=2)) == 2
+    assert len(trace_table(cp, last=2)) == 2
     assert set(trace["node"]) == {"node-a"}
     c.close()
 
@@ -391,7 +392,7 @@ def test_status_has_one_row_per_node_and_type(cp):
     d = SotwClient(cp.address, "node-b")
     d.ack(d.subscribe(CLUSTER))
     wait_processed(cp, [c, d])
-    status = cp.status()
+    status = status_table(cp)
     rows = sorted(zip(status["node"], status["type"], status["sent"], status["acked"]))
     assert rows == [("node-a", "CDS", "1", "1"), ("node-a", "LDS", "1", "1"), ("node-b", "CDS", "1", "1")]
     assert status["connected_since"].notna().all()

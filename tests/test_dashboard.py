@@ -13,10 +13,10 @@ import threading
 import pytest
 from xds_client import CLUSTER, SotwClient, wait_processed
 
-from labxds.dashboard import SORTS, Dashboard
-from labxds.resources import cluster
-from labxds.snapshot import Snapshot
-from labxds.workshop import CheckResult, Workshop
+from labxds.classroom import CheckResult, Workshop
+from labxds.notebook import Dashboard
+from labxds.notebook.dashboard import SORTS
+from labxds.xds import Snapshot, cluster
 
 NAMES = ("ann", "ben", "cat")
 
@@ -184,7 +184,7 @@ def test_live_refresh_needs_a_loop(setup) -> None:
 
 
 def test_escaped_newlines_of_envoys_nack_text_read_as_one_line() -> None:
-    from labxds.dashboard import _one_line
+    from labxds.notebook.dashboard import _one_line
 
     envoy_text = "Error adding/updating listener(s) listener_0: rds {\\n  config_source {\\n    ads {\\n    }\\n"
     assert _one_line(envoy_text) == "Error adding/updating listener(s) listener_0: rds { config_source { ads { }"

@@ -23,9 +23,10 @@ from labxds import (
     sandbox_resources,
     sandbox_snapshot,
 )
-from labxds.echo import EchoFleet, EchoService
 from labxds.envoy import Envoy, render_bootstrap
-from labxds.tables import curl
+from labxds.lab import EchoFleet, EchoService
+from labxds.notebook import curl
+from labxds.notebook.tables import status_table, trace_table
 
 pytestmark = pytest.mark.envoy
 
@@ -80,7 +81,7 @@ def wait_served_by(port: int, name: str, timeout: float = 10.0, path: str = "/")
 
 
 def lds_responses(cp: ControlPlane, version: str) -> list[str]:
-    t = cp.trace(NODE)
+    t = trace_table(cp, NODE)
     rows = t[(t["type"] == "LDS") & (t["kind"] == "response") & (t["version"] == version)]
     return list(rows["resources"])
 
@@ -110,7 +111,7 @@ def test_envoy_follows_the_control_plane(cp, envoy, services, delta):
         assert proxy["version_info"] == entry.version
     else:
         assert proxy["version_info"] == "2"
-    assert cp.status().set_index("type").loc["CDS", "acked"] == "2"
+    assert status_table(cp).set_index("type").loc["CDS", "acked"] == "2"
     sock = proxy["cluster"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert int(sock["port_value"]) == service2.port
     assert envoy.pid == pid, "Envoy was reconfigured, not restarted"
@@ -126,7 +127,7 @@ def test_envoy_follows_the_control_plane(cp, envoy, services, delta):
     wait_served_by(port, "service1")
     routes = envoy.admin.config_dump(resource="dynamic_route_configs")["configs"]
     assert "other_route" in [r["route_config"]["name"] for r in routes]
-    trace = cp.trace(NODE)
+    trace = trace_table(cp, NODE)
     rds = trace[trace["type"] == "RDS"]
     assert (rds["removed"] == "").all(), rds[rds["removed"] != ""]
 
@@ -167,7 +168,7 @@ def test_rule15_nacked_update_keeps_the_valid_listeners_running(cp, envoy, servi
         assert str(busy) in listeners["listener_busy"]["error_state"]["details"]
         assert "active_state" in listeners["listener_0"]
         assert "error_state" not in listeners["listener_0"]
-        status = cp.status().set_index("type")
+        status = status_table(cp).set_index("type")
         assert status.loc["LDS", "nacked"] == "2"
         # SotW sends CDS "2" (a new version of a full-state type); Delta sends only what changed
         assert status.loc["CDS", "acked"] == ("1" if delta else "2")
@@ -183,7 +184,7 @@ def test_rule15_nacked_update_keeps_the_valid_listeners_running(cp, envoy, servi
     # The next good version is applied.
     cp.push(sandbox_snapshot("127.0.0.1", service1.port, version="3", listener_port=port), timeout=10)
     wait_served_by(port, "service1")
-    assert cp.status().set_index("type").loc["LDS", "acked"] == "3"
+    assert status_table(cp).set_index("type").loc["LDS", "acked"] == "3"
     names = [e["name"] for e in envoy.admin.config_dump(resource="dynamic_listeners")["configs"]]
     assert "listener_0" in names
     assert envoy.pid == pid
@@ -217,7 +218,7 @@ def test_envoy_waits_for_its_first_snapshot(cp, envoy):
     """Envoy waits for its initial CDS/LDS: no snapshot, no listener, not ready."""
     assert not envoy.admin.ready()
     assert cp.nodes() == [NODE]
-    t = cp.trace(NODE)
+    t = trace_table(cp, NODE)
     assert {"CDS", "LDS"} >= set(t["type"]) and "CDS" in set(t["type"])
     assert (t["kind"] == "response").sum() == 0
     service = EchoService("late").start()
@@ -276,7 +277,7 @@ def active_listeners(envoy: Envoy) -> list[str]:
 
 
 def heartbeats(cp: ControlPlane, type_short: str = "LDS") -> int:
-    t = cp.trace(NODE)
+    t = trace_table(cp, NODE)
     return int(((t["type"] == type_short) & (t["kind"] == "heartbeat")).sum())
 
 
@@ -291,7 +292,7 @@ def test_rule14_envoy_does_not_advertise_ttl_and_gets_plain_resources(services, 
         time.sleep(1.5)  # three TTLs
         assert get(short)["served_by"] == get(keep)["served_by"] == "service1"
         assert active_listeners(envoy) == ["keep", "ttl"]
-        assert (cp.trace(NODE)["kind"] != "heartbeat").all()
+        assert (trace_table(cp, NODE)["kind"] != "heartbeat").all()
         assert envoy.admin.stats("listener_manager.listener_removed")["listener_manager.listener_removed"] == 0
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from envoy_helpers import free_port
 
-from labxds.echo import EchoFleet, EchoService, format_echo, start_services
+from labxds.lab import EchoFleet, EchoService, format_echo, start_services
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_cli_serves_until_sigterm(client):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from labxds.echo import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-m", "labxds", "echo",
          "--name", "service9", "--port", str(port)],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,8 +78,8 @@ def test_find_envoy_returns_the_wheels_executable():
 
 def test_find_envoy_falls_back_to_env_and_explains_install(monkeypatch, tmp_path):
     real = find_envoy()
-    monkeypatch.setattr(envoy_mod.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr(envoy_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.setenv("LABXDS_ENVOY", str(real))
     assert find_envoy() == real
     monkeypatch.setenv("LABXDS_ENVOY", str(tmp_path / "missing"))
@@ -89,7 +91,7 @@ def test_find_envoy_falls_back_to_env_and_explains_install(monkeypatch, tmp_path
 
 
 def test_packaged_bootstrap_is_byte_identical_to_top_level():
-    packaged = Path(envoy_mod.__file__).parent / "data" / "envoy.yaml"
+    packaged = Path(envoy_mod.__file__).parent.parent / "data" / "envoy.yaml"
     assert packaged.read_bytes() == (REPO / "envoy.yaml").read_bytes()
 
 
@@ -196,7 +198,7 @@ def test_busy_admin_port_names_the_port():
 
 def test_busy_admin_port_reported_by_envoy_names_the_port(monkeypatch):
     """Even if our pre-check is fooled (a race), Envoy's own bind error is translated."""
-    monkeypatch.setattr(envoy_mod, "_port_is_free", lambda host, port: True)
+    monkeypatch.setattr("labxds.envoy.process.port_is_free", lambda host, port: True)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()

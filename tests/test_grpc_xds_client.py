@@ -37,6 +37,7 @@ from labxds import (
     load_assignment,
     route_configuration,
 )
+from labxds.notebook.tables import status_table, trace_table
 
 TARGET = "greeter"
 ROUTE_NAME = "greeter-route"
@@ -96,7 +97,7 @@ def _short(versions: dict[str, str]) -> dict[str, str]:
 
 
 def _acked(cp: ControlPlane) -> dict[str, str]:
-    status = cp.status()
+    status = status_table(cp)
     mine = status[status.node == NODE]
     return dict(zip(mine.type, mine.acked))
 
@@ -200,7 +201,7 @@ def test_grpc_xds_client_round_robin_then_push_moves_traffic(tmp_path, backends)
         assert all(a != b for a, b in zip(answers, answers[1:])), f"not round robin: {answers}"
 
         # Rule 8: gRPC's client names its LDS and CDS resources, it never subscribes by wildcard.
-        trace = cp.trace(NODE)
+        trace = trace_table(cp, NODE)
         requests = trace[(trace.direction == "received") & (trace.kind.isin(["request", "ACK"]))]
         asked = {t: set(requests[requests.type == t].resources) for t in ("LDS", "RDS", "CDS", "EDS")}
         assert asked == {
@@ -220,7 +221,7 @@ def test_grpc_xds_client_round_robin_then_push_moves_traffic(tmp_path, backends)
         assert client.call(20) == ["beta"] * 20
 
         # Rule 6: only the load assignment changed, so only EDS went out again (and was ACKed).
-        trace = cp.trace(NODE)
+        trace = trace_table(cp, NODE)
         later = trace.iloc[before:]
         assert list(later[later.direction == "sent"].type) == ["EDS"], later.to_string()
         assert _acked(cp) == _short(second.versions)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from labxds import inotify
-from labxds.inotify import (
+from labxds.files import inotify
+from labxds.files.inotify import (
     IN_CLOSE_WRITE,
     IN_CREATE,
     IN_DELETE,

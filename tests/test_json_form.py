@@ -9,17 +9,18 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from labxds import json_form, resource_types
-from labxds.json_form import NestedTypeError, parse_dict
-from labxds.messages import to_dict
-from labxds.resources import (
+from labxds.xds import (
     api_listener,
     cluster,
     http_listener,
+    json_form,
     load_assignment,
+    resource_types,
     route_configuration,
     sandbox_resources,
+    to_dict,
 )
+from labxds.xds.json_form import NestedTypeError, parse_dict
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_URL = resource_types.CLUSTER

@@ -15,9 +15,9 @@ import pytest
 from envoy_helpers import free_port
 
 import labxds
-from labxds.control_plane import PortInUseError
 from labxds.envoy import EnvoyPortBusy
-from labxds.lab import Lab
+from labxds.notebook import Lab
+from labxds.xds import PortInUseError
 
 pytestmark = pytest.mark.envoy
 
@@ -142,7 +142,7 @@ def test_envoy_dies_with_a_killed_parent(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from labxds.lab import Lab
+        from labxds.notebook import Lab
         lab = Lab(xds_port=0, admin_port=0, listener_port={free_port()}).start(progress=False)
         print(lab.envoy.pid, flush=True)
         time.sleep(60)
@@ -193,7 +193,7 @@ def test_labxds_up_serves_service1_and_stops_on_sigint() -> None:
                 break
         assert any("labxds lab up in" in line for line in lines), "".join(lines) + proc.stderr.read()
         envoy_pid = int(next(line for line in lines if "Envoy pid" in line).rsplit(" ", 1)[-1].rstrip(")\n"))
-        from labxds.tables import curl
+        from labxds.notebook import curl
 
         assert curl(listener, 2)["served_by"].tolist() == ["service1", "service1"]
         proc.send_signal(signal.SIGINT)

@@ -15,13 +15,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from labxds import ResourceError, to_dict, to_message
-from labxds.messages import (
+from labxds.xds import CLUSTER, LISTENER
+from labxds.xds.messages import (
     from_yaml,
     resources_of_document,
     to_messages,
     version_of_document,
 )
-from labxds.resource_types import CLUSTER, LISTENER
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"

@@ -58,9 +58,9 @@ from labxds import (
     sandbox_resources,
     sandbox_snapshot,
 )
-from labxds.echo import EchoFleet
 from labxds.envoy import Envoy, EnvoyAdmin, render_bootstrap
-from labxds.messages import to_dict
+from labxds.lab import EchoFleet
+from labxds.xds import to_dict
 
 pytestmark = pytest.mark.envoy
 

@@ -10,7 +10,7 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from labxds import resource_types as rt
+from labxds.xds import resource_types as rt
 
 
 def test_type_urls_are_envoys():
@@ -41,7 +41,7 @@ def test_message_class_imports_an_extension_on_demand():
     # A fresh interpreter: in this one another test may have imported cors already.
     code = textwrap.dedent("""
         import sys
-        from labxds import resource_types as rt
+        from labxds.xds import resource_types as rt
         module = "envoy.extensions.filters.http.cors.v3.cors_pb2"
         assert module not in sys.modules, "labxds imports cors eagerly"
         cls = rt.message_class("type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors")

@@ -23,7 +23,7 @@ from labxds import (
     sandbox_resources,
     sandbox_snapshot,
 )
-from labxds import resources as res
+from labxds.xds import builders as res
 
 
 def _addresses(cla):

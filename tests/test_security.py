@@ -30,26 +30,31 @@ from envoy_helpers import free_port, presented_certificate, serial_hex  # noqa: 
 from xds_client import SotwClient, eventually, names  # noqa: E402
 
 from labxds import CLUSTER, ControlPlane, Snapshot, cluster, sandbox_snapshot  # noqa: E402
-from labxds.envoy import Envoy, render_bootstrap, validate_bootstrap  # noqa: E402
-from labxds.messages import ResourceError, from_yaml  # noqa: E402
-from labxds.security import (  # noqa: E402
-    SERVER_NAME,
+from labxds.envoy import (  # noqa: E402  # noqa: E402
     TLS_BOOTSTRAP,
+    Envoy,
+    add_token,
+    render_bootstrap,
+    render_tls_bootstrap,
+    validate_bootstrap,
+    without_client_certificate,
+)
+from labxds.tls import (  # noqa: E402
+    SERVER_NAME,
     TOKEN_HEADER,
     CertificateAuthorizer,
     TlsFileError,
     TokenAuthorizer,
-    add_token,
     channel_credentials,
     issue,
     make_ca,
-    render_tls_bootstrap,
     renew_server_certificate,
     server_credentials,
-    without_client_certificate,
     write_tls_files,
 )
-from labxds.server import PEER_COMMON_NAME  # noqa: E402
+from labxds.xds import ResourceError  # noqa: E402
+from labxds.xds.messages import from_yaml  # noqa: E402
+from labxds.xds.server import PEER_COMMON_NAME  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -113,7 +118,7 @@ def test_proc_parser_sees_a_socket_bound_beyond_loopback():
 
 @pytest.mark.envoy
 def test_the_lab_listens_on_loopback_only(monkeypatch):
-    from labxds.lab import Lab
+    from labxds.notebook import Lab
 
     for var in ("LABXDS_MODE", "LABXDS_XDS_HOST", "LABXDS_LISTEN_HOST", "LABXDS_ENVOY_HOST"):
         monkeypatch.delenv(var, raising=False)

@@ -34,6 +34,7 @@ from labxds import (
     load_assignment,
     route_configuration,
 )
+from labxds.notebook.tables import status_table, trace_table
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def routes(*pairs: tuple[str, str], version=None) -> Snapshot:
 
 
 def kinds(cp: ControlPlane, node: str = "node-a") -> list[tuple[str, str]]:
-    t = cp.trace(node)
+    t = trace_table(cp, node)
     return list(zip(t["type"], t["kind"]))
 
 
@@ -186,7 +187,7 @@ def test_rule13_nack_is_per_resource_and_never_resent(cp, connect):
     c.nack(bad, "route a: unknown cluster y")
     c.expect_nothing()
     connect.sync()
-    status = cp.status().set_index("type").loc["RDS"]
+    status = status_table(cp).set_index("type").loc["RDS"]
     assert status["nack_error"] == "route a: unknown cluster y"
     cp.set_snapshot(routes(("a", "z"), ("b", "y")))  # a changes again, b is still the refused one
     r = c.recv()
@@ -428,7 +429,7 @@ def test_rule14_ttl_only_for_clients_that_support_it(cp, connect):
     connect.sync()  # every ACK taken in
     assert [k for t, k in kinds(cp, "node-ttl")][:9] == (
         ["request", "response", "ACK"] + ["heartbeat", "heartbeat ACK"] * 3)
-    status = cp.status().set_index(["node", "type"]).loc[("node-ttl", "CDS")]
+    status = status_table(cp).set_index(["node", "type"]).loc[("node-ttl", "CDS")]
     assert (status["sent"], status["acked"]) == ("1", "1")
 
 

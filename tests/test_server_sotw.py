@@ -36,6 +36,7 @@ from labxds import (
     load_assignment,
     route_configuration,
 )
+from labxds.notebook.tables import status_table, trace_table
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def routes(*names_and_clusters: tuple[str, str], version=None) -> Snapshot:
 
 def kinds(cp: ControlPlane, node: str = "node-a") -> list[tuple[str, str, str]]:
     """(type, kind, version) of every trace row, oldest first."""
-    t = cp.trace(node)
+    t = trace_table(cp, node)
     return list(zip(t["type"], t["kind"], t["version"]))
 
 
@@ -83,7 +84,7 @@ def test_rule01_stream_keyed_on_the_first_requests_node(cp, connect):
     assert not c.sent[-1].HasField("node")
     assert names(lds) == ["l0"]
     assert cp.nodes() == ["node-a"]
-    assert {row for row in cp.trace("node-a")["node"]} == {"node-a"}
+    assert {row for row in trace_table(cp, "node-a")["node"]} == {"node-a"}
 
 
 def test_rule01_first_request_without_node_is_invalid_argument(cp, connect):
@@ -120,7 +121,7 @@ def test_rule02_types_advance_independently(cp, connect):
     assert eds.type_url == ENDPOINT and eds.version_info != versions[ENDPOINT]
     c.ack(eds, ["web"])
     c.expect_nothing()
-    status = cp.status().set_index("type")
+    status = status_table(cp).set_index("type")
     assert status.loc["CDS", "acked"] == versions[CLUSTER]
     assert status.loc["EDS", "acked"] == eds.version_info
     assert status.loc["LDS", "acked"] == versions[LISTENER]
@@ -150,10 +151,10 @@ def test_rule03_nack_is_error_detail_not_the_version(cp, connect):
     c.send(CLUSTER, version="2", nonce=r2.nonce, error="cluster web: bad timeout")
     c.expect_nothing()
     connect.sync()
-    status = cp.status().set_index("type").loc["CDS"]
+    status = status_table(cp).set_index("type").loc["CDS"]
     assert (status["acked"], status["nacked"]) == ("1", "2")
     assert status["nack_error"] == "cluster web: bad timeout"
-    last = cp.trace().iloc[-1]
+    last = trace_table(cp).iloc[-1]
     assert (last["kind"], last["version"], last["error"]) == ("NACK", "2", "cluster web: bad timeout")
 
 
@@ -166,7 +167,7 @@ def test_rule03_ack_with_an_unexpected_version_is_still_an_ack(cp, connect):
     connect.sync()
     kinds_seen = [k for t, k, v in kinds(cp) if t == "CDS"]
     assert kinds_seen == ["request", "response", "ACK"]
-    assert cp.status().set_index("type").loc["CDS", "nacked"] is None
+    assert status_table(cp).set_index("type").loc["CDS", "nacked"] is None
 
 
 # -- rule 4: a NACKed version is never sent again -------------------------------------------
@@ -242,11 +243,11 @@ def test_rule05_stale_nonce_is_ignored(cp, connect):
     c.send(ROUTE, ["a", "b"], "1", r1.nonce, error="late complaint")
     c.expect_nothing()
     connect.sync()
-    assert cp.status().set_index("type").loc["RDS", "nacked"] is None
+    assert status_table(cp).set_index("type").loc["RDS", "nacked"] is None
     assert ("RDS", "stale", "1") in kinds(cp)
     c.ack(r2, ["a"])
     c.expect_nothing()
-    assert cp.status().set_index("type").loc["RDS", "acked"] == "2"
+    assert status_table(cp).set_index("type").loc["RDS", "acked"] == "2"
 
 
 # -- rule 6: silence when nothing changed ---------------------------------------------------
@@ -678,7 +679,7 @@ def test_rule14_bare_heartbeats_at_the_interval_without_body(cp, connect):
         assert not w.HasField("resource") and w.ttl.seconds == 30 and w.version == wrappers(r)["c1"].version
     connect.sync()  # every ACK taken in
     # not a change: the tracker still says version 1 was sent and ACKed; traced as heartbeats
-    status = cp.status().set_index("type").loc["CDS"]
+    status = status_table(cp).set_index("type").loc["CDS"]
     assert (status["sent"], status["acked"], status["nacked"]) == ("1", "1", None)
     kinds_seen = [k for t, k, _ in kinds(cp) if t == "CDS"]
     expected = ["request", "response", "ACK"] + ["heartbeat", "heartbeat ACK"] * 3
@@ -743,7 +744,7 @@ def test_rule14_a_refused_heartbeat_is_not_a_nack_of_the_version(cp, connect):
     beat = c.recv(2)
     c.nack(beat, "cannot take a heartbeat", last_good="1")
     connect.sync()
-    status = cp.status().set_index("type").loc["CDS"]
+    status = status_table(cp).set_index("type").loc["CDS"]
     assert (status["acked"], status["nacked"]) == ("1", None)
     assert [k for _, k, _ in kinds(cp)][-1] == "heartbeat NACK"
     # the next version is sent as usual
@@ -773,7 +774,7 @@ def test_rule14_no_heartbeats_without_ttl(cp, connect):
     c.ack(r)
     c.expect_nothing(4 * BEAT)
     assert not beat_timers(cp)
-    assert cp.trace()["kind"].tolist().count("heartbeat") == 0
+    assert trace_table(cp)["kind"].tolist().count("heartbeat") == 0
 
 
 @beating()
@@ -811,7 +812,7 @@ def test_rule14_a_new_ttl_reaches_ttl_clients_only(cp, connect):
             break
         assert ttls(r) == {"c1": 30.0}
     assert r.version_info == second.version(CLUSTER)
-    assert cp.trace("node-ttl")["kind"].tolist().count("response") == 2
+    assert trace_table(cp, "node-ttl")["kind"].tolist().count("response") == 2
 
 
 def test_rule05_nonces_live_within_one_stream(cp, connect):

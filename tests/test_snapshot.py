@@ -293,7 +293,7 @@ def test_ttl_entries_are_pre_encoded_resource_wrappers():
 
 
 def test_an_unchanged_resource_reuses_the_bytes_of_the_last_snapshot():
-    from labxds.resources import cluster
+    from labxds.xds import cluster
 
     a, b = cluster("a", [("h", 1)], type="STATIC"), cluster("b", [("h", 2)], type="STATIC")
     first = Snapshot([a, b])
@@ -308,8 +308,8 @@ def test_an_unchanged_resource_reuses_the_bytes_of_the_last_snapshot():
 
 
 def test_reused_bytes_are_bounded():
-    from labxds import snapshot as snapshot_module
-    from labxds.resources import cluster
+    from labxds.xds import cluster
+    from labxds.xds import snapshot as snapshot_module
 
     framed = snapshot_module._Framed(budget=10_000)
     for i in range(500):
@@ -320,7 +320,7 @@ def test_reused_bytes_are_bounded():
 
 
 def test_each_entry_knows_what_it_refers_to():
-    from labxds.resources import sandbox_resources
+    from labxds.xds import sandbox_resources
 
     snap = Snapshot(sandbox_resources("127.0.0.1", 8080))
     assert snap.entries(LISTENER)["listener_0"].refs == {(ROUTE, "local_route")}

@@ -16,25 +16,18 @@ import yaml
 from envoy_helpers import free_port
 from xds_client import eventually
 
-from labxds import (
-    CLUSTER,
-    LISTENER,
-    ROUTE,
-    ControlPlane,
-    Snapshot,
-    inotify,
-    sandbox_snapshot,
-)
-from labxds.echo import EchoService
+from labxds import CLUSTER, LISTENER, ROUTE, ControlPlane, Snapshot, sandbox_snapshot
 from labxds.envoy import Envoy, render_bootstrap
-from labxds.snapshot_files import (
+from labxds.files import (
     SnapshotFileError,
     SnapshotSet,
     SnapshotWatcher,
     describe,
+    inotify,
     load_path,
     load_snapshots,
 )
+from labxds.lab import EchoService
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "sandbox"

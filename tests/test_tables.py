@@ -30,10 +30,10 @@ from envoy_helpers import (
     write_resources,
 )
 
-from labxds.echo import start_services
 from labxds.envoy import Envoy, EnvoyAdmin, render_bootstrap
-from labxds.tables import (
-    _parse_echo,
+from labxds.lab import start_services
+from labxds.lab.traffic import _parse_echo
+from labxds.notebook import (
     clusters_table,
     curl,
     endpoints_table,

@@ -15,14 +15,15 @@ import pytest
 from envoy_helpers import free_port
 
 import labxds
-from labxds.lab import Lab
-from labxds.widgets import (
+from labxds.notebook import (
     CanarySlider,
+    Lab,
     StatusPanel,
     UpstreamToggle,
     canary_snapshot,
     next_version,
 )
+from labxds.notebook.tables import status_table
 
 pytestmark = pytest.mark.envoy
 
@@ -89,7 +90,7 @@ def test_toggle_shows_envoys_rejection_and_stays_usable() -> None:
             assert "cannot bind" in str(toggle.last_error)
             assert "not applied" in toggle.status.value and "cannot bind" in toggle.status.value
             assert toggle.history[-1]["acked"] is False
-            status = lab.cp.status().set_index("type")
+            status = status_table(lab.cp).set_index("type")
             assert status.loc["LDS", "nacked"] == "1"
         finally:
             lab.stop()
@@ -240,7 +241,7 @@ def test_styled_shows_timestamps_as_utc_time_of_day() -> None:
 
     import pandas as pd
 
-    from labxds.tables import styled
+    from labxds.notebook import styled
 
     df = pd.DataFrame({
         "time": [pd.Timestamp("2026-01-02 03:04:05.678901"), pd.NaT],

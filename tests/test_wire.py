@@ -8,8 +8,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from labxds import wire
-from labxds.resource_types import CLUSTER, LISTENER
+from labxds.xds import CLUSTER, LISTENER, wire
 
 
 def _cluster(name: str, timeout: int = 1) -> cluster_pb2.Cluster:

@@ -22,25 +22,23 @@ from envoy_helpers import free_port, presented_certificate
 from google.protobuf import struct_pb2
 
 from labxds import cli
-from labxds.envoy import validate_bootstrap
-from labxds.exercises import CheckResult
-from labxds.lab import Lab
-from labxds.resources import cluster
-from labxds.snapshot import Snapshot
-from labxds.tracking import PushRejected
-from labxds.workshop import (
+from labxds.classroom import (
     EXERCISES,
-    TOKEN_HEADER,
+    CheckResult,
     Learner,
     LearnerSession,
     Workshop,
     broken_listener,
     canary,
     learner_bootstrap,
-    parse_address,
     routes,
     sandbox,
 )
+from labxds.envoy import validate_bootstrap
+from labxds.net import parse_address
+from labxds.notebook import Lab
+from labxds.tls import TOKEN_HEADER
+from labxds.xds import PushRejected, Snapshot, cluster
 
 LEARNERS = ("alice", "bob", "carol")
 CDS_OK = "cluster_manager.cds.update_success"
@@ -107,7 +105,7 @@ def test_parse_address() -> None:
 
 @pytest.mark.envoy
 def test_bootstrap_command_writes_what_envoy_accepts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from labxds.security import write_tls_files
+    from labxds.tls import write_tls_files
 
     files = write_tls_files(tmp_path / "tls")
     out = tmp_path / "envoy.yaml"
@@ -260,7 +258,7 @@ def test_a_reported_pass_is_set_against_what_the_control_plane_knows(
         assert recorded.passed and recorded.contradicted and recorded.mark == "⚠"
         assert recorded.evidence == "in the configuration Envoy ACKed, /api goes to service1"
         assert "alice reports route-api passed, but in the configuration Envoy ACKed" in caplog.text
-        from labxds.dashboard import Dashboard
+        from labxds.notebook import Dashboard
 
         row = Dashboard(workshop, live=False).frame().set_index("learner").loc["alice"]
         assert row["progress"] == "route-api ⚠" and row["passed"] == 0  # a contradicted pass does not count
@@ -286,7 +284,7 @@ def test_fix_the_nacked_listener(workshop: Workshop, baseline: dict[str, Lab]) -
     status = workshop.control_plane.node_status("bob")
     lds = next(st for url, st in status.types.items() if url.endswith("Listener"))
     assert "StatPrefix" in (lds.nack_error or "")
-    from labxds.dashboard import Dashboard
+    from labxds.notebook import Dashboard
 
     rows = Dashboard(workshop, live=False).frame().set_index("learner")
     assert rows.loc["bob", "nack_open"] and "StatPrefix" in rows.loc["bob", "last_nack"]  # the real Envoy's words
@@ -378,7 +376,7 @@ def test_tls_workshop_with_a_real_envoy(tmp_path: Path) -> None:
 
         # a renewed certificate: the desk's HTTPS and the ADS port serve it from the next
         # connection, without a restart, and the learner's clients still trust it
-        from labxds.security import renew_server_certificate
+        from labxds.tls import renew_server_certificate
 
         renewed = renew_server_certificate(ws.tls_files, ws._ca).certificate.serial_number
         desk_port = int(ws.desk_url.rsplit(":", 1)[1])
@@ -498,7 +496,7 @@ def test_listens_beyond_loopback_only_when_asked(caplog) -> None:
 def test_desk_answers_bad_requests_in_words() -> None:
     import httpx
 
-    from labxds.resources import route_configuration
+    from labxds.xds import route_configuration
 
     ws = Workshop(port=0).start()
     try:

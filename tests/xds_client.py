@@ -298,7 +298,9 @@ def resources(response) -> dict[str, object]:
 
 
 def unpack(packed):
-    from labxds.resource_types import message_class  # only to find the generated class
+    from labxds.xds.resource_types import (
+        message_class,  # only to find the generated class
+    )
 
     msg = message_class(packed.type_url)()
     assert packed.Unpack(msg), packed.type_url

@@ -34,45 +34,27 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .control_plane import ControlPlane
+from ..net.addresses import parse_address
+from ..tls import TOKEN_HEADER
+from ..xds.control_plane import ControlPlane
+from ..xds.snapshot import Snapshot
+from ..xds.tracking import PushRejected, PushTimeout, remover
 from .desk import Desk, LearnerSession
 from .exercises import EXERCISES, CheckResult, Exercise
-from .learners import (
-    Learner,
+from .learners import Learner, learner_bootstrap
+from .templates import (
     SnapshotSpec,
     broken_listener,
     canary,
     describe_spec,
-    learner_bootstrap,
-    parse_address,
     render,
     routes,
     sandbox,
 )
-from .security import TOKEN_HEADER  # the header name and the token check live there
-from .snapshot import Snapshot
-from .tracking import PushRejected, PushTimeout, remover
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-__all__ = [
-    "EXERCISES",
-    "TOKEN_HEADER",
-    "CheckResult",
-    "Exercise",
-    "Learner",
-    "LearnerSession",
-    "Workshop",
-    "broken_listener",
-    "canary",
-    "learner_bootstrap",
-    "parse_address",
-    "routes",
-    "sandbox",
-]
+__all__ = ["Workshop"]
 
 log = logging.getLogger("labxds")
 
@@ -117,7 +99,7 @@ class Workshop:
                 self._tokens.update(tokens)
             self._rebuild_authorizer()
             self.control_plane = ControlPlane(
-                port, host, authorize=self._authorize if self.token_required else None,
+                port, host, authorize=self.authorize if self.token_required else None,
                 server_credentials=credentials,
             )
         self.exercises: dict[str, Exercise] = dict(exercises if exercises is not None else EXERCISES)
@@ -185,7 +167,7 @@ class Workshop:
     # -- access ------------------------------------------------------------------------------
 
     def _setup_tls(self, directory: Path) -> Any:
-        from .security import make_ca, server_credentials, write_tls_files
+        from ..tls import make_ca, server_credentials, write_tls_files
 
         self._ca = make_ca("labxds workshop CA")
         self.tls_dir = directory
@@ -195,11 +177,12 @@ class Workshop:
     def _rebuild_authorizer(self) -> None:
         if not self.token_required:
             return
-        from .security import TokenAuthorizer
+        from ..tls import TokenAuthorizer
 
         self._authorizer = TokenAuthorizer(dict(self._tokens))
 
-    def _authorize(self, node_id: str, metadata: Mapping[str, str]) -> bool:
+    def authorize(self, node_id: str, metadata: Mapping[str, str]) -> bool:
+        """Whether ``node_id`` may fetch its snapshot or use the desk, given its token metadata."""
         authorizer = self._authorizer
         return authorizer is not None and authorizer(node_id, metadata)
 
@@ -225,7 +208,7 @@ class Workshop:
         """Issue ``name`` a client certificate from the workshop's CA: (ca, cert, key) paths."""
         if self._ca is None or self.tls_files is None:
             raise RuntimeError("this workshop has no TLS: Workshop(tls=DIR)")
-        from .security import issue
+        from ..tls import issue
 
         out = Path(directory) if directory is not None else (self.tls_dir or Path("."))
         out.mkdir(parents=True, exist_ok=True)
@@ -510,15 +493,13 @@ class Workshop:
             if exercise != "fix-nack":  # that one starts with a NACK on purpose
                 raise
 
-    def progress_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        rows = [
+    def progress_rows(self) -> list[dict[str, Any]]:
+        """Every learner's exercise results as records (``at`` in epoch seconds)."""
+        return [
             {"learner": r.learner, "exercise": r.exercise, "passed": r.passed, "confirmed": r.confirmed,
-             "detail": r.detail, "evidence": r.evidence, "hint": r.hint, "at": pd.Timestamp(r.at, unit="s")}
+             "detail": r.detail, "evidence": r.evidence, "hint": r.hint, "at": r.at}
             for results in self.progress.values() for r in results.values()
         ]  # fmt: skip
-        return pd.DataFrame(rows, columns=["learner", "exercise", "passed", "confirmed", "detail", "evidence", "hint", "at"])
 
     # -- change notifications ----------------------------------------------------------------
 

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from .resource_types import CLUSTER, order_key, short_name
-from .resources import (
+from ..xds.builders import (
     SANDBOX_CLUSTER,
     SANDBOX_LISTENER,
     SANDBOX_ROUTE,
@@ -31,14 +30,15 @@ from .resources import (
     http_listener,
     route_configuration,
 )
-from .snapshot import Snapshot
+from ..xds.resource_types import CLUSTER, order_key, short_name
+from ..xds.snapshot import Snapshot
+from ..xds.tracking import PushRejected, PushTimeout
 from .tables import styled
-from .tracking import PushRejected, PushTimeout
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .control_plane import ControlPlane
+    from ..xds.control_plane import ControlPlane
     from .lab import Lab
 
 __all__ = [
@@ -340,7 +340,7 @@ class StatusPanel(_Displayed):
 
     def _nodes(self) -> list[str]:
         status = self.control_plane.status()
-        return sorted(set(status["node"]) | set(self.control_plane.tracker.connected()))
+        return sorted({r["node"] for r in status} | set(self.control_plane.tracker.connected()))
 
     def frame(self) -> pd.DataFrame:
         """Per node and type: connected, versions sent / ACKed / NACKed, Envoy's last error."""

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # The lab forks Envoy while the server thread is inside gRPC; gRPC's fork handlers are not
 # needed for an exec'd child and only print a notice. Set before grpc is first imported.
@@ -25,9 +25,6 @@ from .cache import SnapshotCache  # noqa: E402
 from .server import Authorizer, XdsServer
 from .snapshot import Snapshot
 from .tracking import NodeStatus, Tracker
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 __all__ = ["ControlPlane", "PortInUseError"]
 
@@ -293,13 +290,16 @@ class ControlPlane:
     def node_status(self, node_id: str) -> NodeStatus | None:
         return self.tracker.node(node_id)
 
-    def status(self) -> pd.DataFrame:
-        """Per node and type: versions sent, ACKed and NACKed, with Envoy's last error."""
-        return self.tracker.status_frame()
+    def status(self) -> list[dict[str, Any]]:
+        """Per node and type: versions sent, ACKed and NACKed, with Envoy's last error.
 
-    def trace(self, node: str | None = None, last: int | None = None) -> pd.DataFrame:
-        """Requests and responses, oldest first: the protocol as a table."""
-        return self.tracker.trace_frame(node, last)
+        Records (``pandas.DataFrame(cp.status())`` makes a table; ``labxds.notebook`` has one
+        with proper time columns)."""
+        return self.tracker.status_rows()
+
+    def trace(self, node: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
+        """Requests and responses, oldest first: the protocol as records."""
+        return self.tracker.trace_rows(node, last)
 
     def on(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
         """Hook ``stream_open``, ``stream_close``, ``request`` or ``response`` (runs on the server thread)."""

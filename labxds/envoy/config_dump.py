@@ -1,145 +1,29 @@
-"""Tables a learner reads instead of raw JSON: requests through Envoy, and Envoy's own view.
+"""Envoy's ``/config_dump`` read as plain records: clusters, endpoints, listeners, routes.
 
-Every config table reads /config_dump filtered by resource type (never by the
-position of a section, which changes between Envoy versions), and takes anything
-`as_admin` accepts: an admin URL, a port, an EnvoyAdmin or an Envoy, local or in
-docker. pandas is imported inside the functions so `import labxds` stays quick.
+Every reader filters /config_dump by resource type (never by the position of a section, which
+changes between Envoy versions) and takes anything ``as_admin`` accepts: an admin URL, a port,
+an EnvoyAdmin or an Envoy, local or in docker. Exercise checks read these records; the notebook
+layer shows them as tables.
 """
 
 from __future__ import annotations
 
-import errno
-import time
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
-from urllib.parse import urlsplit
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .echo import INSTANCE_HEADER
-from .envoy import EnvoyAdmin, as_admin
+from .admin import EnvoyAdmin, as_admin
 
-if TYPE_CHECKING:
-    import pandas as pd
-    from pandas.io.formats.style import Styler
-
-__all__ = [
-    "clusters_table",
-    "curl",
-    "endpoints_table",
-    "listeners_table",
-    "routes_table",
-    "sandbox_endpoint",
-    "stats_table",
-    "styled",
-]
+__all__ = ["COLUMNS", "cluster_rows", "endpoint_rows", "listener_rows", "route_rows", "sandbox_endpoint"]
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
-
-# --------------------------------------------------------------------------- requests
-
-
-def _parse_echo(text: str) -> tuple[str | None, dict[str, str]]:
-    """(served_by, echoed request headers) from an echo-server body, or (None, {})."""
-    lines = text.split("\n")
-    first = lines[0] if lines else ""
-    if not first.startswith("Request served by "):
-        return None, {}
-    served_by = first.removeprefix("Request served by ").strip()
-    headers: dict[str, str] = {}
-    # layout: served-by, blank, request line, blank, headers..., [blank, body]
-    for line in lines[4:]:
-        if not line.strip():
-            break
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip()] = value.strip()
-    return served_by, headers
-
-
-def _describe_error(exc: Exception) -> str:
-    """The words curl would use, so the lesson reads like the sandbox."""
-    import httpx
-
-    chain: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in chain:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    codes = {getattr(e, "errno", None) for e in chain}
-    text = " ".join(str(e) for e in chain).lower()
-    if errno.ECONNREFUSED in codes or "refused" in text:
-        return "connection refused"
-    if errno.ECONNRESET in codes or "reset" in text:
-        return "connection reset by peer"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "empty reply from server"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _target(url: str | int, path: str) -> str:
-    if isinstance(url, int):
-        url = f"http://127.0.0.1:{url}"
-    if "://" not in url:
-        url = f"http://{url}"
-    if urlsplit(url).path not in ("", "/"):
-        return url  # the caller already named a path
-    return url.rstrip("/") + (path if path.startswith("/") else f"/{path}")
-
-
-def curl(
-    url: str | int,
-    n: int = 1,
-    *,
-    path: str = "/",
-    headers: Mapping[str, str] | None = None,
-    include_headers: bool = False,
-    method: str = "GET",
-    timeout: float = 2.0,
-) -> pd.DataFrame:
-    """Send `n` requests (like `curl` n times) and return one row per request.
-
-    Failures are rows, not exceptions: "connection refused" before Envoy has a
-    listener is part of the lesson. Requests share one keep-alive connection, so
-    with one Envoy worker round robin alternates strictly.
-    """
-    import httpx
-    import pandas as pd
-
-    target = _target(url, path)
-    rows: list[dict[str, Any]] = []
-    with httpx.Client(timeout=timeout, trust_env=False) as client:
-        for i in range(1, n + 1):
-            row: dict[str, Any] = {"request": i, "status": None, "served_by": None, "instance": None,
-                                   "latency_ms": None, "x_request_id": None, "error": None}  # fmt: skip
-            echoed: dict[str, str] = {}
-            start = time.perf_counter()
-            try:
-                response = client.request(method, target, headers=dict(headers or {}))
-            except httpx.HTTPError as exc:
-                row["latency_ms"] = (time.perf_counter() - start) * 1000
-                row["error"] = _describe_error(exc)
-            else:
-                row["latency_ms"] = (time.perf_counter() - start) * 1000
-                row["status"] = response.status_code
-                served_by, echoed = _parse_echo(response.text)
-                row["served_by"] = served_by or response.headers.get("x-served-by")
-                row["instance"] = response.headers.get(INSTANCE_HEADER)
-                row["x_request_id"] = echoed.get("X-Request-Id") or response.headers.get("x-request-id")
-                if served_by is None and response.status_code >= 400:
-                    # Envoy's own answers: "no healthy upstream", "upstream connect error ..."
-                    row["error"] = response.text.strip().split("\n", 1)[0][:120] or response.reason_phrase
-            if include_headers:
-                row.update(echoed)
-            rows.append(row)
-    df = pd.DataFrame(rows)
-    df["status"] = df["status"].astype("Int64")
-    df["latency_ms"] = df["latency_ms"].astype(float)
-    df["instance"] = pd.to_numeric(df["instance"], errors="coerce").astype("Int64")
-    return df
-
-
-# --------------------------------------------------------------------------- config_dump
+#: The fields of each reader's records, in the order a table shows them.
+COLUMNS = {
+    "clusters": ["name", "version_info", "last_updated", "type", "lb_policy", "source"],
+    "endpoints": ["cluster", "address", "port", "health", "weight", "priority", "hostname"],
+    "listeners": ["name", "address", "port", "version_info", "state", "last_updated", "error_state"],
+    "routes": ["route_config", "version_info", "virtual_host", "domains", "match", "cluster", "last_updated", "source"],
+}
 
 
 def _configs(admin: EnvoyAdmin, resource: str, include_eds: bool = False) -> list[dict]:
@@ -159,21 +43,6 @@ def _socket(address: Mapping | None) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _timestamps(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    import pandas as pd
-
-    for column in columns:
-        if column in df:
-            df[column] = pd.to_datetime(df[column], utc=True, errors="coerce")
-    return df
-
-
-def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=columns)
-
-
 def _cluster_type(cluster: Mapping) -> str:
     if "cluster_type" in cluster:  # custom cluster extension
         return cluster["cluster_type"].get("name", "custom")
@@ -187,7 +56,7 @@ def _lb_policy(cluster: Mapping) -> str:
     return cluster.get("lb_policy", "ROUND_ROBIN")
 
 
-def clusters_table(admin: Any, *, include_static: bool = False) -> pd.DataFrame:
+def cluster_rows(admin: Any, *, include_static: bool = False) -> list[dict[str, Any]]:
     """Clusters Envoy has accepted over CDS (plus bootstrap ones with include_static)."""
     admin = as_admin(admin)
     rows = []
@@ -205,11 +74,10 @@ def clusters_table(admin: Any, *, include_static: bool = False) -> pd.DataFrame:
                 "lb_policy": _lb_policy(cluster),
                 "source": source,
             })  # fmt: skip
-    columns = ["name", "version_info", "last_updated", "type", "lb_policy"] + (["source"] if include_static else [])
-    return _timestamps(_frame(rows, columns), "last_updated")
+    return rows
 
 
-def _endpoint_rows(assignment: Mapping, cluster: str) -> Iterable[dict]:
+def _assignment_rows(assignment: Mapping, cluster: str) -> Iterable[dict]:
     for group in assignment.get("endpoints") or []:
         for lb in group.get("lb_endpoints") or []:
             endpoint = lb.get("endpoint") or {}
@@ -225,7 +93,7 @@ def _endpoint_rows(assignment: Mapping, cluster: str) -> Iterable[dict]:
             }
 
 
-def endpoints_table(admin: Any, cluster: str | None = None, *, include_static: bool = False) -> pd.DataFrame:
+def endpoint_rows(admin: Any, cluster: str | None = None, *, include_static: bool = False) -> list[dict[str, Any]]:
     """Endpoints as Envoy's cluster manager holds them: EDS ones and DNS/inline ones alike.
 
     Uses /config_dump?include_eds, whose dynamic_endpoint_configs cover every
@@ -240,14 +108,11 @@ def endpoints_table(admin: Any, cluster: str | None = None, *, include_static: b
             assignment = entry.get("endpoint_config", {})
             name = assignment.get("cluster_name")
             if cluster is None or name == cluster:
-                rows.extend(_endpoint_rows(assignment, name))
-    columns = ["cluster", "address", "port", "health", "weight", "priority", "hostname"]
-    df = _frame(rows, columns)
-    df["port"] = df["port"].astype("Int64")
-    return df
+                rows.extend(_assignment_rows(assignment, name))
+    return rows
 
 
-def listeners_table(admin: Any) -> pd.DataFrame:
+def listener_rows(admin: Any) -> list[dict[str, Any]]:
     """One row per listener state (active, warming, draining) and per rejected update (error)."""
     admin = as_admin(admin)
     rows: list[dict] = []
@@ -270,10 +135,7 @@ def listeners_table(admin: Any) -> pd.DataFrame:
             address, port = _socket((error.get("failed_configuration") or {}).get("address"))
             rows.append({"name": name, "address": address, "port": port, "version_info": None, "state": "error",
                          "last_updated": error.get("last_update_attempt"), "error_state": error.get("details")})  # fmt: skip
-    columns = ["name", "address", "port", "version_info", "state", "last_updated", "error_state"]
-    df = _timestamps(_frame(rows, columns), "last_updated")
-    df["port"] = df["port"].astype("Int64")
-    return df
+    return rows
 
 
 def _describe_match(match: Mapping) -> str:
@@ -312,7 +174,7 @@ def _describe_action(route: Mapping) -> str:
     return "?"
 
 
-def _route_rows(route_config: Mapping, version: str | None, updated: str | None, source: str) -> Iterable[dict]:
+def _config_route_rows(route_config: Mapping, version: str | None, updated: str | None, source: str) -> Iterable[dict]:
     for vhost in route_config.get("virtual_hosts") or []:
         for route in vhost.get("routes") or []:
             yield {
@@ -338,21 +200,20 @@ def _inline_route_configs(listener: Mapping) -> Iterable[Mapping]:
                 yield typed["route_config"]
 
 
-def routes_table(admin: Any) -> pd.DataFrame:
+def route_rows(admin: Any) -> list[dict[str, Any]]:
     """Every route in order of evaluation: RDS route configs, then ones inline in listeners."""
     admin = as_admin(admin)
     rows: list[dict] = []
     for entry in _configs(admin, "dynamic_route_configs"):
-        rows.extend(_route_rows(entry.get("route_config", {}), entry.get("version_info"), entry.get("last_updated"), "rds"))
+        rows.extend(_config_route_rows(entry.get("route_config", {}), entry.get("version_info"), entry.get("last_updated"), "rds"))
     for entry in _configs(admin, "dynamic_listeners"):
         active = entry.get("active_state")
         if not active:
             continue
         for route_config in _inline_route_configs(active.get("listener", {})):
-            rows.extend(_route_rows(route_config, active.get("version_info"), active.get("last_updated"),
+            rows.extend(_config_route_rows(route_config, active.get("version_info"), active.get("last_updated"),
                                     f"inline in {entry.get('name')}"))  # fmt: skip
-    columns = ["route_config", "version_info", "virtual_host", "domains", "match", "cluster", "last_updated", "source"]
-    return _timestamps(_frame(rows, columns), "last_updated")
+    return rows
 
 
 def sandbox_endpoint(admin: Any, cluster: str | None = None, *, as_dict: bool = False) -> str | dict | None:
@@ -389,54 +250,3 @@ def sandbox_endpoint(admin: Any, cluster: str | None = None, *, as_dict: bool = 
                     return dict(sock)
                 return f"{sock.get('address')}:{sock.get('port_value', 0)}"
     return None
-
-
-def stats_table(admin: Any, filter: str | None = None, *, nonzero: bool = False) -> pd.DataFrame:
-    """Counters and gauges matching Envoy's regex `filter` (e.g. "cluster.service1.upstream_rq")."""
-    stats = as_admin(admin).stats(filter)
-    rows = [{"name": k, "value": v} for k, v in sorted(stats.items()) if v or not nonzero]
-    df = _frame(rows, ["name", "value"])
-    df["value"] = df["value"].astype("int64")
-    return df
-
-
-# --------------------------------------------------------------------------- display
-
-_UNITS = {"_ms": "ms", "_s": "s", "_bytes": "bytes", "_pct": "%"}
-
-
-def _header(column: str) -> str:
-    """latency_ms -> "latency (ms)", x_request_id -> "x request id"."""
-    for suffix, unit in _UNITS.items():
-        if column.endswith(suffix):
-            return f"{column.removesuffix(suffix).replace('_', ' ')} ({unit})"
-    return column.replace("_", " ")
-
-
-def _time_of_day(value: Any) -> str:
-    import pandas as pd
-
-    if pd.isna(value):
-        return ""
-    if value.tzinfo is not None:
-        value = value.tz_convert("UTC")
-    return value.strftime("%H:%M:%S.%f")[:-3]
-
-
-def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) -> Styler:
-    """A notebook-ready view: no index, units in headers, blanks instead of NaN.
-
-    Timestamps (all UTC in labxds's tables) show as the time of day to the millisecond, with
-    "(UTC)" in their header.
-    """
-    import pandas as pd
-
-    times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
-    headers = {c: _header(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
-    view = df.rename(columns=headers)
-    styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
-    if times:
-        styler = styler.format(_time_of_day, subset=[headers[c] for c in times])
-    if caption:
-        styler = styler.set_caption(caption)
-    return styler

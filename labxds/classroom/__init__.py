@@ -1,0 +1,34 @@
+"""A class on one control plane: the workshop, its learners, their snapshots, exercises and the desk.
+
+``workshop`` runs the instructor's control plane with a roster, tokens, groups and per-learner
+snapshots; ``learners`` says who a learner is and where their Envoy lives; ``templates`` build a
+learner's own snapshot; ``exercises`` check a learner's real Envoy; ``desk`` is the HTTP door
+learners push and report through.
+"""
+
+from ..tls import TOKEN_HEADER
+from .desk import Desk, LearnerSession
+from .exercises import EXERCISES, CheckResult, Exercise
+from .learners import Learner, learner_bootstrap
+from .templates import SnapshotSpec, Template, broken_listener, canary, describe_spec, render, routes, sandbox
+from .workshop import Workshop
+
+__all__ = [
+    "EXERCISES",
+    "TOKEN_HEADER",
+    "CheckResult",
+    "Desk",
+    "Exercise",
+    "Learner",
+    "LearnerSession",
+    "SnapshotSpec",
+    "Template",
+    "Workshop",
+    "broken_listener",
+    "canary",
+    "describe_spec",
+    "learner_bootstrap",
+    "render",
+    "routes",
+    "sandbox",
+]

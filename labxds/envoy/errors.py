@@ -1,0 +1,38 @@
+"""What can go wrong running Envoy, in words a learner can act on."""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------- errors
+
+
+class EnvoyError(RuntimeError):
+    """Base class: anything that went wrong running Envoy."""
+
+
+class EnvoyNotFound(EnvoyError, FileNotFoundError):
+    """No Envoy binary: the lab cannot run without one."""
+
+
+class EnvoyPortBusy(EnvoyError):
+    """Another process already listens where this Envoy wants its admin interface."""
+
+    def __init__(self, host: str, port: int, detail: str = "") -> None:
+        self.host, self.port = host, port
+        msg = (
+            f"admin port {port} on {host} is already in use (another Envoy or lab still running?); "
+            f"stop it or choose another admin_port"
+        )
+        super().__init__(msg + (f"\n{detail}" if detail else ""))
+
+
+class EnvoyExited(EnvoyError):
+    """Envoy died before it became usable; carries its exit code and last log lines."""
+
+    def __init__(self, returncode: int | None, log_lines: list[str], what: str = "") -> None:
+        self.returncode = returncode
+        self.log_lines = log_lines
+        head = what or f"Envoy exited during startup with code {returncode}"
+        tail = "\n".join(log_lines) if log_lines else "(no output)"
+        super().__init__(f"{head}; last log lines:\n{tail}")
+
+

@@ -1,0 +1,63 @@
+"""The lab a learner holds in a notebook: the runtime, with what it shows as tables.
+
+``labxds.Lab`` is this class. The runtime below (:class:`labxds.lab.LabRuntime`) starts the
+processes and returns plain records; this layer adds pandas, so the layers under it never need
+it. Every method returns a DataFrame a notebook displays as a table.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..lab.runtime import LabRuntime
+from . import tables
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Lab"]
+
+
+class Lab(LabRuntime):
+    """Control plane + Envoy + echo services, with the sandbox's ports by default.
+
+    ``Lab().start()`` twice returns the same running lab, so re-running a notebook cell is safe.
+    """
+
+    def curl(self, n: int = 1, path: str = "/", **kwargs: Any) -> pd.DataFrame:
+        """``n`` requests through Envoy's listener, one row each (failures are rows too)."""
+        return tables.curl(self.listener_url, n, path=path, **kwargs)
+
+    def clusters(self) -> pd.DataFrame:
+        """The clusters Envoy accepted over CDS (``/config_dump``'s dynamic_active_clusters)."""
+        return tables.clusters_table(self.admin)
+
+    def endpoints_table(self, cluster: str | None = None) -> pd.DataFrame:
+        return tables.endpoints_table(self.admin, cluster)
+
+    def listeners(self) -> pd.DataFrame:
+        return tables.listeners_table(self.admin)
+
+    def routes(self) -> pd.DataFrame:
+        return tables.routes_table(self.admin)
+
+    def sandbox_endpoint(self) -> str | None:
+        """The sandbox's one query: the first endpoint of the first dynamic active cluster."""
+        return tables.sandbox_endpoint(self.admin)  # type: ignore[return-value]
+
+    def stats(self, filter: str | None = None) -> pd.DataFrame:
+        return tables.stats_table(self.admin, filter)
+
+    def status(self) -> pd.DataFrame:
+        """Per type: versions sent, ACKed and NACKed by this lab's Envoy, with its last error."""
+        return tables.status_table(self.cp)
+
+    def trace(self, last: int | None = None, *, node: str | None = None) -> pd.DataFrame:
+        """The xDS conversation with this lab's Envoy: requests, responses, nonces, ACKs and NACKs."""
+        return tables.trace_table(self.cp, node or self.node_id, last)
+
+    def where(self) -> pd.DataFrame:  # type: ignore[override]
+        """What runs where, as a table."""
+        import pandas as pd
+
+        return pd.DataFrame(super().where(), columns=["component", "address", "detail"])

@@ -1,0 +1,172 @@
+"""Tables a learner reads instead of raw JSON: requests through Envoy, and Envoy's own view.
+
+The records come from ``labxds.lab.traffic`` (requests) and ``labxds.envoy.config_dump`` (what
+Envoy holds); here they become pandas frames with proper types, and ``styled`` makes them
+notebook-ready. pandas is imported inside the functions so importing the package stays quick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..envoy import as_admin
+from ..envoy.config_dump import (
+    COLUMNS,
+    cluster_rows,
+    endpoint_rows,
+    listener_rows,
+    route_rows,
+    sandbox_endpoint,
+)
+from ..lab.traffic import send
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
+__all__ = [
+    "clusters_table",
+    "curl",
+    "endpoints_table",
+    "listeners_table",
+    "progress_table",
+    "routes_table",
+    "sandbox_endpoint",
+    "stats_table",
+    "status_table",
+    "styled",
+    "trace_table",
+]
+
+
+def _frame(rows: list[dict], columns: list[str], *, times: tuple[str, ...] = (), ints: tuple[str, ...] = (),
+           epoch: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A frame of ``rows``: ``times`` are Envoy's ISO timestamps, ``epoch`` ours (seconds; 0/None: none)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=columns)
+    for column in epoch:  # naive, as the engine's clock is time.time()
+        df[column] = pd.to_datetime(df[column].where(df[column].astype(bool), None), unit="s")
+    for column in times:
+        df[column] = pd.to_datetime(df[column], utc=True, errors="coerce")
+    for column in ints:
+        df[column] = df[column].astype("Int64")
+    return df
+
+
+def curl(
+    url: str | int,
+    n: int = 1,
+    *,
+    path: str = "/",
+    headers: Mapping[str, str] | None = None,
+    include_headers: bool = False,
+    method: str = "GET",
+    timeout: float = 2.0,
+) -> pd.DataFrame:
+    """Send `n` requests (like `curl` n times) and return one row per request.
+
+    Failures are rows, not exceptions: "connection refused" before Envoy has a listener is part
+    of the lesson. Requests share one keep-alive connection, so with one Envoy worker round
+    robin alternates strictly.
+    """
+    import pandas as pd
+
+    rows = send(url, n, path=path, headers=headers, include_headers=include_headers, method=method, timeout=timeout)
+    df = pd.DataFrame(rows)
+    df["status"] = df["status"].astype("Int64")
+    df["latency_ms"] = df["latency_ms"].astype(float)
+    df["instance"] = pd.to_numeric(df["instance"], errors="coerce").astype("Int64")
+    return df
+
+
+def clusters_table(admin: Any, *, include_static: bool = False) -> pd.DataFrame:
+    """Clusters Envoy has accepted over CDS (plus bootstrap ones with include_static)."""
+    columns = COLUMNS["clusters"] if include_static else COLUMNS["clusters"][:-1]
+    return _frame(cluster_rows(admin, include_static=include_static), columns, times=("last_updated",))
+
+
+def endpoints_table(admin: Any, cluster: str | None = None, *, include_static: bool = False) -> pd.DataFrame:
+    """Endpoints as Envoy's cluster manager holds them: EDS ones and DNS/inline ones alike."""
+    rows = endpoint_rows(admin, cluster, include_static=include_static)
+    return _frame(rows, COLUMNS["endpoints"], ints=("port",))
+
+
+def listeners_table(admin: Any) -> pd.DataFrame:
+    """One row per listener state (active, warming, draining) and per rejected update (error)."""
+    return _frame(listener_rows(admin), COLUMNS["listeners"], times=("last_updated",), ints=("port",))
+
+
+def routes_table(admin: Any) -> pd.DataFrame:
+    """Every route in order of evaluation: RDS route configs, then ones inline in listeners."""
+    return _frame(route_rows(admin), COLUMNS["routes"], times=("last_updated",))
+
+
+def status_table(control_plane: Any) -> pd.DataFrame:
+    """Per node and type: versions sent, ACKed and NACKed, with Envoy's last error."""
+    columns = ["node", "connected_since", "last_seen", "type", "sent", "acked", "nacked", "nack_error"]
+    return _frame(control_plane.status(), columns, epoch=("connected_since", "last_seen"))
+
+
+def trace_table(control_plane: Any, node: str | None = None, last: int | None = None) -> pd.DataFrame:
+    """The xDS conversation, oldest first: requests, responses, versions, nonces, ACKs and NACKs."""
+    columns = ["time", "node", "stream", "direction", "type", "kind", "version", "nonce", "resources", "removed", "error"]
+    return _frame(control_plane.trace(node, last), columns, epoch=("time",))
+
+
+def progress_table(workshop: Any) -> pd.DataFrame:
+    """A workshop's exercise results, one row per learner and exercise."""
+    columns = ["learner", "exercise", "passed", "confirmed", "detail", "evidence", "hint", "at"]
+    return _frame(workshop.progress_rows(), columns, epoch=("at",))
+
+
+def stats_table(admin: Any, filter: str | None = None, *, nonzero: bool = False) -> pd.DataFrame:
+    """Counters and gauges matching Envoy's regex `filter` (e.g. "cluster.service1.upstream_rq")."""
+    stats = as_admin(admin).stats(filter)
+    rows = [{"name": k, "value": v} for k, v in sorted(stats.items()) if v or not nonzero]
+    df = _frame(rows, ["name", "value"])
+    df["value"] = df["value"].astype("int64")
+    return df
+
+
+# --------------------------------------------------------------------------- display
+
+_UNITS = {"_ms": "ms", "_s": "s", "_bytes": "bytes", "_pct": "%"}
+
+
+def _header(column: str) -> str:
+    """latency_ms -> "latency (ms)", x_request_id -> "x request id"."""
+    for suffix, unit in _UNITS.items():
+        if column.endswith(suffix):
+            return f"{column.removesuffix(suffix).replace('_', ' ')} ({unit})"
+    return column.replace("_", " ")
+
+
+def _time_of_day(value: Any) -> str:
+    import pandas as pd
+
+    if pd.isna(value):
+        return ""
+    if value.tzinfo is not None:
+        value = value.tz_convert("UTC")
+    return value.strftime("%H:%M:%S.%f")[:-3]
+
+
+def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) -> Styler:
+    """A notebook-ready view: no index, units in headers, blanks instead of NaN.
+
+    Timestamps (all UTC in labxds's tables) show as the time of day to the millisecond, with
+    "(UTC)" in their header.
+    """
+    import pandas as pd
+
+    times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
+    headers = {c: _header(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
+    view = df.rename(columns=headers)
+    styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
+    if times:
+        styler = styler.format(_time_of_day, subset=[headers[c] for c in times])
+    if caption:
+        styler = styler.set_caption(caption)
+    return styler

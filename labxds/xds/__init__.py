@@ -1,0 +1,75 @@
+"""The control plane itself: resources, snapshots, the xDS protocol, and the ControlPlane that runs it.
+
+``resource_types`` knows the type URLs; ``messages`` and ``json_form`` turn inputs (protobuf
+messages, dicts, YAML, envoy-data-plane objects) into messages; ``snapshot`` holds one version of
+a node's configuration and checks its references; ``cache`` keeps snapshots per node; ``wire``
+pre-encodes responses; ``server`` speaks SotW and Delta; ``tracking`` records what each node
+ACKed or NACKed; ``control_plane`` runs it all on an event loop of its own; ``builders`` write
+common resources in a line each. Nothing here needs pandas, Jupyter, an HTTP client or Envoy.
+"""
+
+from .builders import (
+    api_listener,
+    cluster,
+    http_listener,
+    load_assignment,
+    route_configuration,
+    sandbox_resources,
+    sandbox_snapshot,
+    socket_address,
+)
+from .cache import SnapshotCache
+from .control_plane import ControlPlane, PortInUseError
+from .messages import ResourceError, to_dict, to_message
+from .resource_types import (
+    CLUSTER,
+    ENDPOINT,
+    EXTENSION_CONFIG,
+    LISTENER,
+    ROUTE,
+    RUNTIME,
+    SCOPED_ROUTE,
+    SECRET,
+)
+from .snapshot import ConsistencyError, Snapshot
+from .tracking import (
+    NodeStatus,
+    PushRejected,
+    PushTimeout,
+    TraceEvent,
+    Tracker,
+    TypeStatus,
+)
+
+__all__ = [
+    "CLUSTER",
+    "ENDPOINT",
+    "EXTENSION_CONFIG",
+    "LISTENER",
+    "ROUTE",
+    "RUNTIME",
+    "SCOPED_ROUTE",
+    "SECRET",
+    "ConsistencyError",
+    "ControlPlane",
+    "NodeStatus",
+    "PortInUseError",
+    "PushRejected",
+    "PushTimeout",
+    "ResourceError",
+    "Snapshot",
+    "SnapshotCache",
+    "TraceEvent",
+    "Tracker",
+    "TypeStatus",
+    "api_listener",
+    "cluster",
+    "http_listener",
+    "load_assignment",
+    "route_configuration",
+    "sandbox_resources",
+    "sandbox_snapshot",
+    "socket_address",
+    "to_dict",
+    "to_message",
+]
