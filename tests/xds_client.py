@@ -378,3 +378,22 @@ def beat_timers(cp) -> list:
     """Heartbeat timers (rule 14) pending on the server's event loop."""
     return [h for h in list(cp._loop._scheduled) if not h.cancelled()
             and getattr(h._callback, "__name__", "") == "_timer_fired"]
+
+
+def ads_once(channel: grpc.Channel, node: str, metadata: tuple = ()) -> discovery_pb2.DiscoveryResponse:
+    """One ADS request for clusters as ``node``; the first response (gRPC errors raise)."""
+    rpc = channel.stream_stream("/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources", request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                                response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
+    request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
+    request.node.id = node
+    call = rpc(iter([request]), timeout=5, metadata=metadata)
+    try:
+        return next(call)
+    finally:
+        call.cancel()
+
+
+def tls_channel(port: int, credentials: grpc.ChannelCredentials, server_name: str = "labxds-control-plane") -> grpc.Channel:
+    """A channel to 127.0.0.1:port that checks the control plane's certificate for ``server_name``."""
+    return grpc.secure_channel(f"127.0.0.1:{port}", credentials,
+                               options=[("grpc.ssl_target_name_override", server_name)])

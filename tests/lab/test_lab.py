@@ -21,7 +21,7 @@ from labxds.xds import PortInUseError
 
 pytestmark = pytest.mark.envoy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ from envoy_helpers import free_port
 
 from labxds.lab import EchoFleet, EchoService, format_echo, start_services
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from envoy_helpers import free_port, presented_certificate, serial_hex
-from test_snapshot_files import (
+from snapshot_files_helpers import (
     atomic_write,
     cluster_version,
     curl,
@@ -26,7 +26,7 @@ from labxds.envoy import Envoy, render_bootstrap
 from labxds.files import load_path
 from labxds.lab import EchoService
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVING = re.compile(r"serving ADS \(SotW and Delta\) on 127\.0\.0\.1:(\d+) from ")
 
 
@@ -168,7 +168,7 @@ def test_serve_over_mutual_tls_ties_node_ids_and_picks_up_a_renewed_certificate(
     handshake, a certificate serves only the node it names, and a renewed server certificate is
     presented from the next connection on, with no restart."""
     import grpc
-    from test_security import _ads_once, _tls_channel
+    from xds_client import ads_once, tls_channel
 
     from labxds.tls import (
         channel_credentials,
@@ -184,23 +184,23 @@ def test_serve_over_mutual_tls_ties_node_ids_and_picks_up_a_renewed_certificate(
     serve = serve_proc(tmp_path / "snap", extra=("--tls", str(tmp_path / "tls"), "--tie-node-ids"))
     port = serve.serving_port()
     assert "watching for changes; mutual TLS, node ids tied to client certificates (Ctrl-C" in serve.line
-    with _tls_channel(port, channel_credentials(files)) as channel:
-        assert _ads_once(channel, "edge-1").type_url == CLUSTER
+    with tls_channel(port, channel_credentials(files)) as channel:
+        assert ads_once(channel, "edge-1").type_url == CLUSTER
         with pytest.raises(grpc.RpcError) as info:
-            _ads_once(channel, "edge-2")  # edge-1's certificate, another node id
+            ads_once(channel, "edge-2")  # edge-1's certificate, another node id
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     for credentials in (channel_credentials(other), channel_credentials(files, client_certificate=False)):
-        with _tls_channel(port, credentials) as channel, pytest.raises(grpc.RpcError) as info:
-            _ads_once(channel, "edge-1")
+        with tls_channel(port, credentials) as channel, pytest.raises(grpc.RpcError) as info:
+            ads_once(channel, "edge-1")
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     with grpc.insecure_channel(f"127.0.0.1:{port}") as plain, pytest.raises(grpc.RpcError):
-        _ads_once(plain, "edge-1")
+        ads_once(plain, "edge-1")
 
     renewed = renew_server_certificate(files, ca).certificate.serial_number
     assert presented_certificate(port, files.client_cert, files.client_key).serial_number == renewed
     serve.wait_stderr(f"new connections to the ADS port get server.pem serial {serial_hex(renewed)}")
-    with _tls_channel(port, channel_credentials(files)) as channel:
-        assert _ads_once(channel, "edge-1").type_url == CLUSTER
+    with tls_channel(port, channel_credentials(files)) as channel:
+        assert ads_once(channel, "edge-1").type_url == CLUSTER
     assert serve.stop() == 0
 
 

@@ -25,9 +25,8 @@ import grpc  # noqa: E402
 import pytest  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
-from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 from envoy_helpers import free_port, presented_certificate, serial_hex  # noqa: E402
-from xds_client import SotwClient, eventually, names  # noqa: E402
+from xds_client import SotwClient, ads_once, eventually, names, tls_channel  # noqa: E402
 
 from labxds import CLUSTER, ControlPlane, Snapshot, cluster, sandbox_snapshot  # noqa: E402
 from labxds.envoy import (  # noqa: E402  # noqa: E402
@@ -56,7 +55,7 @@ from labxds.xds import ResourceError  # noqa: E402
 from labxds.xds.messages import from_yaml  # noqa: E402
 from labxds.xds.server import PEER_COMMON_NAME  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 
@@ -222,44 +221,27 @@ def tls(tmp_path):
     return files, other
 
 
-def _ads_once(channel: grpc.Channel, node: str, metadata: tuple = ()) -> discovery_pb2.DiscoveryResponse:
-    rpc = channel.stream_stream(ADS, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                                response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
-    request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
-    request.node.id = node
-    call = rpc(iter([request]), timeout=5, metadata=metadata)
-    try:
-        return next(call)
-    finally:
-        call.cancel()
-
-
 def _tls_context(bootstrap: dict) -> dict:
     return bootstrap["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]
-
-
-def _tls_channel(port: int, credentials: grpc.ChannelCredentials) -> grpc.Channel:
-    return grpc.secure_channel(f"127.0.0.1:{port}", credentials,
-                               options=[("grpc.ssl_target_name_override", SERVER_NAME)])
 
 
 def test_mtls_python_clients_need_a_certificate_from_the_lab_ca(tls):
     files, other = tls
     with ControlPlane(0, server_credentials=server_credentials(files)) as cp:
         cp.set_snapshot(Snapshot([cluster("only", [("127.0.0.1", 1)], type="STATIC")], version="1"))
-        with _tls_channel(cp.port, channel_credentials(files)) as channel:
-            assert names(_ads_once(channel, "good")) == ["only"]
+        with tls_channel(cp.port, channel_credentials(files)) as channel:
+            assert names(ads_once(channel, "good")) == ["only"]
         refused = {
             "certificate from another CA": channel_credentials(
                 files.__class__(files.ca, files.server_cert, files.server_key, other.client_cert, other.client_key)),
             "no certificate": channel_credentials(files, client_certificate=False),
         }
         for what, credentials in refused.items():
-            with _tls_channel(cp.port, credentials) as channel, pytest.raises(grpc.RpcError) as info:
-                _ads_once(channel, what)
+            with tls_channel(cp.port, credentials) as channel, pytest.raises(grpc.RpcError) as info:
+                ads_once(channel, what)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (what, info.value)
         with grpc.insecure_channel(cp.address) as plain, pytest.raises(grpc.RpcError) as info:
-            _ads_once(plain, "plaintext")
+            ads_once(plain, "plaintext")
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert cp.tracker.node("good") is not None
         for who in (*refused, "plaintext"):
@@ -404,8 +386,8 @@ def test_a_bad_renewal_is_reported_by_file_and_the_certificate_in_use_stays(tmp_
             assert _served_certificate(cp.port, files).serial_number == serial, message
             assert message in caplog.text
             assert "the ADS port keeps its certificate" in caplog.text
-            with _tls_channel(cp.port, channel_credentials(files)) as channel:  # RPCs go on
-                assert names(_ads_once(channel, "still-served")) == ["only"]
+            with tls_channel(cp.port, channel_credentials(files)) as channel:  # RPCs go on
+                assert names(ads_once(channel, "still-served")) == ["only"]
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == len(mistakes)  # each reported once, not at every handshake
         _served_certificate(cp.port, files)
@@ -462,8 +444,8 @@ def test_rotating_to_a_new_ca_without_restarting_envoy(tmp_path):
                           timeout=15)
         assert peers[-1] == "envoy-new-ca"
         # a client still holding an old-CA certificate is refused at the handshake
-        with _tls_channel(cp.port, channel_credentials(old_client)) as channel, pytest.raises(grpc.RpcError) as info:
-            _ads_once(channel, "old-client")
+        with tls_channel(cp.port, channel_credentials(old_client)) as channel, pytest.raises(grpc.RpcError) as info:
+            ads_once(channel, "old-client")
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         envoy.stop()
@@ -481,23 +463,23 @@ def test_certificate_authorizer_ties_each_client_certificate_to_its_node(tmp_pat
     auth = CertificateAuthorizer()
     with ControlPlane(0, server_credentials=server_credentials(alice), authorize=auth) as cp:
         cp.set_snapshot(Snapshot([cluster("only", [("127.0.0.1", 1)], type="STATIC")], version="1"))
-        with _tls_channel(cp.port, channel_credentials(alice)) as channel:
-            assert names(_ads_once(channel, "alice")) == ["only"]
+        with tls_channel(cp.port, channel_credentials(alice)) as channel:
+            assert names(ads_once(channel, "alice")) == ["only"]
             with pytest.raises(grpc.RpcError) as info:
-                _ads_once(channel, "bob")  # alice's certificate, bob's node id
+                ads_once(channel, "bob")  # alice's certificate, bob's node id
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        with _tls_channel(cp.port, channel_credentials(bob)) as channel:
-            assert names(_ads_once(channel, "bob")) == ["only"]
+        with tls_channel(cp.port, channel_credentials(bob)) as channel:
+            assert names(ads_once(channel, "bob")) == ["only"]
         assert auth.refused == 1 and "its client certificate names alice" in caplog.text
         assert cp.tracker.node("alice") is not None and cp.tracker.node("bob") is not None
 
     with ControlPlane(0, authorize=auth) as plain, grpc.insecure_channel(plain.address) as channel:
         with pytest.raises(grpc.RpcError) as info:  # no TLS: nothing to tie the node id to
-            _ads_once(channel, "alice")
+            ads_once(channel, "alice")
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "no verified client certificate" in caplog.text
     with grpc.insecure_channel("127.0.0.1:1") as channel, pytest.raises(grpc.RpcError) as info:
-        _ads_once(channel, "alice", metadata=((":x509-common-name", "alice"),))  # and no client can
+        ads_once(channel, "alice", metadata=((":x509-common-name", "alice"),))  # and no client can
     assert info.value.code() == grpc.StatusCode.INTERNAL  # pass itself off through metadata
 
 
@@ -556,8 +538,8 @@ def test_tokens_with_the_test_client(caplog):
     with ControlPlane(0, authorize=auth) as cp:
         _two_node_snapshots(cp, free_port(), free_port())
         with grpc.insecure_channel(cp.address) as channel:
-            assert names(_ads_once(channel, "node-a", ((TOKEN_HEADER, "token-a"),))) == ["example_proxy_cluster"]
-            assert "node-b-secret" in names(_ads_once(channel, "node-b", ((TOKEN_HEADER, "token-b"),)))
+            assert names(ads_once(channel, "node-a", ((TOKEN_HEADER, "token-a"),))) == ["example_proxy_cluster"]
+            assert "node-b-secret" in names(ads_once(channel, "node-b", ((TOKEN_HEADER, "token-b"),)))
             attempts = {
                 "wrong token": ("node-a", ((TOKEN_HEADER, "nope"),)),
                 "no token": ("node-a", ()),
@@ -566,7 +548,7 @@ def test_tokens_with_the_test_client(caplog):
             }
             for what, (node, metadata) in attempts.items():
                 with pytest.raises(grpc.RpcError) as info:
-                    _ads_once(channel, node, metadata)
+                    ads_once(channel, node, metadata)
                 assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, what
                 assert node in info.value.details(), what
         assert auth.refused == len(attempts)

@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))  # every notebook: saved stripped, runs
 LESSONS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))  # the course: goal, checks, re-runnable
 CELL_TIMEOUT = 60  # seconds per cell

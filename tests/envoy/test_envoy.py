@@ -33,7 +33,7 @@ from labxds.envoy import (
 
 pytestmark = pytest.mark.envoy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _gone(pid: int) -> bool:
