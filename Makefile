@@ -2,6 +2,7 @@
 #
 #   make lab     set up .venv if needed, then JupyterLab on notebooks/ (http://127.0.0.1:8888)
 #   make test    set up .venv if needed, then the whole test suite (PYTEST_ARGS="-k foo" to narrow)
+#   make test-install  also install labxds[notebook] into a clean environment (slow)
 #   make venv    only the set-up: .venv with requirements.txt and labxds (editable)
 #   make clean   remove .venv and caches
 #
@@ -24,10 +25,10 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help lab test venv clean
+.PHONY: help lab test test-install venv clean
 
 help:
-	@sed -n '3,6s/^# *//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,8s/^# *//p' $(firstword $(MAKEFILE_LIST))
 
 venv: $(STAMP)
 
@@ -53,7 +54,12 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	@out=$$($(IN_VENV) $(BIN)/lint-imports --no-cache 2>&1) || { echo "$$out"; exit 1; }; \
 	  echo "lint-imports (the layers, pyproject.toml): $$(echo "$$out" | tail -n 1)"
+	@out=$$($(IN_VENV) $(BIN)/mypy 2>&1) || { echo "$$out"; exit 1; }; echo "mypy (labxds; strict for labxds.xds): $$out"
 	$(IN_VENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The slow half of tests/test_packaging.py: labxds[notebook] (JupyterLab) into a clean environment.
+test-install: $(STAMP)
+	LABXDS_TEST_NOTEBOOK_EXTRA=1 $(IN_VENV) $(BIN)/python -m pytest tests/test_packaging.py $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	@test -d notebooks || { echo "notebooks/ is missing: run make lab from the labxds repository" >&2; exit 1; }

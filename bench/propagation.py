@@ -370,7 +370,7 @@ def main() -> int:
     ports = {name: svc.port for name, svc in services.items()}
     cp = ControlPlane(port=0).start()
     modes: list[Mode] = [LabxdsMode(False, ports, cp), LabxdsMode(True, ports, cp), FloorMode(ports)]
-    snapshot_files = (ROOT / "labxds" / "snapshot_files.py").exists()
+    snapshot_files = (ROOT / "labxds" / "files").is_dir()
     if snapshot_files:
         modes += [SnapshotFileMode(ports, split=True), SnapshotFileMode(ports, split=False)]
         modes += [SnapshotFileMode(ports, split=True, what_if=w) for w in args.what_if.split(";") if w]

@@ -11,6 +11,9 @@ can show how close to Envoy's filesystem floor a file row could get without it:
 * ``loop``: inotify is read on the control plane's event loop and the reload runs there (no hop
   from the watcher's thread to the server's).
 * ``nolog``: no "pushed ..." line per push.
+* ``json_format``: resources are parsed by protobuf's ``json_format.ParseDict`` alone, without
+  labxds's fast path (``labxds/xds/json_form.py``): the comparison that decides whether the fast
+  path is worth its code (docs/benchmarks.md).
 
     python bench/serve_whatif.py bound,loop,nolog serve --snapshot DIR --port N
 """
@@ -28,7 +31,7 @@ from labxds.files import load as files_load  # noqa: E402
 from labxds.files import parse as files_parse  # noqa: E402
 from labxds.files import watch as files_watch  # noqa: E402
 
-SWITCHES = ("bound", "loop", "nolog")
+SWITCHES = ("bound", "loop", "nolog", "json_format")
 
 
 def _bound() -> None:
@@ -65,11 +68,23 @@ def _nolog() -> None:
     files_watch.SnapshotWatcher._log_push = staticmethod(lambda *a: None)  # type: ignore[method-assign]
 
 
+def _json_format() -> None:
+    from google.protobuf import json_format
+
+    from labxds.xds import json_form, messages
+
+    def parse(data: Any, msg: Any) -> None:
+        json_form._import_nested_types(data)  # what json_form's fallback does before json_format
+        json_format.ParseDict(data, msg)
+
+    messages.parse_dict = parse  # type: ignore[assignment]
+
+
 if __name__ == "__main__":
     chosen = [s for s in sys.argv[1].split(",") if s]
     unknown = sorted(set(chosen) - set(SWITCHES))
     if unknown:
         raise SystemExit(f"unknown what-if switch {unknown[0]!r} (choose from {', '.join(SWITCHES)})")
     for name in chosen:
-        {"bound": _bound, "loop": _loop, "nolog": _nolog}[name]()
+        {"bound": _bound, "loop": _loop, "nolog": _nolog, "json_format": _json_format}[name]()
     raise SystemExit(main(sys.argv[2:]))

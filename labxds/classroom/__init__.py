@@ -10,7 +10,16 @@ from ..tls import TOKEN_HEADER
 from .desk import Desk, LearnerSession
 from .exercises import EXERCISES, CheckResult, Exercise
 from .learners import Learner, learner_bootstrap
-from .templates import SnapshotSpec, Template, broken_listener, canary, describe_spec, render, routes, sandbox
+from .templates import (
+    SnapshotSpec,
+    Template,
+    broken_listener,
+    canary,
+    describe_spec,
+    render,
+    routes,
+    sandbox,
+)
 from .workshop import Workshop
 
 __all__ = [

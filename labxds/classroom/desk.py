@@ -32,9 +32,14 @@ from .templates import (
 class DeskWorkshop(Protocol):
     """What the desk needs of a workshop (``Workshop`` is one): no more, so each can change alone."""
 
-    exercises: Mapping[str, Exercise]
-    token_required: bool
-    tls_files: Any  # labxds.tls.TlsFiles when the desk serves HTTPS
+    @property
+    def exercises(self) -> Mapping[str, Exercise]: ...
+
+    @property
+    def token_required(self) -> bool: ...
+
+    @property
+    def tls_files(self) -> Any: ...  # labxds.tls.TlsFiles when the desk serves HTTPS
 
     def authorize(self, node_id: str, metadata: Mapping[str, str]) -> bool: ...
 
@@ -196,7 +201,7 @@ class LearnerSession:
         response = self._client.post(f"/v1/learners/{self.name}/{what}", json=body)
         data = response.json()
         if response.status_code == 409:
-            raise PushRejected({tuple(k.split(" ", 1)): v for k, v in data["rejected"].items()})  # type: ignore[misc]
+            raise PushRejected({tuple(k.split(" ", 1)): v for k, v in data["rejected"].items()})
         if response.status_code == 504:
             raise PushTimeout([self.name], float(body.get("timeout", 10)))
         if response.status_code == 403:

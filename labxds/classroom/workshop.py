@@ -36,22 +36,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..net.addresses import parse_address
-from ..tls import TOKEN_HEADER
 from ..xds.control_plane import ControlPlane
 from ..xds.snapshot import Snapshot
 from ..xds.tracking import PushRejected, PushTimeout, remover
-from .desk import Desk, LearnerSession
+from .desk import Desk
 from .exercises import EXERCISES, CheckResult, Exercise
-from .learners import Learner, learner_bootstrap
+from .learners import Learner
 from .templates import (
     SnapshotSpec,
-    broken_listener,
-    canary,
     describe_spec,
     render,
-    routes,
-    sandbox,
 )
 
 __all__ = ["Workshop"]

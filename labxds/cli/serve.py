@@ -19,6 +19,8 @@ from ..files import (
 )
 from ..files.parse import PathLike
 
+__all__ = ["add_parser", "run", "serve"]
+
 log = logging.getLogger("labxds.snapshot_files")
 
 
@@ -99,7 +101,7 @@ def serve(
             )
 
             try:
-                credentials = server_credentials(tls_files_in(tls))
+                credentials = server_credentials(tls_files_in(Path(tls)))
             except TlsFileError as exc:
                 print(f"labxds: cannot serve over TLS: {exc}", file=sys.stderr, flush=True)
                 return 2
@@ -128,5 +130,5 @@ def serve(
             control_plane.stop()
         labxds_log.removeHandler(handler)
         labxds_log.setLevel(saved_level)
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for number, old in previous.items():
+            signal.signal(number, old)

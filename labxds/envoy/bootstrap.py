@@ -18,6 +18,23 @@ from ..tls.names import CA_SECRET, CLIENT_SECRET, SERVER_NAME, TOKEN_HEADER
 from .binary import find_envoy
 from .errors import EnvoyExited
 
+__all__ = [
+    "TLS_BOOTSTRAP",
+    "ClientTls",
+    "add_token",
+    "admin_address",
+    "ads_cluster_name",
+    "ads_grpc_services",
+    "bootstrap_path",
+    "learner_bootstrap",
+    "remove_token",
+    "render_bootstrap",
+    "render_tls_bootstrap",
+    "validate_bootstrap",
+    "without_client_certificate",
+    "write_bootstrap",
+]
+
 
 class ClientTls(Protocol):
     """What a bootstrap needs of a client's TLS files (``labxds.tls.TlsFiles`` is one).

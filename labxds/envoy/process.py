@@ -11,47 +11,46 @@ from __future__ import annotations
 
 import atexit
 import copy
-import ctypes
 import os
 import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import httpx
 
 # --------------------------------------------------------------------------- process
+#: Run in a short-lived Python between spawn and exec: the kernel is to SIGKILL Envoy when its parent
+#: dies (PR_SET_PDEATHSIG survives exec). Done there, not in a preexec_fn, so that this process
+#: never fork()s: subprocess then uses vfork, which runs no fork handlers, so gRPC's threads need no
+#: GRPC_ENABLE_FORK_SUPPORT setting, whatever imported grpc first.
+from ..net.addresses import port_is_free, reachable
+from .admin import EnvoyAdmin
+from .binary import find_envoy
+from .bootstrap import admin_address, write_bootstrap
+from .errors import EnvoyError, EnvoyExited, EnvoyPortBusy
+
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(70)  # the parent died before prctl took effect\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _prctl() -> Callable[..., int] | None:
-    """libc.prctl, resolved in the parent: dlopen after fork in a threaded process can deadlock."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: atexit and stop() still apply
-        return None
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: ask the kernel to SIGKILL Envoy when its parent dies (Linux only)."""
-    prctl = _prctl()
-
-    def preexec() -> None:
-        if prctl is None:
-            return
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+def _dying_with_parent(args: list[str]) -> list[str]:
+    """``args`` started so that Envoy dies with this process (Linux; elsewhere atexit and stop())."""
+    if not sys.platform.startswith("linux"):
+        return args
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *args]
 
 
 class _Spawner:
@@ -92,11 +91,8 @@ class _Spawner:
 
 _RUNNING: set[Envoy] = set()
 
-from ..net.addresses import port_is_free, reachable
-from .admin import EnvoyAdmin
-from .binary import find_envoy
-from .bootstrap import admin_address, write_bootstrap
-from .errors import EnvoyError, EnvoyExited, EnvoyPortBusy
+
+__all__ = ["Envoy"]
 
 _TEMP_DIRS: list[Path] = []
 
@@ -234,15 +230,15 @@ class Envoy:
             address_file = self.workdir / "admin-address"
             address_file.unlink(missing_ok=True)
             args = self.command(config_path)
+            assert self.log_path is not None  # set with the work dir above
             with self.log_path.open("wb") as log:
                 self._proc = _Spawner.popen(
-                    args,
+                    _dying_with_parent(args),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.workdir,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(os.getpid()),
                 )
             _RUNNING.add(self)
         try:
@@ -254,6 +250,7 @@ class Envoy:
 
     def _wait_admin(self, address_file: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        assert self._proc is not None
         while True:
             code = self._proc.poll()
             if code is not None:

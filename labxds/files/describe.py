@@ -8,6 +8,8 @@ from ..xds import resource_types
 from ..xds.resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from ..xds.snapshot import Snapshot
 
+__all__ = ["changed_types", "describe", "same_version_warning"]
+
 log = logging.getLogger("labxds.snapshot_files")
 
 

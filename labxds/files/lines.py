@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import yaml
 
+__all__ = ["key_node", "problem_line", "scalar_line", "search_line", "snake"]
+
 log = logging.getLogger("labxds.snapshot_files")
 
 

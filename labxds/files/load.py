@@ -53,6 +53,8 @@ from .parse import (
     read_file,
 )
 
+__all__ = ["SnapshotSet", "load_path", "load_snapshots", "load_snapshots_with"]
+
 log = logging.getLogger("labxds.snapshot_files")
 
 
@@ -122,7 +124,7 @@ def _load_files(files: Sequence[Path], where: Path, memo: ParseMemo, check: bool
             where, ", ".join(f"{d.path.name}: {d.version}" for d in docs if d.version is not None),
         )
     resources = [r.message for d in docs for r in d.resources]
-    ttl = {(r.type_url, r.name): r.ttl for d in docs for r in d.resources if r.ttl is not None}
+    ttl: dict[str | tuple[str, str], float | None] = {(r.type_url, r.name): r.ttl for d in docs for r in d.resources if r.ttl is not None}
     try:
         snapshot = Snapshot(resources, version=version, check=False, ttl=ttl or None)
     except ResourceError as exc:  # the checks above should have caught it; still name the files

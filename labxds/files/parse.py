@@ -26,6 +26,16 @@ from ..xds.messages import (
 from ..xds.resource_types import ENDPOINT
 from .lines import key_node, problem_line, search_line, snake
 
+__all__ = [
+    "NODES_DIR",
+    "SNAPSHOT_SUFFIXES",
+    "FileResource",
+    "ParseMemo",
+    "PathLike",
+    "SnapshotFileError",
+    "read_file",
+]
+
 log = logging.getLogger("labxds.snapshot_files")
 
 log = logging.getLogger("labxds.snapshot_files")

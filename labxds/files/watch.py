@@ -16,6 +16,8 @@ from .describe import changed_types, describe, same_version_warning
 from .load import SnapshotSet, load_snapshots_with
 from .parse import SNAPSHOT_SUFFIXES, ParseMemo, PathLike, SnapshotFileError
 
+__all__ = ["ErrorCallback", "PushCallback", "SnapshotWatcher"]
+
 log = logging.getLogger("labxds.snapshot_files")
 
 

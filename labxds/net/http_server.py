@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["HttpServer"]
 
@@ -57,7 +57,7 @@ class HttpServer(ThreadingHTTPServer):
             except OSError:
                 pass
 
-    def start(self) -> HttpServer:
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=self.thread_name, daemon=True)
         self._thread.start()

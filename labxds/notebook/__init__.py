@@ -20,7 +20,13 @@ from .tables import (
     styled,
     trace_table,
 )
-from .widgets import CanarySlider, StatusPanel, UpstreamToggle, canary_snapshot, next_version
+from .widgets import (
+    CanarySlider,
+    StatusPanel,
+    UpstreamToggle,
+    canary_snapshot,
+    next_version,
+)
 
 __all__ = [
     "CanarySlider",

@@ -154,12 +154,12 @@ class Dashboard:
                 short = short_name(url)
                 if short in TYPES:
                     row[short] = st.acked_version
-                if st.nacked_at is not None and (latest is None or st.nacked_at > latest[1].nacked_at):
+                if st.nacked_at is not None and (latest is None or st.nacked_at > (latest[1].nacked_at or 0.0)):
                     latest = (short, st)
             if latest is not None:
                 short, st = latest
                 row["last_nack"] = f"{short} v{st.nacked_version}: {st.nack_error or ''}"
-                row["nack_open"] = st.acked_at is None or st.nacked_at > st.acked_at
+                row["nack_open"] = st.acked_at is None or (st.nacked_at or 0.0) > st.acked_at
                 row["nack_at"] = _ts(st.nacked_at)
             results = ws.progress.get(name, {})
             row["passed"] = sum(1 for r in results.values() if r.passed and not r.contradicted)

@@ -56,7 +56,7 @@ class Lab(LabRuntime):
         """The xDS conversation with this lab's Envoy: requests, responses, nonces, ACKs and NACKs."""
         return tables.trace_table(self.cp, node or self.node_id, last)
 
-    def where(self) -> pd.DataFrame:  # type: ignore[override]
+    def where(self) -> pd.DataFrame:  # type: ignore[override,unused-ignore]  # the same rows, as a table
         """What runs where, as a table."""
         import pandas as pd
 

@@ -175,7 +175,7 @@ class UpstreamToggle(_Displayed):
         if served is None:
             return None
         try:
-            sock = served.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+            sock = served.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address  # type: ignore[attr-defined]
         except IndexError:
             return None
         for choice in choices:

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from ..xds.server import PEER_COMMON_NAME, PEER_DNS_NAMES
 from .names import TOKEN_HEADER
 
+__all__ = ["CertificateAuthorizer", "TokenAuthorizer"]
+
 log = logging.getLogger("labxds")
 
 

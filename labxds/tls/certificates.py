@@ -44,6 +44,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .names import CA_SECRET, CLIENT_SECRET, SERVER_NAME
 
+__all__ = [
+    "Credential",
+    "TlsFiles",
+    "issue",
+    "make_ca",
+    "renew_server_certificate",
+    "tls_files_in",
+    "write_tls_files",
+]
+
 log = logging.getLogger("labxds")
 
 

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import serialization
 
 from .certificates import TlsFiles
 
+__all__ = ["TlsFileError", "channel_credentials", "server_credentials", "server_ssl_context"]
+
 log = logging.getLogger("labxds")
 
 
@@ -94,7 +96,7 @@ class _WatchedTlsFiles:
         self.last_error: TlsFileError | None = None
 
     def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
-        out = []
+        out: list[tuple[int, int, int] | None] = []
         for path in (self.files.server_key, self.files.server_cert, self.files.ca):
             try:
                 st = os.stat(path)

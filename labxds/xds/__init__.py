@@ -18,7 +18,7 @@ from .builders import (
     sandbox_snapshot,
     socket_address,
 )
-from .cache import SnapshotCache
+from .cache import ConfigWatcher, SnapshotCache
 from .control_plane import ControlPlane, PortInUseError
 from .messages import ResourceError, to_dict, to_message
 from .resource_types import (
@@ -50,6 +50,7 @@ __all__ = [
     "RUNTIME",
     "SCOPED_ROUTE",
     "SECRET",
+    "ConfigWatcher",
     "ConsistencyError",
     "ControlPlane",
     "NodeStatus",

@@ -81,7 +81,7 @@ def _split(endpoint: Endpoint) -> tuple[str, int, int | None]:
     if len(endpoint) == 2:
         return endpoint[0], int(endpoint[1]), None
     if len(endpoint) == 3:
-        return endpoint[0], int(endpoint[1]), int(endpoint[2])  # type: ignore[misc]
+        return endpoint[0], int(endpoint[1]), int(endpoint[2])
     raise ValueError(f"endpoint {endpoint!r} is not host:port, (host, port) or (host, port, weight)")
 
 
@@ -151,8 +151,8 @@ def cluster(
     """
     c = cluster_pb2.Cluster(
         name=name,
-        type=_choice("cluster type", type, _DISCOVERY),  # type: ignore[arg-type]
-        lb_policy=_choice("lb_policy", lb_policy, _LB),  # type: ignore[arg-type]
+        type=_choice("cluster type", type, _DISCOVERY),
+        lb_policy=_choice("lb_policy", lb_policy, _LB),
         connect_timeout=_seconds(connect_timeout),
     )
     if c.type == cluster_pb2.Cluster.EDS:

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from .snapshot import Snapshot
 
-__all__ = ["SnapshotCache"]
+__all__ = ["ConfigWatcher", "SnapshotCache", "Waker"]
 
 Waker = Callable[[], None]
+
+
+class ConfigWatcher(Protocol):
+    """What the server needs of a cache: the snapshot a node should run, and a wake-up when it
+    changes. ``SnapshotCache`` is one; another (a database, several processes) can stand in
+    without the server changing."""
+
+    def get(self, node_id: str) -> Snapshot | None: ...
+
+    def watch(self, node_id: str, wake: Waker) -> Callable[[], None]:
+        """Call ``wake`` (from any thread) when ``node_id``'s snapshot changes; returns unwatch."""
+        ...
 
 
 class SnapshotCache:

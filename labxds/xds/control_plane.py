@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
-# The lab forks Envoy while the server thread is inside gRPC; gRPC's fork handlers are not
-# needed for an exec'd child and only print a notice. Set before grpc is first imported.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
-import grpc  # noqa: E402
+import grpc
 
 from .cache import SnapshotCache  # noqa: E402
+from .hooks import (
+    Event,
+    Hook,
+    RequestHook,
+    ResponseHook,
+    StreamCloseHook,
+    StreamOpenHook,
+)
 from .server import Authorizer, XdsServer
 from .snapshot import Snapshot
 from .tracking import NodeStatus, Tracker
@@ -301,9 +304,19 @@ class ControlPlane:
         """Requests and responses, oldest first: the protocol as records."""
         return self.tracker.trace_rows(node, last)
 
-    def on(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
-        """Hook ``stream_open``, ``stream_close``, ``request`` or ``response`` (runs on the server thread)."""
-        return self.tracker.on(event, callback)
+    @overload
+    def on(self, event: Literal["stream_open"], callback: StreamOpenHook) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: Literal["stream_close"], callback: StreamCloseHook) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: Literal["request"], callback: RequestHook) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: Literal["response"], callback: ResponseHook) -> Callable[[], None]: ...
+
+    def on(self, event: Event, callback: Hook) -> Callable[[], None]:
+        """Hook ``stream_open``, ``stream_close``, ``request`` or ``response`` (signatures in
+        ``labxds.xds.hooks``); runs on the server thread; returns a function that removes it."""
+        return self.tracker.on(event, callback)  # type: ignore[arg-type]
 
     @property
     def stream_count(self) -> int:

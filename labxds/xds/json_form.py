@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import descriptor, json_format, message
 
@@ -65,7 +65,7 @@ def parse_dict(data: Mapping[str, Any], msg: message.Message) -> None:
     except (_Declined, ValueError, TypeError, KeyError, AttributeError):
         msg.Clear()
         _import_nested_types(data)
-        json_format.ParseDict(data, msg)
+        json_format.ParseDict(cast(dict[str, Any], data), msg)
 
 
 def _import_nested_types(data: Any) -> None:
@@ -136,12 +136,12 @@ def _message(data: Any, msg: message.Message, depth: int) -> None:
     if table is None:
         wrapped = _WRAPPER_KINDS.get(full_name)
         if wrapped is not None:
-            msg.value = _scalar(data, wrapped)
+            msg.value = _scalar(data, wrapped)  # type: ignore[attr-defined]
             return
         if full_name in _FROM_STRING:
             if not isinstance(data, str):
                 raise _Declined
-            msg.FromJsonString(data)
+            msg.FromJsonString(data)  # type: ignore[attr-defined]
             return
         if full_name == "google.protobuf.Any":
             _any(data, msg, depth)
@@ -186,7 +186,7 @@ def _message(data: Any, msg: message.Message, depth: int) -> None:
             _map(value, getattr(msg, name), map_spec, depth)
 
 
-def _map(value: dict, container: Any, spec: tuple[bool, int, int, Any], depth: int) -> None:
+def _map(value: Any, container: Any, spec: tuple[bool, int, int, Any], depth: int) -> None:
     string_keys, value_kind, scalar_kind, enum_numbers = spec
     if not string_keys:
         raise _Declined

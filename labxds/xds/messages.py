@@ -17,6 +17,17 @@ from google.protobuf import json_format, message
 from . import resource_types
 from .json_form import NestedTypeError, parse_dict
 
+__all__ = [
+    "ResourceError",
+    "document_items",
+    "from_yaml",
+    "resources_of_document",
+    "to_dict",
+    "to_message",
+    "to_messages",
+    "version_of_document",
+]
+
 
 class ResourceError(ValueError):
     """A resource that cannot be understood; the message names where and why."""

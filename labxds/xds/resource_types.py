@@ -28,6 +28,28 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from envoy.service.runtime.v3 import rtds_pb2
 from google.protobuf import descriptor_pool, message, message_factory
 
+__all__ = [
+    "CLUSTER",
+    "ENDPOINT",
+    "EXTENSION_CONFIG",
+    "FULL_STATE",
+    "LISTENER",
+    "PUSH_ORDER",
+    "REMOVED_WITH_PARENT",
+    "ROUTE",
+    "RUNTIME",
+    "SCOPED_ROUTE",
+    "SECRET",
+    "TYPE_PREFIX",
+    "ResourceType",
+    "ensure_importable",
+    "message_class",
+    "order_key",
+    "resource_type",
+    "short_name",
+    "type_url_of",
+]
+
 TYPE_PREFIX = "type.googleapis.com/"
 
 CLUSTER = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -62,11 +84,11 @@ class ResourceType:
 
 
 def _by_name(msg: message.Message) -> str:
-    return msg.name  # type: ignore[attr-defined]
+    return str(msg.name)  # type: ignore[attr-defined]
 
 
 def _by_cluster_name(msg: message.Message) -> str:
-    return msg.cluster_name  # type: ignore[attr-defined]
+    return str(msg.cluster_name)  # type: ignore[attr-defined]
 
 
 _KNOWN: dict[str, ResourceType] = {

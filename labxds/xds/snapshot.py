@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -191,9 +191,9 @@ def _ttls(spec: TtlSpec, by_type: Mapping[str, Mapping[str, Entry]]) -> dict[tup
     for url, entries in by_type.items():
         for name in entries:
             pair = (url, name)
-            key = pair if pair in spec else name if name in spec else url if url in spec else None
-            if key is not None and spec[key] is not None:
-                out[pair] = _seconds(spec[key], f"ttl[{key!r}]")
+            chosen: str | tuple[str, str] | None = pair if pair in spec else name if name in spec else url if url in spec else None
+            if chosen is not None and spec[chosen] is not None:
+                out[pair] = _seconds(spec[chosen], f"ttl[{chosen!r}]")
     return out
 
 
@@ -372,14 +372,17 @@ class Snapshot:
 
 
 def _is_eds(c: cluster_pb2.Cluster) -> bool:
-    return c.WhichOneof("cluster_discovery_type") == "type" and c.type == cluster_pb2.Cluster.EDS
+    return bool(c.WhichOneof("cluster_discovery_type") == "type" and c.type == cluster_pb2.Cluster.EDS)
 
 
 def _eds_name(c: cluster_pb2.Cluster) -> str:
-    return c.eds_cluster_config.service_name or c.name
+    return str(c.eds_cluster_config.service_name or c.name)
 
 
-def _unpack(packed: any_pb2.Any, cls: type[message.Message]) -> message.Message | None:
+_M = TypeVar("_M", bound=message.Message)
+
+
+def _unpack(packed: any_pb2.Any, cls: type[_M]) -> _M | None:
     if packed.type_url.split("/")[-1] != cls.DESCRIPTOR.full_name:
         return None
     msg = cls()

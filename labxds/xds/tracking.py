@@ -13,8 +13,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+from envoy.service.discovery.v3 import discovery_pb2
+
+from .hooks import (
+    EVENTS,
+    Event,
+    Hook,
+    RequestHook,
+    ResponseHook,
+    StreamCloseHook,
+    StreamOpenHook,
+)
 from .resource_types import order_key, short_name
 
 if TYPE_CHECKING:
@@ -23,9 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["NodeStatus", "PushRejected", "PushTimeout", "Tracker", "TypeStatus"]
 
 log = logging.getLogger("labxds")
-
-EVENTS = ("stream_open", "stream_close", "request", "response")
-
 
 def remover(callbacks: list[Any], callback: Any) -> Callable[[], None]:
     """A function that unregisters ``callback``; calling it again does nothing (widgets and
@@ -125,23 +133,47 @@ class Tracker:
         # Each waiting push holds a set of the nodes that changed since it last looked, so a
         # wake-up costs the nodes that changed, not every target (5,000 nodes, 15,000 events).
         self._waiters: list[set[str]] = []
-        self._hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in EVENTS}
+        self._hooks: dict[str, list[Hook]] = {e: [] for e in EVENTS}
 
     # -- hooks -------------------------------------------------------------------------------
 
-    def on(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
-        """Call ``callback`` on the server's thread for ``event``; returns a function to remove it."""
+    @overload
+    def on(self, event: Literal["stream_open"], callback: StreamOpenHook) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: Literal["stream_close"], callback: StreamCloseHook) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: Literal["request"], callback: RequestHook) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: Literal["response"], callback: ResponseHook) -> Callable[[], None]: ...
+
+    def on(self, event: Event, callback: Hook) -> Callable[[], None]:
+        """Call ``callback`` on the server's thread for ``event`` (signatures: ``labxds.xds.hooks``);
+        returns a function that removes it."""
         if event not in self._hooks:
             raise ValueError(f"unknown event {event!r}; choose from {', '.join(EVENTS)}")
         self._hooks[event].append(callback)
         return remover(self._hooks[event], callback)
 
-    def emit(self, event: str, *args: Any) -> None:
+    def _emit(self, event: Event, *args: object) -> None:
         for callback in list(self._hooks[event]):
             try:
-                callback(*args)
+                callback(*args)  # type: ignore[arg-type]
             except Exception:  # a user's hook must never break a stream
                 log.exception("labxds %s hook %r failed", event, callback)
+
+    def emit_stream_open(self, node_id: str, stream: int) -> None:
+        self._emit("stream_open", node_id, stream)
+
+    def emit_stream_close(self, node_id: str, stream: int) -> None:
+        self._emit("stream_close", node_id, stream)
+
+    def emit_request(
+        self, node_id: str, request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest
+    ) -> None:
+        self._emit("request", node_id, request)
+
+    def emit_response(self, node_id: str, type_url: str, version: str, nonce: str, resources: list[str]) -> None:
+        self._emit("response", node_id, type_url, version, nonce, resources)
 
     # -- streams -----------------------------------------------------------------------------
 

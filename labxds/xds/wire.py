@@ -14,6 +14,19 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, duration_pb2
 
+__all__ = [
+    "RESOURCE_TYPE_URL",
+    "control_plane",
+    "delta_resource",
+    "delta_response",
+    "duration",
+    "encode_any",
+    "resource",
+    "sotw_resource",
+    "sotw_response",
+    "sotw_wrapped",
+]
+
 _VARINT = 0  # wire type of integer fields
 _LEN = 2  # wire type of length-delimited fields
 

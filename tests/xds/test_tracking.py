@@ -104,11 +104,11 @@ def test_hooks_fire_and_a_failing_hook_is_contained(caplog):
     seen = []
     remove = tr.on("response", lambda *args: seen.append(args))
     tr.on("response", lambda *args: 1 / 0)
-    tr.emit("response", "a", CLUSTER, "1", "n1", ["c"])
+    tr.emit_response("a", CLUSTER, "1", "n1", ["c"])
     assert seen == [("a", CLUSTER, "1", "n1", ["c"])]
     assert "hook" in caplog.text
     remove()
-    tr.emit("response", "a", CLUSTER, "2", "n2", [])
+    tr.emit_response("a", CLUSTER, "2", "n2", [])
     assert len(seen) == 1
     with pytest.raises(ValueError, match="stream_open"):
         tr.on("nonsense", print)

@@ -27,6 +27,8 @@ from .stream import (
     rewarmed_endpoints,
 )
 
+__all__ = ["DeltaStream"]
+
 log = logging.getLogger("labxds")
 
 
@@ -170,7 +172,8 @@ class DeltaStream(Stream):
                 control_plane_id=self.server._control_plane,
             ))
             self.trace("sent", "response", url, st.system_version, nonce, [e.name for e in send], removed)
-            self.server.tracker.emit("response", self.node_id, url, st.system_version, nonce, [e.name for e in send])
+            assert self.node_id is not None
+            self.server.tracker.emit_response(self.node_id, url, st.system_version, nonce, [e.name for e in send])
         return out
 
     def is_settled(self) -> bool:

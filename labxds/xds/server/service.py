@@ -25,7 +25,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .. import wire
-from ..cache import SnapshotCache
+from ..cache import ConfigWatcher
 from ..resource_types import (
     CLUSTER,
     ENDPOINT,
@@ -64,7 +64,7 @@ class XdsServer:
 
     def __init__(
         self,
-        cache: SnapshotCache,
+        cache: ConfigWatcher,
         tracker: Tracker,
         *,
         identifier: str = "labxds",

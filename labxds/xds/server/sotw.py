@@ -29,6 +29,8 @@ from .stream import (
     same_entries,
 )
 
+__all__ = ["SotwStream"]
+
 log = logging.getLogger("labxds")
 
 
@@ -208,7 +210,8 @@ class SotwStream(Stream):
                 control_plane_id=self.server._control_plane,
             ))
             self.trace("sent", "response", url, plan.version, nonce, plan.entries)
-            self.server.tracker.emit("response", self.node_id, url, plan.version, nonce, list(plan.entries))
+            assert self.node_id is not None
+            self.server.tracker.emit_response(self.node_id, url, plan.version, nonce, list(plan.entries))
         return out
 
     def is_settled(self) -> bool:

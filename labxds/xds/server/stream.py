@@ -22,6 +22,27 @@ from ..tracking import TraceEvent
 if TYPE_CHECKING:
     from .service import XdsServer
 
+__all__ = [
+    "BEAT",
+    "END",
+    "PEER_COMMON_NAME",
+    "PEER_DNS_NAMES",
+    "RETAINED",
+    "TTL_FEATURE",
+    "UNKNOWN",
+    "WAKE",
+    "Authorizer",
+    "Stream",
+    "dependencies_asked",
+    "envoy_up_to",
+    "heartbeat_answered",
+    "needed_names",
+    "peer_names",
+    "rewarmed_endpoints",
+    "same_entries",
+    "version_text",
+]
+
 log = logging.getLogger("labxds")
 
 Authorizer = Callable[[str, Mapping[str, str]], bool]
@@ -175,7 +196,7 @@ class Stream:
                 self._unwatch()
             if self.node_id is not None:
                 tracker.stream_closed(self.node_id, self.id)
-                tracker.emit("stream_close", self.node_id, self.id)
+                tracker.emit_stream_close(self.node_id, self.id)
 
     async def _accept(self, request: Any) -> None:
         if self.node_id is None:
@@ -188,7 +209,8 @@ class Stream:
             )
         if not url:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request without type_url on an ADS stream")
-        self.server.tracker.emit("request", self.node_id, request)
+        assert self.node_id is not None  # set by the stream's first request
+        self.server.tracker.emit_request(self.node_id, request)
         self.on_request(url, request)
 
     async def _open(self, request: Any) -> None:
@@ -218,7 +240,7 @@ class Stream:
         agent = f"{node.user_agent_name} {node.user_agent_version or self.agent_version}"
         server.tracker.stream_opened(node.id, node.cluster, agent.strip())
         self._unwatch = server.cache.watch(node.id, self.wake)
-        server.tracker.emit("stream_open", node.id, self.id)
+        server.tracker.emit_stream_open(node.id, self.id)
 
     def trace(self, direction: str, kind: str, url: str, version: str, nonce: str,
               resources: Iterable[str], removed: Iterable[str] = (), error: str = "") -> None:
