@@ -25,7 +25,7 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help lab test test-install venv clean
+.PHONY: help lab test test-install i18n venv clean
 
 help:
 	@sed -n '3,8s/^# *//p' $(firstword $(MAKEFILE_LIST))
@@ -56,6 +56,15 @@ test: $(STAMP)
 	  echo "lint-imports (the layers, pyproject.toml): $$(echo "$$out" | tail -n 1)"
 	@out=$$($(IN_VENV) $(BIN)/mypy 2>&1) || { echo "$$out"; exit 1; }; echo "mypy (labxds; strict for labxds.xds): $$out"
 	$(IN_VENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Messages: extract every _()/N_()/ngettext() from labxds/, update the zh_CN catalogue, copy in the
+# translations of tools/zh_CN.json and compile (docs/i18n.md). Fails listing what is untranslated.
+i18n: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k _ -k N_ -k ngettext:1,2 --no-location --sort-output \
+	  --project labxds -o labxds/i18n/locale/labxds.pot . >/dev/null
+	$(BIN)/pybabel update -i labxds/i18n/locale/labxds.pot -d labxds/i18n/locale -D labxds -l zh_CN \
+	  --no-fuzzy-matching --ignore-obsolete >/dev/null
+	$(BIN)/python tools/i18n_translate.py
 
 # The slow half of tests/test_packaging.py: labxds[notebook] (JupyterLab) into a clean environment.
 test-install: $(STAMP)

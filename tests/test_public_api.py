@@ -55,6 +55,7 @@ PUBLIC = {
         "render", "routes", "sandbox",
     ],
     "labxds.net": ["free_port", "parse_address", "port_is_free", "reachable"],
+    "labxds.i18n": ["LANGUAGES", "N_", "_", "explain", "language", "ngettext", "set_language"],
     "labxds.cli": ["build_parser", "main"],
 }  # fmt: skip
 

@@ -17,7 +17,7 @@ from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXTRA = {"cli": "core", "notebook": "[notebook]", "classroom": "[classroom]", "lab": "[lab]", "envoy": "[lab]",
-         "files": "core", "tls": "core; certificates: [classroom]", "xds": "core", "net": "core"}
+         "files": "core", "tls": "core; certificates: [classroom]", "xds": "core", "net": "core", "i18n": "core"}
 
 
 def modules(layer: str) -> list[str]:

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..i18n import _
 from .errors import EnvoyNotFound
 
 ENVOY_VERSION = "1.40.0"
@@ -42,10 +43,10 @@ def find_envoy() -> Path:
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    looked = ", ".join(str(c) for c in candidates) or "nowhere (no `envoy` package, nothing on PATH)"
+    looked = ", ".join(str(c) for c in candidates) or _("nowhere (no `envoy` package, nothing on PATH)")
     raise EnvoyNotFound(
-        f"Envoy binary not found (looked in: {looked}). Install it with `{_INSTALL_HINT}`, "
-        f"or set LABXDS_ENVOY to the path of an envoy binary."
+        _("Envoy binary not found (looked in: {looked}). Install it with `{install}`, "
+          "or set LABXDS_ENVOY to the path of an envoy binary.").format(looked=looked, install=_INSTALL_HINT)
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..i18n import _
+
 __all__ = ["EnvoyError", "EnvoyExited", "EnvoyNotFound", "EnvoyPortBusy"]
 
 # --------------------------------------------------------------------------- errors
@@ -20,10 +22,8 @@ class EnvoyPortBusy(EnvoyError):
 
     def __init__(self, host: str, port: int, detail: str = "") -> None:
         self.host, self.port = host, port
-        msg = (
-            f"admin port {port} on {host} is already in use (another Envoy or lab still running?); "
-            f"stop it or choose another admin_port"
-        )
+        msg = _("admin port {port} on {host} is already in use (another Envoy or lab still running?); "
+                "stop it or choose another admin_port").format(port=port, host=host)
         super().__init__(msg + (f"\n{detail}" if detail else ""))
 
 
@@ -33,8 +33,8 @@ class EnvoyExited(EnvoyError):
     def __init__(self, returncode: int | None, log_lines: list[str], what: str = "") -> None:
         self.returncode = returncode
         self.log_lines = log_lines
-        head = what or f"Envoy exited during startup with code {returncode}"
-        tail = "\n".join(log_lines) if log_lines else "(no output)"
-        super().__init__(f"{head}; last log lines:\n{tail}")
+        head = what or _("Envoy exited during startup with code {code}").format(code=returncode)
+        tail = "\n".join(log_lines) if log_lines else _("(no output)")
+        super().__init__(_("{what}; Envoy's last log lines:").format(what=head) + "\n" + tail)
 
 

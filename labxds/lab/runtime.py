@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..envoy import Envoy, EnvoyAdmin, learner_bootstrap, render_bootstrap
+from ..i18n import _
 from ..net.addresses import free_port, parse_address
 from ..xds.builders import SANDBOX_UPSTREAM_PORT, sandbox_snapshot
 from ..xds.control_plane import ControlPlane
@@ -117,12 +118,12 @@ class LabRuntime:
             steps = ["control plane", "echo services", "Envoy"] if not self.mode.docker else ["control plane"]
             bar = _progress(len(steps), progress)
             try:
-                bar.set_description("control plane")
+                bar.set_description(_("control plane"))
                 self.control_plane = ControlPlane(self.xds_port, self.mode.xds_host).start()
                 self.xds_port = self.control_plane.port
                 bar.update()
                 if not self.mode.docker:
-                    bar.set_description("echo services")
+                    bar.set_description(_("echo services"))
                     self.services = EchoFleet(self.service_counts).start()
                     bar.update()
                     bar.set_description("Envoy")
@@ -141,7 +142,7 @@ class LabRuntime:
                 bar.close()
                 self.stop()
                 raise
-            bar.set_description("ready")
+            bar.set_description(_("ready"))
             bar.close()
             _LABS[self.xds_port] = self
         return self
@@ -155,7 +156,7 @@ class LabRuntime:
                 return existing
             bar = _progress(2, progress)
             try:
-                bar.set_description("echo services")
+                bar.set_description(_("echo services"))
                 self.services = EchoFleet(self.service_counts).start()
                 bar.update()
                 bar.set_description("Envoy")
@@ -249,7 +250,7 @@ class LabRuntime:
                 "this kernel: push through the workshop (labxds.workshop.LearnerSession)"
             )
         if self.control_plane is None or not self.control_plane.running:
-            raise RuntimeError("the lab is not running: call lab.start() first")
+            raise RuntimeError(_("the lab is not running: call lab.start() first"))
         return self.control_plane
 
     @property
@@ -271,7 +272,7 @@ class LabRuntime:
         if self.mode.docker:
             return (name, SANDBOX_UPSTREAM_PORT)
         if self.services is None:
-            raise RuntimeError("the lab is not running: call lab.start() first")
+            raise RuntimeError(_("the lab is not running: call lab.start() first"))
         try:
             return self.services.endpoints(name)[instance]
         except KeyError:
@@ -282,7 +283,7 @@ class LabRuntime:
         if self.mode.docker:
             return [self.upstream(name)]
         if self.services is None:
-            raise RuntimeError("the lab is not running: call lab.start() first")
+            raise RuntimeError(_("the lab is not running: call lab.start() first"))
         return list(self.services.endpoints(name))
 
     def where(self) -> list[dict[str, Any]]:

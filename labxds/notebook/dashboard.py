@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
+from ..i18n import _
 from ..xds.resource_types import order_key, short_name
 from ..xds.tracking import PushRejected, PushTimeout
 from .widgets import LoopRefresher
@@ -99,12 +100,12 @@ class Dashboard:
         self.refresh_threads: set[int] = set()  # which threads redrew (tests check: only the kernel's)
         self.last_push: dict[str, Any] | None = None
         self.header = widgets.HTML()
-        self.sort = widgets.Dropdown(options=list(SORTS), value="learner", description="sort by")
-        self.refresh_button = widgets.Button(description="refresh", icon="refresh", layout=widgets.Layout(width="110px"))
+        self.sort = widgets.Dropdown(options=list(SORTS), value="learner", description=_("sort by"))
+        self.refresh_button = widgets.Button(description=_("refresh"), icon="refresh", layout=widgets.Layout(width="110px"))
         self.table = widgets.HTML()
-        self.learners = widgets.SelectMultiple(options=[], description="learners", rows=6)
-        self.snapshots = widgets.Dropdown(options=[], description="snapshot")
-        self.push_button = widgets.Button(description="push to selected", button_style="primary", icon="upload")
+        self.learners = widgets.SelectMultiple(options=[], description=_("learners"), rows=6)
+        self.snapshots = widgets.Dropdown(options=[], description=_("snapshot"))
+        self.push_button = widgets.Button(description=_("push to selected"), button_style="primary", icon="upload")
         self.message = widgets.HTML()
         self.widget = widgets.VBox([
             widgets.HBox([self.refresh_button, self.sort, self.header]),

@@ -19,6 +19,7 @@ from ..envoy.config_dump import (
     route_rows,
     sandbox_endpoint,
 )
+from ..i18n import N_, _
 from ..lab.traffic import send
 
 if TYPE_CHECKING:
@@ -135,12 +136,31 @@ def stats_table(admin: Any, filter: str | None = None, *, nonzero: bool = False)
 _UNITS = {"_ms": "ms", "_s": "s", "_bytes": "bytes", "_pct": "%"}
 
 
+#: Column names shown as words in the learner's language (the frames keep their names for code).
+_LABELS = {
+    "request": N_("request"), "status": N_("status"), "served_by": N_("served by"), "instance": N_("instance"),
+    "latency": N_("latency"), "error": N_("error"), "name": N_("name"), "version_info": N_("version"),
+    "last_updated": N_("last updated"), "type": N_("type"), "lb_policy": N_("load balancing"),
+    "source": N_("source"), "cluster": N_("cluster"), "address": N_("address"), "port": N_("port"),
+    "health": N_("health"), "weight": N_("weight"), "priority": N_("priority"), "hostname": N_("hostname"),
+    "state": N_("state"), "error_state": N_("error"), "route_config": N_("route configuration"),
+    "virtual_host": N_("virtual host"), "domains": N_("domains"), "match": N_("match"), "node": N_("node"),
+    "connected_since": N_("connected since"), "last_seen": N_("last seen"), "sent": N_("sent"),
+    "acked": N_("ACKed"), "nacked": N_("NACKed"), "nack_error": N_("NACK error"), "time": N_("time"),
+    "stream": N_("stream"), "direction": N_("direction"), "kind": N_("kind"), "version": N_("version"),
+    "nonce": N_("nonce"), "resources": N_("resources"), "removed": N_("removed"), "value": N_("value"),
+    "learner": N_("learner"), "exercise": N_("exercise"), "passed": N_("passed"), "detail": N_("detail"),
+    "hint": N_("hint"), "at": N_("at"),
+}  # fmt: skip
+
+
 def _header(column: str) -> str:
-    """latency_ms -> "latency (ms)", x_request_id -> "x request id"."""
+    """latency_ms -> "latency (ms)", x_request_id -> "x request id", in the learner's language."""
     for suffix, unit in _UNITS.items():
         if column.endswith(suffix):
-            return f"{column.removesuffix(suffix).replace('_', ' ')} ({unit})"
-    return column.replace("_", " ")
+            base = column.removesuffix(suffix)
+            return f"{_(_LABELS[base]) if base in _LABELS else base.replace('_', ' ')} ({unit})"
+    return _(_LABELS[column]) if column in _LABELS else column.replace("_", " ")
 
 
 def _time_of_day(value: Any) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
+from ..i18n import _
 from ..xds.builders import (
     SANDBOX_CLUSTER,
     SANDBOX_LISTENER,
@@ -145,7 +146,7 @@ class UpstreamToggle(_Displayed):
         self.served: pd.DataFrame | None = None
         self.history: list[dict[str, Any]] = []
         self.buttons = widgets.ToggleButtons(
-            options=list(choices), value=self._current(choices), description="upstream",
+            options=list(choices), value=self._current(choices), description=_("upstream"),
             tooltips=[f"send the sandbox's traffic to {c}" for c in choices],
         )  # fmt: skip
         self.status = widgets.HTML()
@@ -325,7 +326,7 @@ class StatusPanel(_Displayed):
         cp = getattr(control_plane, "control_plane", None) or control_plane
         self.control_plane: ControlPlane = cp  # type: ignore[assignment]
         self.refreshes = 0
-        self.button = widgets.Button(description="refresh", icon="refresh", layout=widgets.Layout(width="110px"))
+        self.button = widgets.Button(description=_("refresh"), icon="refresh", layout=widgets.Layout(width="110px"))
         self.header = widgets.HTML()
         self.table = widgets.HTML()
         self.widget = widgets.VBox([widgets.HBox([self.button, self.header]), self.table])

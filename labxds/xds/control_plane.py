@@ -16,6 +16,7 @@ from typing import Any, Literal, overload
 
 import grpc
 
+from ..i18n import _
 from .cache import SnapshotCache  # noqa: E402
 from .hooks import (
     Event,
@@ -45,8 +46,8 @@ class PortInUseError(OSError):
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         super().__init__(
-            f"port {port} on {host} is already in use by another process; stop it, or choose "
-            f"another port (for example ControlPlane(port={port + 1}) or --port {port + 1})"
+            _("port {port} on {host} is already in use by another process; stop it, or choose another port "
+              "(for example ControlPlane(port={next}) or --port {next})").format(port=port, host=host, next=port + 1)
         )
 
 
