@@ -1,6 +1,7 @@
 # labxds — the Envoy dynamic configuration (xDS) lab.
 #
 #   make lab     set up .venv if needed, then JupyterLab on notebooks/ (http://127.0.0.1:8888)
+#   make lab-zh  the same, in Chinese: JupyterLab's interface and the course in 简体中文 (notebooks/zh-CN)
 #   make test    set up .venv if needed, then the whole test suite (PYTEST_ARGS="-k foo" to narrow)
 #   make test-install  also install labxds[notebook] into a clean environment (slow)
 #   make venv    only the set-up: .venv with requirements.txt and labxds (editable)
@@ -25,10 +26,10 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help lab test test-install i18n venv clean
+.PHONY: help lab lab-zh test test-install i18n venv clean
 
 help:
-	@sed -n '3,8s/^# *//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,9s/^# *//p' $(firstword $(MAKEFILE_LIST))
 
 venv: $(STAMP)
 
@@ -74,6 +75,17 @@ lab: $(STAMP)
 	@test -d notebooks || { echo "notebooks/ is missing: run make lab from the labxds repository" >&2; exit 1; }
 	@echo "Starting JupyterLab on notebooks/: open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL it prints below (Ctrl-C to stop)."
 	$(IN_VENV) $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
+
+# The Chinese course: JupyterLab's interface in Chinese (its own settings directory, so an English
+# `make lab` is not changed) and LABXDS_LANG for what the package prints.
+ZH_SETTINGS := .labxds/jupyterlab-zh/user-settings
+lab-zh: $(STAMP)
+	@test -d notebooks/zh-CN || { echo "notebooks/zh-CN/ is missing: run make lab-zh from the labxds repository" >&2; exit 1; }
+	@mkdir -p $(ZH_SETTINGS)/@jupyterlab/translation-extension
+	@echo '{"locale": "zh_CN"}' > $(ZH_SETTINGS)/@jupyterlab/translation-extension/plugin.jupyterlab-settings
+	@echo "在 notebooks/zh-CN/ 上启动中文界面的 JupyterLab：打开下面打印的 http://127.0.0.1:$(LAB_PORT)/lab?token=... 地址（按 Ctrl-C 停止）。"
+	$(IN_VENV) LABXDS_LANG=zh_CN JUPYTERLAB_SETTINGS_DIR="$(abspath $(ZH_SETTINGS))" $(BIN)/jupyter lab \
+	  --notebook-dir=notebooks/zh-CN --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
