@@ -11,21 +11,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Literal, overload
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 
 from ..i18n import _
 from .cache import SnapshotCache  # noqa: E402
-from .hooks import (
-    Event,
-    Hook,
-    RequestHook,
-    ResponseHook,
-    StreamCloseHook,
-    StreamOpenHook,
-)
 from .server import Authorizer, XdsServer
 from .snapshot import Snapshot
 from .tracking import NodeStatus, Tracker
@@ -95,6 +87,9 @@ class ControlPlane:
         self.port = port
         self.cache = cache or SnapshotCache()
         self.tracker = Tracker(trace_size, keep_disconnected)
+        #: ``cp.on(event, callback)``: hook ``stream_open``, ``stream_close``, ``request`` or ``response``
+        #: (typed in ``labxds.xds.hooks``); runs on the server thread; returns a function removing it.
+        self.on = self.tracker.on
         self._xds = XdsServer(self.cache, self.tracker, identifier=identifier, authorize=authorize,
                               heartbeat_interval=heartbeat_interval, sotw_heartbeat=sotw_heartbeat)
         self._credentials = server_credentials
@@ -304,20 +299,6 @@ class ControlPlane:
     def trace(self, node: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
         """Requests and responses, oldest first: the protocol as records."""
         return self.tracker.trace_rows(node, last)
-
-    @overload
-    def on(self, event: Literal["stream_open"], callback: StreamOpenHook) -> Callable[[], None]: ...
-    @overload
-    def on(self, event: Literal["stream_close"], callback: StreamCloseHook) -> Callable[[], None]: ...
-    @overload
-    def on(self, event: Literal["request"], callback: RequestHook) -> Callable[[], None]: ...
-    @overload
-    def on(self, event: Literal["response"], callback: ResponseHook) -> Callable[[], None]: ...
-
-    def on(self, event: Event, callback: Hook) -> Callable[[], None]:
-        """Hook ``stream_open``, ``stream_close``, ``request`` or ``response`` (signatures in
-        ``labxds.xds.hooks``); runs on the server thread; returns a function that removes it."""
-        return self.tracker.on(event, callback)  # type: ignore[arg-type]
 
     @property
     def stream_count(self) -> int:
