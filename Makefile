@@ -84,8 +84,7 @@ lab-zh: $(STAMP)
 	@mkdir -p $(ZH_SETTINGS)/@jupyterlab/translation-extension
 	@echo '{"locale": "zh_CN"}' > $(ZH_SETTINGS)/@jupyterlab/translation-extension/plugin.jupyterlab-settings
 	@echo "在 notebooks/zh-CN/ 上启动中文界面的 JupyterLab：打开下面打印的 http://127.0.0.1:$(LAB_PORT)/lab?token=... 地址（按 Ctrl-C 停止）。"
-	$(IN_VENV) LABXDS_LANG=zh_CN JUPYTERLAB_SETTINGS_DIR="$(abspath $(ZH_SETTINGS))" $(BIN)/jupyter lab \
-	  --notebook-dir=notebooks/zh-CN --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
+	$(IN_VENV) LABXDS_LANG=zh_CN JUPYTERLAB_SETTINGS_DIR="$(abspath $(ZH_SETTINGS))" $(BIN)/jupyter lab --notebook-dir=notebooks/zh-CN --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
