@@ -151,7 +151,7 @@ def test_bad_file_at_startup_exits_2_naming_file_line_and_reason(tmp_path, serve
     time.sleep(0.1)  # let the pump threads drain
     text = "\n".join(serve.stderr)
     line = next(i for i, s in enumerate(cds.read_text().splitlines(), 1) if "type: LOGICAL" in s)
-    assert f"{cds}:{line}: resource #0 (example_proxy_cluster): field type: Invalid enum value LOGICAL" in text
+    assert f"{cds}:{line}: resource #0 (example_proxy_cluster): field type: unknown value 'LOGICAL'" in text
     assert "Traceback" not in text
     assert serve.out.empty()
 
@@ -215,3 +215,4 @@ def test_serve_refuses_to_start_on_bad_tls_files(tmp_path):
     run = subprocess.run([sys.executable, "-m", "labxds", "serve", "--snapshot", str(tmp_path / "snap"),
                           "--port", "0", "--tie-node-ids"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "--tie-node-ids needs --tls" in run.stderr
+
