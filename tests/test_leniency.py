@@ -172,7 +172,7 @@ def test_envoy_reads_the_file_as_the_index_says(name, envoy_reads):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_labxds_reads_the_file_as_envoy_does(name, envoy_reads, caplog):
+def test_labxds_reads_the_file_as_envoy_does(name, envoy_reads):
     case = CASES[name]
     path = CORPUS / name
     labxds_accepts = case.get("labxds", case["envoy"]) == "accepts"

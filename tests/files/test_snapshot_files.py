@@ -224,6 +224,17 @@ def test_python_tags_build_nothing_and_never_run(tmp_path):
     assert err.line == 2 and f"a resource is a mapping with \"@type\", not the str 'touch {marker}'" in err.reason
 
 
+def test_a_second_yaml_document_is_not_read_and_is_reported(tmp_path, caplog):
+    path = cluster_file(tmp_path)
+    text = path.read_text()
+    path.write_text(text + "---\nresources: []\n")  # Envoy reads the first document only
+    with caplog.at_level(logging.WARNING, logger="labxds.snapshot_files"):
+        snap = load_path(path)
+    assert snap.names(CLUSTER) == {"ok", "second"}
+    line = len(text.splitlines()) + 1
+    assert f"{path}:{line}: a second YAML document, which Envoy does not read: only the first is served" in caplog.text
+
+
 def test_unknown_type_names_resource_and_line(tmp_path):
     path = cluster_file(tmp_path, type="type.googleapis.com/envoy.config.cluster.v3.Clustr")
     err = error_of(path)
