@@ -1,5 +1,5 @@
-"""Envoy's file form, leniencies included: every file of tests/data/leniency goes to a real Envoy
-and to labxds, and they must agree (tests/data/leniency/index.yaml says what each file shows).
+"""Envoy's file form, leniencies included: every file of tests/files/leniency goes to a real Envoy
+and to labxds, and they must agree (tests/files/leniency/index.yaml says what each file shows).
 
 Envoy reads each file through a filesystem subscription (``path_config_source`` for CDS or LDS,
 the file renamed into place as an editor saves it) with ``--reject-unknown-dynamic-fields``, the
@@ -32,7 +32,7 @@ from labxds.envoy import Envoy, find_envoy
 from labxds.files import SnapshotFileError, load_path
 
 HERE = Path(__file__).resolve().parent
-CORPUS = HERE / "data" / "leniency"
+CORPUS = HERE / "leniency"
 INDEX = yaml.safe_load((CORPUS / "index.yaml").read_text())
 CASES = {case["file"]: case for case in INDEX}
 
