@@ -39,13 +39,14 @@ def test_lesson_4_toggle_pushes_service2_with_a_click(
     nb = NotebookPage(page, jupyterlab, LESSON_4).open()
     shots.take("opened")
     nb.run_all_but_last()
+    shots.take("ran")
+    nb.assert_clean()
+    console.assert_clean()
     toggle = Toggle.find(nb)
     expect(toggle.box).to_have_count(1)
     toggle.box.scroll_into_view_if_needed()
     expect(toggle.button("service2")).to_be_visible()
-    shots.take("ran")
-    nb.assert_clean()
-    console.assert_clean()
+    shots.take("toggle")
 
     # The lesson ends its steps back on service1: so do the page and Envoy.
     assert toggle.selected() == ["service1"]
@@ -82,15 +83,16 @@ def test_instructor_dashboard_pushes_to_the_learner_clicked(
     nb = NotebookPage(page, jupyterlab, INSTRUCTOR, expected_stderr=INSTRUCTOR_STDERR).open()
     shots.take("opened")
     nb.run_all_but_last()
+    shots.take("ran")
+    nb.assert_clean()
+    console.assert_clean()
     dash = Dashboard.find(nb)
     expect(dash.box).to_have_count(1)
     learners = learners_table(nb)
     assert sorted(learners) == ["alice", "bob", "carol"], learners
     dash.box.scroll_into_view_if_needed()
     expect(dash.push_button()).to_be_visible()
-    shots.take("ran")
-    nb.assert_clean()
-    console.assert_clean()
+    shots.take("dashboard")
 
     # alice's Envoy before: /api goes to service2 (she solved route-api in step 8)
     alice = learners["alice"]
