@@ -72,8 +72,7 @@ class Toggle:
 
     @classmethod
     def find(cls, nb: NotebookPage) -> Toggle:
-        # TODO(architecture): only the class once the widget sets it
-        return cls(nb.panel.locator(".labxds-upstream-toggle, .widget-vbox:has(> .widget-toggle-buttons)"))
+        return cls(nb.panel.locator(".labxds-upstream-toggle"))
 
     def button(self, upstream: str) -> Any:
         return self.box.get_by_role("button", name=upstream, exact=True)
@@ -118,8 +117,7 @@ class Dashboard:
 
     @classmethod
     def find(cls, nb: NotebookPage) -> Dashboard:
-        # TODO(architecture): only the class once the widget sets it
-        return cls(nb.panel.locator(".labxds-dashboard-widget, .widget-vbox:has(table.labxds-dashboard)"))
+        return cls(nb.panel.locator(".labxds-dashboard-widget"))
 
     def rows(self) -> dict[str, dict[str, str]]:
         """learner -> column -> text, as the table shows them."""
