@@ -116,7 +116,7 @@ class JupyterLabServer:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
-    def start(self, timeout: float = 60.0) -> JupyterLabServer:
+    def start(self, timeout: float = 90.0) -> JupyterLabServer:
         shutil.copytree(REPO / "notebooks", self.workdir / "notebooks",
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints"))  # fmt: skip
         self.port, xds, admin, listener = free_ports(4)
@@ -146,13 +146,22 @@ class JupyterLabServer:
             self.proc = subprocess.Popen(
                 argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise AssertionError(f"JupyterLab exited ({self.proc.returncode}) at start:\n{self.log()}")
             try:
                 if httpx.get(f"{self.base}/api/status", headers=self._auth, timeout=2).status_code == 200:
-                    return self
+                    return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:

@@ -22,7 +22,7 @@ from browser_course import INSTRUCTOR, INSTRUCTOR_STDERR, LESSON_4, Dashboard, T
 from browser_lab import ConsoleWatch, JupyterLabServer, NotebookPage, Screenshots, wait_until
 from playwright.sync_api import expect
 
-pytestmark = [pytest.mark.browser, pytest.mark.envoy, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.browser, pytest.mark.envoy, pytest.mark.timeout(300)]  # a guard against hangs: each takes 20-40 s
 
 
 def refused(url: str) -> bool:
