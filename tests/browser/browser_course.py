@@ -17,6 +17,7 @@ from browser_lab import NotebookPage
 
 __all__ = [
     "INSTRUCTOR",
+    "INSTRUCTOR_LAST_PUSH",
     "INSTRUCTOR_STDERR",
     "LESSON_4",
     "Dashboard",
@@ -89,14 +90,22 @@ class Toggle:
 
     def served_by(self) -> list[str]:
         """The "served by" column of the table the toggle shows after its push."""
-        rows = _table_rows(self.box.locator("table").first)
-        return [r.get("served by", "") for r in rows]
+        table = self.box.locator("table")
+        if not table.count():
+            return []
+        return [r.get("served by", "") for r in _table_rows(table.first)]
+
+    def state(self) -> dict[str, Any]:
+        """What the toggle shows, for failure messages."""
+        return {"selected": self.selected(), "status": self.status(), "served by": self.served_by()}
 
 
 # --------------------------------------------------------------------------- the instructor's notebook
 
 INSTRUCTOR = "workshop_instructor.ipynb"
 #: Step 8 forges a learner's report on purpose: the workshop logs that the control plane contradicts it.
+#: What the dashboard says after the notebook's last push from its selector (step 9).
+INSTRUCTOR_LAST_PUSH = "pushed canary 90/10 to bob: ACKed"
 INSTRUCTOR_STDERR = [r"labxds workshop: bob reports route-api passed, but [^\n]*"]
 
 
@@ -142,3 +151,8 @@ class Dashboard:
 
     def message(self) -> str:
         return self.box.locator(".widget-html").last.inner_text()
+
+    def state(self) -> dict[str, Any]:
+        """What the selector and the message line show, for failure messages."""
+        return {"learners": self.selected_learners(), "snapshot": self.snapshot_select().input_value(),
+                "message": self.message()}  # fmt: skip

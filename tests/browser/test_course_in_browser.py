@@ -18,7 +18,17 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_course import INSTRUCTOR, INSTRUCTOR_STDERR, LESSON_4, Dashboard, Toggle, envoy_versions, learners_table, served_by
+from browser_course import (
+    INSTRUCTOR,
+    INSTRUCTOR_LAST_PUSH,
+    INSTRUCTOR_STDERR,
+    LESSON_4,
+    Dashboard,
+    Toggle,
+    envoy_versions,
+    learners_table,
+    served_by,
+)
 from browser_lab import ConsoleWatch, JupyterLabServer, NotebookPage, Screenshots, wait_until
 from playwright.sync_api import expect
 
@@ -48,22 +58,20 @@ def test_lesson_4_toggle_pushes_service2_with_a_click(
     expect(toggle.button("service2")).to_be_visible()
     shots.take("toggle")
 
-    # The lesson ends its steps back on service1: so do the page and Envoy.
-    assert toggle.selected() == ["service1"]
-    before = toggle.acked_version()
-    assert before and before.isdigit(), toggle.status()
-    assert envoy_versions(jupyterlab.admin_url, "dynamic_active_clusters") == {"example_proxy_cluster": before}
+    # The lesson ends its steps back on service1: so does Envoy, and so does the page once it has
+    # drawn the kernel's last widget updates (they may arrive after the cell's reply).
+    before = envoy_versions(jupyterlab.admin_url, "dynamic_active_clusters")["example_proxy_cluster"]
     assert served_by(jupyterlab.listener_url) == "service1"
+    wait_until(lambda: toggle.selected() == ["service1"] and toggle.acked_version() == before, 20,
+               f"the toggle on service1 at Envoy's version {before}", show=toggle.state)  # fmt: skip
 
-    shown = toggle.status()
     toggle.button("service2").click()
-    wait_until(lambda: toggle.status() not in (shown, "") and "pushing" not in toggle.status(), 20,
-               "the toggle's status line after the click on service2", show=toggle.status)  # fmt: skip
+    wait_until(lambda: toggle.acked_version() not in (None, before) and set(toggle.served_by()) == {"service2"},
+               20, "the click on service2: a new version ACKed, requests served by service2", show=toggle.state)  # fmt: skip
     shots.take("clicked-service2")
     after = toggle.acked_version()
-    assert after and int(after) > int(before), toggle.status()
-    assert toggle.selected() == ["service2"]
-    assert toggle.served_by() and set(toggle.served_by()) == {"service2"}, toggle.served_by()
+    assert int(after) > int(before), toggle.state()
+    assert toggle.selected() == ["service2"], toggle.state()
     # Envoy's own view: the cluster at the version the page shows, and the next request
     assert envoy_versions(jupyterlab.admin_url, "dynamic_active_clusters") == {"example_proxy_cluster": after}
     assert served_by(jupyterlab.listener_url) == "service2"
@@ -73,7 +81,7 @@ def test_lesson_4_toggle_pushes_service2_with_a_click(
     nb.run_last()  # the cleanup: closes the widget, stops the lab
     shots.take("cleaned-up")
     nb.assert_clean()
-    expect(toggle.box).to_have_count(0)
+    expect(toggle.box).to_have_count(0, timeout=20_000)
     wait_until(lambda: refused(jupyterlab.admin_url), 10, "the lab's Envoy stopped by the cleanup cell")
 
 
@@ -100,16 +108,19 @@ def test_instructor_dashboard_pushes_to_the_learner_clicked(
     routes = {name: envoy_versions(lab["admin"], "dynamic_route_configs") for name, lab in learners.items()}
     assert served_by(alice["listener"], "/api") == "service2"
 
-    dash.learner_option("alice").click()  # a plain click: alice alone (bob was selected in step 9)
-    assert dash.selected_learners() == ["alice"]
+    # the page has drawn the kernel's last widget updates (they may arrive after the cell's reply)
+    wait_until(lambda: dash.message() == INSTRUCTOR_LAST_PUSH and dash.selected_learners() == ["bob"], 20,
+               "the dashboard as the notebook left it", show=dash.state)  # fmt: skip
+
+    dash.learner_option("alice").click()  # a plain click: alice alone, bob no longer
+    assert dash.selected_learners() == ["alice"], dash.state()
     dash.snapshot_select().select_option(label="fix-nack: solution")  # the sandbox, all to service1
     shots.take("alice-selected")
-    shown = dash.message()
     dash.push_button().click()
-    wait_until(lambda: dash.message() != shown, 20, "the dashboard's message after the push", show=dash.message)
+    wait_until(lambda: dash.message() == "pushed fix-nack: solution to alice: ACKed", 20,
+               "the push to alice, ACKed", show=dash.state)  # fmt: skip
     dash.box.locator(".widget-html").last.scroll_into_view_if_needed()
     shots.take("pushed")
-    assert dash.message() == "pushed fix-nack: solution to alice: ACKed", dash.message()
 
     # Envoy's own view: alice's routes at a new version, the others' untouched
     now = {name: envoy_versions(lab["admin"], "dynamic_route_configs") for name, lab in learners.items()}
@@ -127,6 +138,6 @@ def test_instructor_dashboard_pushes_to_the_learner_clicked(
     nb.run_last()  # the cleanup: closes the dashboard, stops every learner's lab and the workshop
     shots.take("cleaned-up")
     nb.assert_clean()
-    expect(dash.box).to_have_count(0)
+    expect(dash.box).to_have_count(0, timeout=20_000)
     for lab in learners.values():
         wait_until(lambda url=lab["admin"]: refused(url), 10, f"{lab['admin']} stopped by the cleanup cell")
