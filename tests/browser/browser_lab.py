@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nbformat
+from playwright.sync_api import expect
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian's Chromium (Playwright cannot download its own browsers here); LABXDS_CHROMIUM names
@@ -310,6 +312,7 @@ class NotebookPage:
         self.server = server
         self.name = name
         self.expected_stderr = [re.compile(p, re.S) for p in expected_stderr]
+        self.count = 0  # cells in the notebook, once open
         self.panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
         self.cells = self.panel.locator(".jp-Notebook .jp-Cell")
 
@@ -319,8 +322,12 @@ class NotebookPage:
         news = self.page.get_by_text("Would you like to get notified about official Jupyter news?")
         self.page.add_locator_handler(news, lambda: self.page.get_by_role("button", name="No", exact=True).click())
         self.page.goto(self.server.url(self.name))
-        self.cells.first.wait_for(timeout=timeout * 1000)
+        # JupyterLab adds a long notebook's cells to the page a batch at a time: wait for all of
+        # them (as many as the file has), or "the last cell" would be one in the middle.
+        expected = len(nbformat.read(self.server.workdir / "notebooks" / self.name, as_version=4).cells)
+        expect(self.cells).to_have_count(expected, timeout=timeout * 1000)
         self.page.get_by_text("| Idle").first.wait_for(timeout=timeout * 1000)  # the kernel is up
+        self.count = expected
         return self
 
     # -- running
@@ -350,17 +357,15 @@ class NotebookPage:
     def run_all_but_last(self, timeout: float = RUN_TIMEOUT) -> None:
         """Run > Run All Above Selected Cell, with the last cell (the lessons' cleanup) selected,
         then wait for the run to end. The test interacts with what the cells left running."""
-        count = self.cells.count()
-        self.select_cell(count - 1)
+        self.select_cell(self.count - 1)
         self.run_menu("Run All Above Selected Cell")
-        self.wait_run(range(count - 1), timeout)
+        self.wait_run(range(self.count - 1), timeout)
 
     def run_last(self, timeout: float = RUN_TIMEOUT) -> None:
         """Run > Run Selected Cell on the last cell (the cleanup)."""
-        count = self.cells.count()
-        self.select_cell(count - 1)
+        self.select_cell(self.count - 1)
         self.run_menu("Run Selected Cell")
-        self.wait_run([count - 1], timeout)
+        self.wait_run([self.count - 1], timeout)
 
     def prompts(self) -> list[str | None]:
         return self.panel.evaluate(_PROMPTS_JS)
