@@ -106,7 +106,7 @@ class JupyterLabServer:
 
     ``workdir/notebooks`` is the copy (the command's ``--notebook-dir=notebooks`` is relative,
     so it runs in ``workdir``); the lab's own ports are free ones, passed to the kernels through
-    the server's environment (LABXDS_*_PORT, as tests/test_notebooks.py does for nbclient).
+    the server's environment (LABXDS_*_PORT, as tests/course/test_notebooks.py does for nbclient).
     JupyterLab's own settings, workspaces and runtime files live in ``workdir`` too, so a
     developer's ~/.jupyter changes nothing here and nothing is left behind.
     """

@@ -1,8 +1,8 @@
 """The course in a real browser: JupyterLab as `make lab` starts it, driven by Chromium.
 
-tests/test_notebooks.py runs every notebook through nbclient, which never draws a widget. Here a
-learner's path is taken with the mouse: open the notebook in JupyterLab, run it from the Run
-menu, click the widgets, and check what the page shows against what Envoy itself reports
+tests/course/test_notebooks.py runs every notebook through nbclient, which never draws a widget.
+Here a learner's path is taken with the mouse: open the notebook in JupyterLab, run it from the
+Run menu, click the widgets, and check what the page shows against what Envoy itself reports
 (its admin /config_dump and a request through its listener, from this process).
 
 Each notebook is run up to its cleanup cell (Run > Run All Above Selected Cell), so that what
