@@ -203,8 +203,29 @@ class JupyterLabServer:
             self.proc.kill()
             self.proc.wait(10)
 
+    def shutdown_kernels(self) -> None:
+        """End every session and kernel (as File > Shut Down All Kernels would): what a notebook
+        left running, Envoys included (they die with their kernel), is gone for the next test."""
+        for session in httpx.get(f"{self.base}/api/sessions", headers=self._auth, timeout=10).json():
+            httpx.delete(f"{self.base}/api/sessions/{session['id']}", headers=self._auth, timeout=30)
+        for kernel in httpx.get(f"{self.base}/api/kernels", headers=self._auth, timeout=10).json():
+            httpx.delete(f"{self.base}/api/kernels/{kernel['id']}", headers=self._auth, timeout=30)
+
+    def wait_no_leftovers(self, timeout: float = 20.0) -> None:
+        left: list[str] = []
+
+        def all_gone() -> bool:
+            left[:] = self.leftovers()
+            return not left
+
+        try:
+            wait_until(all_gone, timeout, "kernels and Envoys gone")
+        except AssertionError:
+            raise AssertionError(f"still running after their kernels were shut down: {left}") from None
+
     def leftovers(self) -> list[str]:
-        """Processes still running from this server's temporary directory (Envoys, kernels)."""
+        """Processes started from this server's temporary directory (kernels, whose connection
+        files are there, and Envoys, whose work dirs are), the server itself aside."""
         mark = str(self.workdir).encode()
         found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):

@@ -22,7 +22,6 @@ from browser_lab import (
     ConsoleWatch,
     JupyterLabServer,
     Screenshots,
-    wait_until,
 )
 
 
@@ -54,25 +53,24 @@ def browser(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             context.close()
 
 
-@pytest.fixture
-def jupyterlab(chromium: Path, tmp_path: Path) -> Iterator[JupyterLabServer]:
-    """JupyterLab as `make lab` starts it, on a copy of notebooks/ and free ports; stopped after,
-    and with it every kernel and Envoy it started."""
-    server = JupyterLabServer(tmp_path).start()
+@pytest.fixture(scope="module")
+def jupyterlab_server(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLabServer]:
+    """JupyterLab as `make lab` starts it, on a copy of notebooks/ and free ports, for the module."""
+    server = JupyterLabServer(tmp_path_factory.mktemp("jupyterlab")).start()
     try:
         yield server
     finally:
         server.stop()
-    left: list[str] = []
+    server.wait_no_leftovers()
 
-    def all_gone() -> bool:
-        left[:] = server.leftovers()
-        return not left
 
-    try:
-        wait_until(all_gone, 15, "kernels and Envoys stopped with JupyterLab")
-    except AssertionError:
-        raise AssertionError(f"still running after JupyterLab stopped: {left}") from None
+@pytest.fixture
+def jupyterlab(jupyterlab_server: JupyterLabServer) -> Iterator[JupyterLabServer]:
+    """The module's JupyterLab; after the test, every kernel it started is shut down, and with
+    them their labs and Envoys (the next notebook uses the same ports)."""
+    yield jupyterlab_server
+    jupyterlab_server.shutdown_kernels()
+    jupyterlab_server.wait_no_leftovers()
 
 
 @pytest.fixture
