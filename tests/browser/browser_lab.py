@@ -179,7 +179,10 @@ class JupyterLabServer:
         return {"Authorization": f"token {self.token}"}
 
     def url(self, notebook: str) -> str:
-        return f"{self.base}/lab/tree/{notebook}?token={self.token}"
+        """The notebook in a JupyterLab workspace of its own: the tabs an earlier test left open
+        (and the kernels they would start) stay in theirs."""
+        workspace = re.sub(r"\W", "-", Path(notebook).stem)
+        return f"{self.base}/lab/workspaces/{workspace}/tree/{notebook}?token={self.token}"
 
     @property
     def listener_url(self) -> str:
