@@ -155,21 +155,23 @@ def topology_model(lab: Any) -> tuple[list[Box], list[Arrow]]:
     """The boxes and arrows ``topology`` draws, read from the running lab and its Envoy."""
     node = getattr(lab, "node_id", None) or "?"
     remote = getattr(lab, "remote", None)
-    running = bool(getattr(lab, "running", False))
-    cp_address = remote or (lab.control_plane.address if getattr(lab, "control_plane", None) else f"127.0.0.1:{lab.xds_port}")
+    control_plane = getattr(lab, "control_plane", None)
+    cp_address = remote or (control_plane.address if control_plane is not None else f"127.0.0.1:{lab.xds_port}")
+    running = False  # Envoy answers on its admin interface
     connected = False
     listeners: list[dict[str, Any]] = []
     endpoints: list[dict[str, Any]] = []
-    if running:
-        try:
-            connected = lab.admin.stats("^control_plane.connected_state$").get("control_plane.connected_state") == 1
-            listeners = [r for r in listener_rows(lab.admin) if r["state"] == "active"]
-            endpoints = endpoint_rows(lab.admin)
-        except Exception:  # Envoy gone: draw what is known
-            connected = False
+    try:
+        connected = lab.admin.stats("^control_plane.connected_state$").get("control_plane.connected_state") == 1
+        running = True
+        listeners = [r for r in listener_rows(lab.admin) if r["state"] == "active"]
+        endpoints = endpoint_rows(lab.admin)
+    except Exception:  # Envoy gone, or not started: draw what is known
+        pass
     boxes = [
         Box("you", "you (this notebook)", "curl, /config_dump", 0.3, 3.2),
-        Box("cp", "control plane (ADS)", f"{'the instructor' if remote else 'this kernel'} · {cp_address}", 0.3, 0.3),
+        Box("cp", "control plane (ADS)", f"{'the instructor' if remote else 'this kernel'} · {cp_address}", 0.3, 0.3,
+            active=bool(remote) or (control_plane is not None and control_plane.running)),
         Box("envoy", "Envoy", f"node {node}", 4.1, 0.8, w=3.2, h=3.8, active=running),
         Box("admin", "admin interface", lab.admin_url.split("//", 1)[-1], 4.4, 3.05, active=running),
     ]
@@ -186,6 +188,7 @@ def topology_model(lab: Any) -> tuple[list[Box], list[Arrow]]:
               active=connected, color=COLORS["edge"] if connected else COLORS["NACK"]),
     ]
     services = _services_of(lab)
+    services_up = getattr(lab, "services", None) is not None or bool(getattr(getattr(lab, "mode", None), "docker", False))
     by_address: dict[str, list[str]] = {}
     for row in endpoints:
         by_address.setdefault(f"{row['address']}:{row['port']}", []).append(str(row["cluster"]))
@@ -193,7 +196,7 @@ def topology_model(lab: Any) -> tuple[list[Box], list[Arrow]]:
     y = 2.05 + step * (len(services) - 1) / 2 - 0.35
     for address, name in services.items():
         clusters = sorted(set(by_address.get(address, [])))
-        boxes.append(Box(f"svc:{name}", name, address, 8.4, y, w=2.3, h=0.7, active=running))
+        boxes.append(Box(f"svc:{name}", name, address, 8.4, y, w=2.3, h=0.7, active=services_up))
         arrows.append(Arrow("listener", f"svc:{name}", _short(", ".join(clusters), 30) if clusters else "",
                             active=bool(clusters)))
         y -= step

@@ -92,8 +92,8 @@ class Lab(LabRuntime):
 
         return topology(self)
 
-    def sequence(self, since: float | int | None = None, *, last: int = 30) -> Diagram:
+    def sequence(self, since: float | int | None = None, *, last: int = 30, title: str | None = None) -> Diagram:
         """A sequence diagram of the xDS conversation with this lab's Envoy (since a ``mark``)."""
         from .diagrams import sequence
 
-        return sequence(self, since, last=last)
+        return sequence(self, since, last=last, title=title)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +25,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    running = Lab(xds_port=0, admin_port=0, listener_port=_free_port()).start(progress=False)
+    running = Lab(xds_port=_free_port(), admin_port=0, listener_port=_free_port()).start(progress=False)
     yield running
     running.stop()
 
@@ -107,6 +108,24 @@ def test_a_nack_in_the_pictures(lab: Lab) -> None:
     assert not _arrow(model, "listener", "svc:service1").active
     short = diagrams.sequence(lab, last=3)
     assert len(short.rows) == 3 and short.skipped == len(lab.cp.trace(lab.node_id)) - 3
+
+
+def test_the_picture_without_the_control_plane(lab: Lab) -> None:
+    """Envoy keeps its listener and clusters; only the ADS stream is gone, and comes back."""
+    lab.control_plane.stop()
+    try:
+        deadline = time.monotonic() + 10
+        while lab.admin.stats("^control_plane.connected_state$")["control_plane.connected_state"] != 0:
+            assert time.monotonic() < deadline, "Envoy did not notice the control plane had gone"
+            time.sleep(0.1)
+        boxes, arrows = diagrams.topology_model(lab)
+        state = {b.key: b.active for b in boxes}
+        assert state["envoy"] and state["admin"] and state["listener"] and not state["cp"]
+        assert not _arrow((boxes, arrows), "envoy", "cp").active
+        assert _arrow((boxes, arrows), "you", "listener").active
+    finally:
+        lab.control_plane.start()
+        lab.control_plane.wait_for_node(lab.node_id, timeout=30)
 
 
 def test_check_shows_a_hint_and_never_raises(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,9 +127,23 @@ def _check_version_1(t: Target, pushed: Any) -> str:
 
 EXERCISES = [
     Exercise(
-        "2.1", "The route, in Envoy's JSON form",
+        "2.1", "Version \"1\", pushed",
+        "Put example_cluster, route and listener in one snapshot with version \"1\" and push it to Envoy.",
+        _check_version_1,
+        placeholder="pushed = None  # the snapshot you pushed: what lab.push(...) returns",
+        solution='pushed = lab.push(labxds.Snapshot([example_cluster, route, listener], version="1"))',
+        answers=("pushed",),
+        mistakes=(
+            'pushed = labxds.Snapshot([example_cluster, route, listener], version="1")',  # built, not pushed
+            "pushed = lab.push(labxds.Snapshot([example_cluster, route, listener]))",  # versions are hashes
+        ),
+        given=GIVEN + 'lab.push(labxds.Snapshot([], version="0"))  # Envoy on its bootstrap alone\n',
+        docs=(f"{DOCS}/intro/arch_overview/operations/dynamic_configuration", f"{DOCS}/api-docs/xds_protocol"),
+    ),
+    Exercise(
+        "2.2", "The route, in Envoy's JSON form",
         "Write local_route as YAML text in Envoy's JSON form. The check tries it on your Envoy (with the "
-        "sandbox's cluster and listener, and a request through the listener), then puts back what Envoy had.",
+        "sandbox's cluster and listener, and a request through the listener), then puts back version 1.",
         _check_route_yaml,
         placeholder="route_yaml = None  # local_route as YAML text, with its \"@type\"",
         solution='''\
@@ -155,7 +169,7 @@ virtual_hosts:
         docs=(f"{DOCS}/api-v3/config/route/v3/route.proto", f"{DOCS}/configuration/overview/examples"),
     ),
     Exercise(
-        "2.2", "The cluster, with typed classes",
+        "2.3", "The cluster, with typed classes",
         "Write example_proxy_cluster (LOGICAL_DNS, 5 s connect timeout, service1 as its one endpoint) with "
         "envoy-data-plane's typed classes. The check tries it on your Envoy with local_route and listener_0.",
         _check_typed_cluster,
@@ -187,19 +201,5 @@ typed_cluster = Cluster(
         ),
         given=GIVEN,
         docs=(f"{DOCS}/api-v3/config/cluster/v3/cluster.proto",),
-    ),
-    Exercise(
-        "2.3", "Version \"1\", pushed",
-        "Put example_cluster, route and listener in one snapshot with version \"1\" and push it to Envoy.",
-        _check_version_1,
-        placeholder="pushed = None  # the snapshot you pushed: what lab.push(...) returns",
-        solution='pushed = lab.push(labxds.Snapshot([example_cluster, route, listener], version="1"))',
-        answers=("pushed",),
-        mistakes=(
-            'pushed = labxds.Snapshot([example_cluster, route, listener], version="1")',  # built, not pushed
-            "pushed = lab.push(labxds.Snapshot([example_cluster, route, listener]))",  # versions are hashes
-        ),
-        given=GIVEN,
-        docs=(f"{DOCS}/intro/arch_overview/operations/dynamic_configuration", f"{DOCS}/api-docs/xds_protocol"),
     ),
 ]
