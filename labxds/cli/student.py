@@ -8,7 +8,7 @@ import sys
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     student = sub.add_parser("student", help="write the lessons' student versions (solutions cleared by nbgrader)")
     student.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="lesson notebooks (.ipynb)")
     student.add_argument("-o", "--output", required=True, metavar="DIR", help="where to write them")

@@ -26,7 +26,7 @@ class JqError(ValueError):
     """A path this evaluator does not understand, or one jq itself would refuse."""
 
 
-class _Many(list):  # type: ignore[type-arg]
+class _Many(list[Any]):
     """The results of ``[]``: the rest of the path applies to each."""
 
 

@@ -37,7 +37,7 @@ SANDBOX_JQ = (".configs[1].dynamic_active_clusters[0].cluster.load_assignment.en
               ".lb_endpoints[0].endpoint.address.socket_address")
 
 
-class RawResponse(dict):  # type: ignore[type-arg]
+class RawResponse(dict[str, Any]):
     """One exchange as ``curl -i`` prints it; also a record (status, headers, body, error)."""
 
     @property
@@ -70,7 +70,7 @@ def curl_i(lab: Any, path: str = "/", *, headers: Mapping[str, str] | None = Non
     return RawResponse(exchange(url, path, headers=headers, method=method, timeout=timeout))
 
 
-class JsonText(dict):  # type: ignore[type-arg]
+class JsonText(dict[str, Any]):
     """A JSON document that a notebook shows as indented JSON, the way ``curl | jq .`` prints it."""
 
     max_lines = 60

@@ -146,3 +146,40 @@ def test_the_student_version_keeps_the_placeholders(path: Path) -> None:
                 assert line not in cleared
     unchanged = [j for j, c in enumerate(nb.cells) if j not in dict(_exercise_cells(nb))]
     assert all(student.cells[j].source == nb.cells[j].source for j in unchanged)
+
+
+def test_the_readme_maps_the_course() -> None:
+    """README's course map lists every lesson with the time its notebook states, and the total."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| \[\d+ · [^\]]+\]\(notebooks/(\d\d_\w+\.ipynb)\) \| (\d+) min \|", readme, flags=re.M))
+    assert sorted(rows) == [p.name for p in LESSON_PATHS], "README's course map must list every lesson, in order"
+    for path in LESSON_PATHS:
+        stated = re.search(r"\*\*Time:\*\* about (\d+) minutes", _load(path).cells[0].source)
+        if stated:
+            assert rows[path.name] == stated[1], f"README says {rows[path.name]} min for {path.name}, it says {stated[1]}"
+    total = sum(int(m) for m in rows.values())
+    hours, minutes = divmod(total, 60)
+    said = f"about **{hours} hours {minutes} minutes** in all" if minutes else f"about **{hours} hours** in all"
+    assert said in readme, f"README should say the course takes {said}"
+
+
+def test_the_workshop_learner_uses_the_shared_exercises() -> None:
+    """The workshop's exercise cells are the registered exercises' code, checked with check(key, me),
+    and nbgrader's student version keeps their placeholders."""
+    from labxds.classroom import EXERCISES
+    from labxds.notebook.student import CODE_STUB, student_version
+
+    nb = _load(REPO / "notebooks" / "workshop_learner.ipynb")
+    cells = _exercise_cells(nb)
+    keys = []
+    for i, cell in cells:
+        match = re.fullmatch(r'check\("([\w-]+)", me\)', nb.cells[i + 1].source.strip())
+        assert match, f"cell {i + 1} must be check(key, me)"
+        ex = EXERCISES[match[1]]
+        assert cell.source == f"{ex.placeholder}\n{BEGIN}\n{ex.solution}\n{END}"
+        assert cell.metadata["nbgrader"]["solution"] is True
+        keys.append(ex.key)
+    assert sorted(keys) == sorted(EXERCISES)
+    student = student_version(nb)
+    for i, cell in cells:
+        assert student.cells[i].source == cell.source.split(BEGIN)[0] + CODE_STUB
