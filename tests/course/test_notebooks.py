@@ -136,15 +136,32 @@ def _execute(nb: nbformat.NotebookNode, path: Path) -> float:
     return time.monotonic() - started
 
 
+def _cells_seconds(nb: nbformat.NotebookNode) -> float:
+    """How long the cells ran (what a learner waits for), from nbclient's timing of each cell:
+    the kernel's start, which a machine under load can stretch, is left out."""
+    from datetime import datetime
+
+    total = 0.0
+    for cell in nb.cells:
+        timing = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in timing and "shell.execute_reply" in timing:
+            began = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+            ended = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+            total += (ended - began).total_seconds()
+    return total
+
+
 @pytest.mark.envoy
 @pytest.mark.notebooks
 @pytest.mark.timeout(NOTEBOOK_BUDGET + 60)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_runs_top_to_bottom(path: Path) -> None:
-    took = _execute(_load(path), path)
+    nb = _load(path)
+    took = _execute(nb, path)
+    cells = _cells_seconds(nb)
     budget = LESSON_BUDGET if path in LESSONS else NOTEBOOK_BUDGET
-    assert took < budget, f"{path.name} took {took:.0f}s (budget {budget}s)"
-    print(f"{path.name}: {took:.1f}s")
+    assert cells < budget, f"{path.name}'s cells ran {cells:.0f}s (budget {budget}s)"
+    print(f"{path.name}: cells {cells:.1f}s, with the kernel's start {took:.1f}s")
 
 
 @pytest.mark.envoy

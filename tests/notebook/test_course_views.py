@@ -152,3 +152,25 @@ def test_solve_runs_the_solution_and_checks_it(lab: Lab, monkeypatch: pytest.Mon
     assert ns["node_id"] == lab.node_id  # the solution's names are defined afterwards
     table = course.exercises(2)
     assert list(table["key"][:3]) == ["2.1", "2.2", "2.3"]
+
+
+def test_solve_in_a_notebook_defines_the_answer_and_shows_it_once(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In IPython, solve runs the solution in the notebook's namespace; check's result shows once."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv(course.STRICT_ENV, "1")
+    shell = InteractiveShell.instance()
+    shown: list[object] = []
+    monkeypatch.setattr(course, "_display", lambda result: shown.append(result))
+    try:
+        shell.user_ns["lab"] = lab
+        outcome = shell.run_cell('from labxds.notebook import check, solve\nsolve("1.1", lab)\n')
+        assert outcome.success, outcome.error_in_exec
+        assert shell.user_ns["node_id"] == lab.node_id
+        outcome = shell.run_cell('check("1.1", lab, node_id)')
+        assert outcome.success and outcome.result.passed
+        assert len(shown) == 2  # solve's check and this one; the cell's value did not show it again
+        outcome.result._ipython_display_()  # as this cell's value: already shown
+        assert len(shown) == 2
+    finally:
+        InteractiveShell.clear_instance()

@@ -83,7 +83,7 @@ def _check_removed(t: Target, pushed: Any) -> str:
 
 _V3 = '''\
 pushed = lab.push(labxds.Snapshot([
-    labxds.cluster("service1", [lab.upstream("service1")], type="STATIC"),
+    labxds.cluster("service1", [lab.upstream("service1")], type="STRICT_DNS"),
     labxds.cluster("example_proxy_cluster", [lab.upstream("service2")], type="LOGICAL_DNS"),
     labxds.route_configuration("local_route", routes={"/one": "service1", "/": "example_proxy_cluster"}),
     listener,
