@@ -117,8 +117,6 @@ class Fail(Exception):
         self.detail, self.hint = detail, hint
 
 
-_Fail = Fail
-
 
 @dataclass(frozen=True)
 class Target:
@@ -184,16 +182,16 @@ def _check_route_api(t: Target) -> str:
         table = _routes_or_fail(admin)
     if not any("prefix /api" in str(r["match"]) for r in table):
         raise Fail("Envoy has no route matching the prefix /api",
-                    "add a route for the prefix /api to service2, e.g. routes({'/api': 'service2', '/': 'service1'})")
+                   "add a route for the prefix /api to service2, e.g. routes({'/api': 'service2', '/': 'service1'})")
     api = _served(t.listener_url, 4, "/api")
     if set(api) != {"service2"}:
         raise Fail(f"GET /api was served by {', '.join(sorted(set(api)))}",
-                    "Envoy takes the first route that matches: put the /api route before the catch-all '/' "
-                    "route, and point it at the cluster of service2")
+                   "Envoy takes the first route that matches: put the /api route before the catch-all '/' "
+                   "route, and point it at the cluster of service2")
     root = _served(t.listener_url, 2, "/")
     if set(root) != {"service1"}:
         raise Fail(f"GET / was served by {', '.join(sorted(set(root)))}",
-                    "everything that is not /api should still go to service1 (a '/' route after /api)")
+                   "everything that is not /api should still go to service1 (a '/' route after /api)")
     return "GET /api -> service2, GET / -> service1"
 
 
@@ -203,20 +201,20 @@ def _check_canary(t: Target) -> str:
     splits = [str(r["cluster"]) for r in table if "%" in str(r["cluster"])]
     if not splits:
         raise Fail(f"no route splits traffic (routes go to {', '.join(str(r['cluster']) for r in table)})",
-                    "a canary is one route with weighted clusters: canary({'service1': 90, 'service2': 10})")
+                   "a canary is one route with weighted clusters: canary({'service1': 90, 'service2': 10})")
     wanted = {"service1": 90.0, "service2": 10.0}
     parsed = [dict((part.rsplit(" ", 1)[0], float(part.rsplit(" ", 1)[1].rstrip("%"))) for part in s.split(", "))
               for s in splits]  # fmt: skip
     if not any(p.keys() == wanted.keys() and all(abs(p[k] - v) < 0.5 for k, v in wanted.items()) for p in parsed):
         raise Fail(f"the route splits {splits[0]}",
-                    "send 90% to service1 and 10% to service2: weights={'service1': 90, 'service2': 10}")
+                   "send 90% to service1 and 10% to service2: weights={'service1': 90, 'service2': 10}")
     served = _served(t.listener_url, 200, "/")
     share = served.count("service2") / len(served)
     others = sorted(set(served) - {"service1", "service2"})
     if others or not 0.03 <= share <= 0.22:
         raise Fail(f"of 200 requests {share:.0%} reached service2" + (f", others: {others}" if others else ""),
-                    "the configuration says 90/10 but traffic does not follow it: is the split on the route "
-                    "that matches '/', and do both clusters have endpoints?")
+                   "the configuration says 90/10 but traffic does not follow it: is the split on the route "
+                   "that matches '/', and do both clusters have endpoints?")
     return f"route splits 90/10; 200 requests: {share:.0%} to service2"
 
 
@@ -227,14 +225,14 @@ def _check_fix_nack(t: Target) -> str:
     if errors:
         text = str(errors[0]["error_state"]).strip().splitlines()
         raise Fail(f"Envoy rejected the last {SANDBOX_LISTENER}: {text[-1].lstrip(': ') if text else ''}",
-                    "read Envoy's error (in the dashboard or lab.listeners()): the HTTP connection manager "
-                    "needs a non-empty stat_prefix; push a fixed listener_0")
+                   "read Envoy's error (in the dashboard or lab.listeners()): the HTTP connection manager "
+                   "needs a non-empty stat_prefix; push a fixed listener_0")
     if not any(r["state"] == "active" for r in mine):
         raise Fail(f"Envoy has no active {SANDBOX_LISTENER}", "push a snapshot with a valid listener_0")
     served = _served(t.listener_url, 2, "/")
     if not set(served) <= {"service1", "service2"}:
         raise Fail(f"GET / answered {', '.join(sorted(set(served)))}",
-                    "listener_0 is accepted but requests fail: check its route configuration and clusters")
+                   "listener_0 is accepted but requests fail: check its route configuration and clusters")
     return f"{SANDBOX_LISTENER} accepted and serving ({served[0]})"
 
 
@@ -243,7 +241,7 @@ def _check_fix_nack(t: Target) -> str:
 # A check of the learner's Envoy runs on the learner's machine and is reported to the desk. The
 # control plane cannot see the learner's traffic, but it knows the snapshot it serves the node and
 # whether Envoy ACKed it: these functions say whether that configuration does what the exercise
-# asks (a description of it), raise _Fail when it does not, and _CannotTell for a form they do not
+# asks (a description of it), raise Fail when it does not, and _CannotTell for a form they do not
 # read (a regex route, say).
 
 
