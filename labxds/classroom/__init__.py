@@ -2,13 +2,13 @@
 
 ``workshop`` runs the instructor's control plane with a roster, tokens, groups and per-learner
 snapshots; ``learners`` says who a learner is and where their Envoy lives; ``templates`` build a
-learner's own snapshot; ``exercises`` check a learner's real Envoy; ``desk`` is the HTTP door
-learners push and report through.
+learner's own snapshot; ``exercises`` check a learner's real Envoy (the workshop's and the
+course's: ``course`` holds each lesson's); ``desk`` is the HTTP door learners push and report through.
 """
 
 from ..tls import TOKEN_HEADER
 from .desk import Desk, LearnerSession
-from .exercises import EXERCISES, CheckResult, Exercise
+from .exercises import EXERCISES, CheckResult, Exercise, Fail, Target, course_exercises, exercise, register
 from .learners import Learner, learner_bootstrap
 from .templates import (
     SnapshotSpec,
@@ -28,15 +28,20 @@ __all__ = [
     "CheckResult",
     "Desk",
     "Exercise",
+    "Fail",
     "Learner",
     "LearnerSession",
     "SnapshotSpec",
+    "Target",
     "Template",
     "Workshop",
     "broken_listener",
     "canary",
+    "course_exercises",
     "describe_spec",
+    "exercise",
     "learner_bootstrap",
+    "register",
     "render",
     "routes",
     "sandbox",

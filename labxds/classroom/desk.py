@@ -21,7 +21,8 @@ from ..net.http_server import HttpServer
 from ..tls import TOKEN_HEADER
 from ..xds.snapshot import Snapshot
 from ..xds.tracking import PushRejected, PushTimeout
-from .exercises import EXERCISES, CheckResult, Exercise
+from .exercises import CheckResult, Exercise
+from .exercises import exercise as exercise_named
 from .learners import Learner
 from .templates import (
     SnapshotSpec,
@@ -219,7 +220,7 @@ class LearnerSession:
     def check(self, exercise: str, *, report: bool = True) -> CheckResult:
         """Check ``exercise`` on your Envoy; report the result to the instructor (the result
         then also says what the control plane confirms of your configuration)."""
-        result = EXERCISES[exercise].check(self.lab, self.name)
+        result = exercise_named(exercise).check(self.lab, learner=self.name)
         return self.report(result) if report else result
 
     def report(self, result: CheckResult) -> CheckResult:

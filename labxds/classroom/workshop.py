@@ -114,8 +114,8 @@ class Workshop:
         for key, ex in self.exercises.items():
             if ex.start is not None:
                 self.prepared[f"{key}: start"] = ex.start
-            if ex.solution is not None:
-                self.prepared[f"{key}: solution"] = ex.solution
+            if ex.solved is not None:
+                self.prepared[f"{key}: solution"] = ex.solved
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -463,7 +463,7 @@ class Workshop:
         ex = self.exercises[exercise]
         try:
             target = self.learner(learner)
-            result = ex.check(target, learner)
+            result = ex.check(target, learner=learner)
         except ValueError as exc:
             result = CheckResult(exercise, learner, False, "run the check on the learner's machine", str(exc))
         return self.record(result)
