@@ -50,6 +50,11 @@ $(STAMP): requirements.txt pyproject.toml
 	@echo "Installing requirements.txt and labxds into $(VENV) (quiet; takes a minute or two the first time)"
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps -e .
+	@# nbgrader is here for instructors (python -m labxds student); its JupyterLab panels would only
+	@# puzzle learners in make lab, so they are off in this environment.
+	@$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1 || true
+	@for e in formgrader validate_assignment assignment_list course_list; do \
+	  $(BIN)/jupyter server extension disable --sys-prefix nbgrader.server_extensions.$$e >/dev/null 2>&1 || true; done
 	@touch $@
 
 test: $(STAMP)
