@@ -121,20 +121,43 @@ class Hub:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        """SIGTERM the hub (it stops the learners' servers and its service), then its group."""
+    def descendants(self) -> set[int]:
+        """Every process the hub started, however deep (servers, kernels, Envoys, its service)."""
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+        out: set[int] = set()
+        todo = [self.proc.pid] if self.proc is not None else []
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in out:
+                    out.add(child)
+                    todo.append(child)
+        return out
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM the hub (it stops the learners' servers and its service); after ``grace``
+        seconds, SIGKILL whatever it started that is still there (only those processes)."""
         if self.proc is None:
             return
+        started = self.descendants()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the group this test started, nothing else
-        except ProcessLookupError:
-            pass
+        for pid in started | ({self.proc.pid} if self.proc.poll() is None else set()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(timeout=10)
         self.client.close()
 

@@ -18,7 +18,7 @@
 #   LABXDS_CLASS_PASSWORD   the learners' password (made and kept in $LABXDS_HUB_DATA if unset)
 #   LABXDS_INSTRUCTOR_PASSWORD  the instructors' password, 32+ characters (made and kept if unset)
 #   LABXDS_XDS_PORT, LABXDS_WORKSHOP_PORT   the workshop's control plane and web ports (18000, 18080)
-#   LABXDS_PORT_BASE        learners' Envoy ports: admin BASE+2*id, listener BASE+2*id+1 (20000)
+#   LABXDS_PORT_BASE        learners' ports: BASE+4*id .. +3 (Envoy admin, listener, service1, service2; 20000)
 #   LABXDS_HUB_API_PORT, LABXDS_PROXY_API_PORT   the hub's and the proxy's own APIs (8081, 8001)
 #   LABXDS_COURSE           notebooks copied into a learner's home on first start (default notebooks/)
 
@@ -93,7 +93,7 @@ c.JupyterHub.services = [{
                 "--learners", ",".join(roster),
                 "--instructors", ",".join(instructors)],
     # learners' kernels reach the desk and the control plane on this machine's loopback
-    "environment": {"PATH": os.environ.get("PATH", "")},
+    "environment": {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "LANG", "TMPDIR")},
 }]
 c.JupyterHub.load_roles = [{
     "name": "instructors",
@@ -128,7 +128,7 @@ def copy_course(spawner) -> None:
 c.Spawner.pre_spawn_hook = make_pre_spawn_hook(
     f"{workshop_url}/services/workshop", service_token,
     ports=PortBlock(int(env("LABXDS_PORT_BASE", "20000"))),
-    extra_env={"JUPYTER_CONFIG_PATH": singleuser_config, "PATH": os.environ.get("PATH", ""),
-               "LABXDS_LISTEN_HOST": "127.0.0.1"},
+    extra_env={"JUPYTER_CONFIG_PATH": singleuser_config, "LABXDS_LISTEN_HOST": "127.0.0.1"},
     prepare_home=copy_course,
+    instructors=instructors,  # their servers are not learners': no Envoy is enrolled for them
 )

@@ -3,13 +3,17 @@
 ``workshop`` runs the instructor's control plane with a roster, tokens, groups and per-learner
 snapshots; ``learners`` says who a learner is and where their Envoy lives; ``templates`` build a
 learner's own snapshot; ``exercises`` check a learner's real Envoy; ``desk`` is the HTTP door
-learners push and report through.
+learners push and report through; ``store`` keeps the instructor's state in SQLite across
+restarts; ``service`` runs the workshop as a JupyterHub service and ``spawn`` is what the hub's
+spawner hook gives each learner's server (deploy/jupyterhub).
 """
 
 from ..tls import TOKEN_HEADER
 from .desk import Desk, LearnerSession
 from .exercises import EXERCISES, CheckResult, Exercise
 from .learners import Learner, learner_bootstrap
+from .service import WorkshopClient, WorkshopService, class_status
+from .store import Store
 from .templates import (
     SnapshotSpec,
     Template,
@@ -31,10 +35,14 @@ __all__ = [
     "Learner",
     "LearnerSession",
     "SnapshotSpec",
+    "Store",
     "Template",
     "Workshop",
+    "WorkshopClient",
+    "WorkshopService",
     "broken_listener",
     "canary",
+    "class_status",
     "describe_spec",
     "learner_bootstrap",
     "render",

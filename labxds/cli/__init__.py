@@ -15,7 +15,8 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 #: command -> (module, the extra its imports need)
-COMMANDS = {"serve": ("serve", None), "up": ("up", "lab"), "echo": ("echo", None), "bootstrap": ("bootstrap", None)}
+COMMANDS = {"serve": ("serve", None), "up": ("up", "lab"), "echo": ("echo", None), "bootstrap": ("bootstrap", None),
+            "classroom": ("classroom", "hub")}
 
 
 def build_parser() -> argparse.ArgumentParser:
