@@ -37,6 +37,7 @@ REPO = HERE.parents[1]
 env = os.environ.get
 DATA = Path(env("LABXDS_HUB_DATA", "hub-data")).resolve()
 DATA.mkdir(parents=True, exist_ok=True, mode=0o700)
+DATA.chmod(0o700)  # secrets, the hub's database, the workshop's tokens
 
 
 def kept_secret(name: str, given: str | None, nbytes: int = 24) -> str:

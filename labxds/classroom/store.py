@@ -92,6 +92,10 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds every learner's token: the owner's only (SQLite gives its -wal and -shm files
+        # the database file's permissions).
+        self.path.touch(mode=0o600, exist_ok=True)
+        self.path.chmod(0o600)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -95,6 +95,7 @@ def test_a_restarted_workshop_serves_the_same_versions_and_sends_nothing_again(s
 
 def test_the_store_keeps_what_the_instructor_set_before_anyone_connected(store):
     ws = Workshop(port=0, tokens=True, desk_port=None, store=store)
+    assert store.stat().st_mode & 0o077 == 0  # every learner's token is in it
     token = ws.add_learner("dave")
     ws.broadcast(canary({"service1": 50, "service2": 50}), wait=False)
     ws.group("late", ["dave"])
