@@ -34,7 +34,7 @@ PUBLIC = {
     ],
     "labxds.tls": [
         "CertificateAuthorizer", "Credential", "SERVER_NAME", "TOKEN_HEADER", "TlsFileError", "TlsFiles",
-        "TokenAuthorizer", "channel_credentials", "issue", "make_ca", "renew_server_certificate",
+        "TokenAuthorizer", "channel_credentials", "issue", "load_credential", "make_ca", "renew_server_certificate",
         "server_credentials", "server_ssl_context", "tls_files_in", "write_tls_files",
     ],
     "labxds.envoy": [
@@ -50,9 +50,9 @@ PUBLIC = {
         "sandbox_endpoint", "stats_table", "status_table", "styled", "trace_table",
     ],
     "labxds.classroom": [
-        "CheckResult", "Desk", "EXERCISES", "Exercise", "Learner", "LearnerSession", "SnapshotSpec",
-        "TOKEN_HEADER", "Template", "Workshop", "broken_listener", "canary", "describe_spec", "learner_bootstrap",
-        "render", "routes", "sandbox",
+        "CheckResult", "Desk", "EXERCISES", "Exercise", "Learner", "LearnerSession", "SnapshotSpec", "Store",
+        "TOKEN_HEADER", "Template", "Workshop", "WorkshopClient", "WorkshopService", "broken_listener", "canary",
+        "class_status", "describe_spec", "learner_bootstrap", "render", "routes", "sandbox",
     ],
     "labxds.net": ["free_port", "parse_address", "port_is_free", "reachable"],
     "labxds.i18n": ["LANGUAGES", "N_", "_", "explain", "language", "ngettext", "set_language"],

@@ -176,7 +176,7 @@ class WorkshopService:
         class Desk(Base):
             def _handle(self, method: str) -> None:
                 path = "/" + self.request.path[len(service.prefix):].lstrip("/")
-                status, body = handle_desk_request(service.workshop, method, path,  # type: ignore[arg-type]
+                status, body = handle_desk_request(service.workshop, method, path,
                                                    self.request.headers, self.request.body)  # fmt: skip
                 self.reply(status, body)
 
@@ -186,7 +186,7 @@ class WorkshopService:
             def post(self, *_: str) -> None:
                 self._handle("POST")
 
-        class Instructor(HubOAuthenticated, Base):  # type: ignore[misc]
+        class Instructor(HubOAuthenticated, Base):
             def initialize(self) -> None:
                 self.hub_auth = hub_auth
 
@@ -197,7 +197,7 @@ class WorkshopService:
                     raise web.HTTPError(403, f"{name!r} is not an instructor of this workshop")
                 return name
 
-        class Callback(HubOAuthCallbackHandler):  # type: ignore[misc]
+        class Callback(HubOAuthCallbackHandler):
             def initialize(self) -> None:
                 self.hub_auth = hub_auth  # the OAuth state (PKCE verifier) lives on this instance
 

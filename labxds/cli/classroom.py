@@ -42,8 +42,17 @@ def _names(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+    import sys
+
     from ..classroom import Workshop, sandbox
     from ..classroom.service import WorkshopService
+
+    missing = [m for m in ("jupyterhub", "tornado") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"labxds classroom needs {', '.join(missing)}, which is not installed: pip install 'labxds[hub]'",
+              file=sys.stderr)
+        return 2
 
     logging.basicConfig(level=logging.WARNING, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     for name in ("labxds", "tornado.access"):
