@@ -64,7 +64,7 @@ $(CHP): | $(STAMP)
 	if ! command -v npm >/dev/null 2>&1 || [ "$$node_major" -lt 20 ]; then \
 	  echo "Note: JupyterHub's proxy (configurable-http-proxy $(CHP_VERSION)) needs Node.js >= 20 and npm" \
 	       "(found node $$(node --version 2>/dev/null || echo none), npm $$(npm --version 2>/dev/null || echo none))." \
-	       "The JupyterHub classroom and its test (tests/test_hub.py) are skipped until then;" \
+	       "The JupyterHub classroom and its test (tests/classroom/test_hub.py) are skipped until then;" \
 	       "install them (https://nodejs.org, or apt-get install nodejs npm where it is >= 20) and rerun make venv." >&2; \
 	else \
 	  echo "Installing configurable-http-proxy $(CHP_VERSION) (npm) into $(VENV)/node"; \
