@@ -34,7 +34,7 @@ PUBLIC = {
     ],
     "labxds.tls": [
         "CertificateAuthorizer", "Credential", "SERVER_NAME", "TOKEN_HEADER", "TlsFileError", "TlsFiles",
-        "TokenAuthorizer", "channel_credentials", "issue", "make_ca", "renew_server_certificate",
+        "TokenAuthorizer", "channel_credentials", "issue", "load_credential", "make_ca", "renew_server_certificate",
         "server_credentials", "server_ssl_context", "tls_files_in", "write_tls_files",
     ],
     "labxds.envoy": [
@@ -52,9 +52,10 @@ PUBLIC = {
         "status_table", "styled", "topology", "trace_table",
     ],
     "labxds.classroom": [
-        "CheckResult", "Desk", "EXERCISES", "Exercise", "Fail", "Learner", "LearnerSession", "SnapshotSpec",
-        "TOKEN_HEADER", "Target", "Template", "Workshop", "broken_listener", "canary", "course_exercises",
-        "describe_spec", "exercise", "learner_bootstrap", "register", "render", "routes", "sandbox",
+        "CheckResult", "Desk", "EXERCISES", "Exercise", "Fail", "Learner", "LearnerSession", "SnapshotSpec", "Store",
+        "TOKEN_HEADER", "Target", "Template", "Workshop", "WorkshopClient", "WorkshopService", "broken_listener",
+        "canary", "class_status", "course_exercises", "describe_spec", "exercise", "learner_bootstrap", "register",
+        "render", "routes", "sandbox",
     ],
     "labxds.net": ["free_port", "parse_address", "port_is_free", "reachable"],
     "labxds.i18n": ["LANGUAGES", "N_", "_", "explain", "language", "ngettext", "set_language"],

@@ -6,7 +6,6 @@ only for their own node (with their token, when the workshop uses tokens).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import ssl
@@ -24,6 +23,7 @@ from ..xds.tracking import PushRejected, PushTimeout
 from .exercises import CheckResult, Exercise
 from .exercises import exercise as exercise_named
 from .learners import Learner
+from .store import decode_snapshot, encode_snapshot
 from .templates import (
     SnapshotSpec,
     render,
@@ -48,37 +48,12 @@ class DeskWorkshop(Protocol):
 
     def push(self, spec: Any, to: Any, *, wait: bool = True, timeout: float = 10.0) -> Any: ...
 
-__all__ = ["Desk", "DeskWorkshop", "LearnerSession"]
+__all__ = ["Desk", "DeskWorkshop", "LearnerSession", "handle_desk_request"]
 
 log = logging.getLogger("labxds")
 
 
 # --------------------------------------------------------------------------- the desk (HTTP)
-
-
-def _encode_snapshot(snap: Snapshot) -> dict[str, Any]:
-    from ..xds.resource_types import TYPE_PREFIX
-
-    resources = [
-        {"type_url": url, "value": base64.b64encode(msg.SerializeToString(deterministic=True)).decode()}
-        for url in snap.types for msg in snap.resources(url).values()
-    ]  # fmt: skip
-    assert all(r["type_url"].startswith(TYPE_PREFIX) for r in resources)
-    return {"resources": resources, "version": snap.versions}
-
-
-def _decode_snapshot(data: Mapping[str, Any]) -> Snapshot:
-    from ..xds.messages import ResourceError
-    from ..xds.resource_types import message_class
-
-    messages = []
-    for i, item in enumerate(data.get("resources") or []):
-        try:
-            cls = message_class(str(item["type_url"]))
-            messages.append(cls.FromString(base64.b64decode(item["value"])))
-        except Exception as exc:
-            raise ResourceError(f"cannot decode: {exc}", where=f"resource #{i}") from None
-    return Snapshot(messages, version=data.get("version"))
 
 
 class Desk:
@@ -125,42 +100,49 @@ class _DeskHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.path.rstrip("/") == "/v1/exercises":
-            ex = self.workshop.exercises
-            self._reply(200, {"exercises": [{"key": e.key, "title": e.title, "task": e.task} for e in ex.values()]})
-        else:
-            self._reply(404, {"error": f"no such path {self.path}"})
+        self._reply(*handle_desk_request(self.workshop, "GET", self.path, self.headers, b""))
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        parts = [unquote(p) for p in self.path.strip("/").split("/")]
-        if len(parts) != 4 or parts[:2] != ["v1", "learners"] or parts[3] not in ("snapshot", "result"):
-            return self._reply(404, {"error": f"no such path {self.path}"})
-        name, action = parts[2], parts[3]
-        ws = self.workshop
-        if ws.token_required and not ws.authorize(name, {TOKEN_HEADER: self.headers.get(TOKEN_HEADER, "")}):
-            return self._reply(403, {"error": f"not authorized as {name!r}: send your own {TOKEN_HEADER}"})
+        self._reply(*handle_desk_request(self.workshop, "POST", self.path, self.headers, raw))
+
+
+def handle_desk_request(ws: DeskWorkshop, method: str, path: str, headers: Any,
+                        raw: bytes) -> tuple[int, dict[str, Any]]:
+    """One desk request as (status, JSON body): the desk's own HTTP server and the workshop's hub
+    service (:mod:`labxds.classroom.service`) answer alike."""
+    parts = [unquote(p) for p in path.split("?", 1)[0].strip("/").split("/")]
+    if method == "GET":
+        if parts == ["v1", "exercises"]:
+            ex = ws.exercises
+            return 200, {"exercises": [{"key": e.key, "title": e.title, "task": e.task} for e in ex.values()]}
+        return 404, {"error": f"no such path {path}"}
+    if len(parts) != 4 or parts[:2] != ["v1", "learners"] or parts[3] not in ("snapshot", "result"):
+        return 404, {"error": f"no such path {path}"}
+    name, action = parts[2], parts[3]
+    if ws.token_required and not ws.authorize(name, {TOKEN_HEADER: headers.get(TOKEN_HEADER) or ""}):
+        return 403, {"error": f"not authorized as {name!r}: send your own {TOKEN_HEADER}"}
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        return 400, {"error": "the body is not JSON"}
+    if action == "result":
         try:
-            data = json.loads(raw or b"{}")
-        except ValueError:
-            return self._reply(400, {"error": "the body is not JSON"})
-        if action == "result":
-            try:
-                result = ws.record(CheckResult.from_dict(data, learner=name))
-            except (KeyError, TypeError, ValueError) as exc:
-                return self._reply(400, {"error": f"not a check result: {exc}"})
-            return self._reply(200, result.to_dict())
-        try:
-            snap = _decode_snapshot(data)
-            ws.push(snap, name, wait=bool(data.get("wait", True)), timeout=float(data.get("timeout", 10)))
-        except PushRejected as exc:
-            return self._reply(409, {"rejected": {f"{n} {url}": text for (n, url), text in exc.errors.items()}})
-        except PushTimeout as exc:
-            return self._reply(504, {"error": str(exc)})
-        except ValueError as exc:  # ResourceError, ConsistencyError
-            return self._reply(400, {"error": str(exc)})
-        self._reply(200, {"versions": snap.versions})
+            result = ws.record(CheckResult.from_dict(data, learner=name))
+        except (KeyError, TypeError, ValueError) as exc:
+            return 400, {"error": f"not a check result: {exc}"}
+        return 200, result.to_dict()
+    try:
+        snap = decode_snapshot(data)
+        ws.push(snap, name, wait=bool(data.get("wait", True)), timeout=float(data.get("timeout", 10)))
+    except PushRejected as exc:
+        return 409, {"rejected": {f"{n} {url}": text for (n, url), text in exc.errors.items()}}
+    except PushTimeout as exc:
+        return 504, {"error": str(exc)}
+    except ValueError as exc:  # ResourceError, ConsistencyError
+        return 400, {"error": str(exc)}
+    return 200, {"versions": snap.versions}
 
 
 class LearnerSession:
@@ -214,7 +196,7 @@ class LearnerSession:
     def push(self, spec: SnapshotSpec, *, timeout: float = 10.0) -> Snapshot:
         """Send a snapshot for your own node; returns once your Envoy ACKed it."""
         snap = render(spec, self.learner())
-        self._post("snapshot", {**_encode_snapshot(snap), "timeout": timeout})
+        self._post("snapshot", {**encode_snapshot(snap), "timeout": timeout})
         return snap
 
     def check(self, exercise: str, *, report: bool = True) -> CheckResult:

@@ -44,6 +44,11 @@ class SnapshotCache:
         with self._lock:
             return self._nodes.get(node_id, self._default)
 
+    def own(self, node_id: str) -> Snapshot | None:
+        """``node_id``'s own snapshot; None when it follows the default."""
+        with self._lock:
+            return self._nodes.get(node_id)
+
     @property
     def default(self) -> Snapshot | None:
         return self._default
