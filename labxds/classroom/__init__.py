@@ -2,15 +2,11 @@
 
 ``workshop`` runs the instructor's control plane with a roster, tokens, groups and per-learner
 snapshots; ``learners`` says who a learner is and where their Envoy lives; ``templates`` build a
-<<<<<<< HEAD
 learner's own snapshot; ``exercises`` check a learner's real Envoy (the workshop's and the
-course's: ``course`` holds each lesson's); ``desk`` is the HTTP door learners push and report through.
-=======
-learner's own snapshot; ``exercises`` check a learner's real Envoy; ``desk`` is the HTTP door
-learners push and report through; ``store`` keeps the instructor's state in SQLite across
-restarts; ``service`` runs the workshop as a JupyterHub service and ``spawn`` is what the hub's
-spawner hook gives each learner's server (deploy/jupyterhub).
->>>>>>> hub
+course's: ``course`` holds each lesson's); ``desk`` is the HTTP door learners push and report through;
+``store`` keeps the instructor's state in SQLite across restarts; ``service`` runs the workshop as a
+JupyterHub service and ``spawn`` is what the hub's spawner hook gives each learner's server
+(deploy/jupyterhub).
 """
 
 from ..tls import TOKEN_HEADER
@@ -41,22 +37,16 @@ __all__ = [
     "Learner",
     "LearnerSession",
     "SnapshotSpec",
-<<<<<<< HEAD
     "Target",
-=======
     "Store",
->>>>>>> hub
     "Template",
     "Workshop",
     "WorkshopClient",
     "WorkshopService",
     "broken_listener",
     "canary",
-<<<<<<< HEAD
     "course_exercises",
-=======
     "class_status",
->>>>>>> hub
     "describe_spec",
     "exercise",
     "learner_bootstrap",

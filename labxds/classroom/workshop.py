@@ -119,17 +119,12 @@ class Workshop:
         for key, ex in self.exercises.items():
             if ex.start is not None:
                 self.prepared[f"{key}: start"] = ex.start
-<<<<<<< HEAD
             if ex.solved is not None:
                 self.prepared[f"{key}: solution"] = ex.solved
-=======
-            if ex.solution is not None:
-                self.prepared[f"{key}: solution"] = ex.solution
         self.store: Store | None = None
         if store is not None:
             self.store = store if isinstance(store, Store) else Store(store)
             self._restore()
->>>>>>> hub
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -16,11 +16,8 @@ __all__ = ["build_parser", "main"]
 
 #: command -> (module, the extra its imports need)
 COMMANDS = {"serve": ("serve", None), "up": ("up", "lab"), "echo": ("echo", None), "bootstrap": ("bootstrap", None),
-<<<<<<< HEAD
-            "student": ("student", "notebook")}
-=======
+            "student": ("student", "notebook"),
             "classroom": ("classroom", "hub")}
->>>>>>> hub
 
 
 def build_parser() -> argparse.ArgumentParser:
