@@ -328,7 +328,7 @@ class LabRuntime:
             spare[n] = port
         return spare[n]
 
-    def wait_until(self, condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "the condition",
+    def wait_until(self, condition: Callable[[], Any], *, timeout: float = 10.0, what: str | None = None,
                    interval: float = 0.05) -> Any:
         """Poll ``condition`` until it returns something true, and return that.
 
@@ -336,6 +336,7 @@ class LabRuntime:
         listener binds): wait for what you want to see rather than sleep. Raises TimeoutError
         naming ``what`` after ``timeout`` seconds; errors from ``condition`` count as not yet.
         """
+        what = what or _("the condition")
         deadline = time.monotonic() + timeout
         last: BaseException | None = None
         while True:
@@ -346,8 +347,10 @@ class LabRuntime:
             except Exception as exc:  # Envoy busy or not there yet: try again
                 last = exc
             if time.monotonic() >= deadline:
-                because = f" (last error: {type(last).__name__}: {last})" if last is not None else ""
-                raise TimeoutError(f"{what} did not happen within {timeout:g}s{because}")
+                if last is not None:
+                    raise TimeoutError(_("{what} did not happen within {timeout}s (last error: {error})").format(
+                        what=what, timeout=f"{timeout:g}", error=f"{type(last).__name__}: {last}"))
+                raise TimeoutError(_("{what} did not happen within {timeout}s").format(what=what, timeout=f"{timeout:g}"))
             time.sleep(interval)
 
     # -- snapshots ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from ..i18n import _
 from .snapshot import Snapshot
 
 __all__ = [
@@ -104,7 +105,8 @@ def _ads(initial_fetch_timeout: float | None = None) -> config_source_pb2.Config
     )
     if initial_fetch_timeout is not None:
         if initial_fetch_timeout < 0:
-            raise ValueError(f"initial_fetch_timeout {initial_fetch_timeout!r} must be seconds >= 0 (0: wait forever)")
+            raise ValueError(_("initial_fetch_timeout {value} must be seconds >= 0 (0: wait forever)").format(
+                value=initial_fetch_timeout))
         source.initial_fetch_timeout.CopyFrom(_seconds(initial_fetch_timeout))
     return source
 
@@ -177,7 +179,8 @@ def cluster(
             c.eds_cluster_config.service_name = service_name
     else:
         if initial_fetch_timeout is not None:
-            raise ValueError(f"cluster {name!r} is {type}: only an EDS cluster fetches (and waits for) its endpoints")
+            raise ValueError(_("cluster '{name}' is {type}: only an EDS cluster fetches (and waits for) its endpoints").format(
+                name=name, type=type))
         c.load_assignment.CopyFrom(load_assignment(name, endpoints, locality_weight=None))
         if c.type in (cluster_pb2.Cluster.STRICT_DNS, cluster_pb2.Cluster.LOGICAL_DNS):
             c.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY

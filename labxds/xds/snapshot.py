@@ -21,6 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2, message
 
+from ..i18n import _
 from . import resource_types, wire
 from .messages import ResourceError, to_message
 from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -461,7 +462,7 @@ def _type_url(name: str) -> str:
         if resource_types.short_name(url) == name.upper():
             return url
     known = ", ".join(resource_types.short_name(u) for u in resource_types.PUSH_ORDER)
-    raise ValueError(f"unknown resource type {name!r}: use {known} (or a type URL)")
+    raise ValueError(_("unknown resource type '{name}': use {known} (or a type URL)").format(name=name, known=known))
 
 
 def staged(before: Snapshot | None, after: Snapshot, order: Sequence[str]) -> list[Snapshot]:
@@ -479,12 +480,13 @@ def staged(before: Snapshot | None, after: Snapshot, order: Sequence[str]) -> li
     carried over.
     """
     if isinstance(order, str):
-        raise TypeError(f"order is a list of types such as ['CDS', 'EDS', 'RDS'], not the string {order!r}")
+        raise TypeError(_("order is a list of types such as ['CDS', 'EDS', 'RDS'], not the string '{order}'").format(
+            order=order))
     base = before if before is not None else Snapshot([], check=False)
     urls = [_type_url(str(name)) for name in order]
     repeated = sorted({resource_types.short_name(u) for u in urls if urls.count(u) > 1})
     if repeated:
-        raise ValueError(f"order names {', '.join(repeated)} more than once")
+        raise ValueError(_("order names {types} more than once").format(types=", ".join(repeated)))
 
     def differs(url: str) -> bool:  # in content: a new version label alone changes nothing
         return {n: e.version for n, e in base.entries(url).items()} != {n: e.version for n, e in after.entries(url).items()}
@@ -493,7 +495,8 @@ def staged(before: Snapshot | None, after: Snapshot, order: Sequence[str]) -> li
                 if u not in urls and differs(u)]
     if left_out:
         names = ", ".join(resource_types.short_name(u) for u in left_out)
-        raise ValueError(f"{names} changes between the two snapshots but is not in the order {list(order)}")
+        raise ValueError(_("{types} changes between the two snapshots but is not in the order {order}").format(
+            types=names, order=list(order)))
     steps: list[Snapshot] = []
     for i in range(len(urls)):
         done = set(urls[: i + 1])
