@@ -44,6 +44,7 @@ stuck = labxds.Snapshot([old_cluster, waiting_cluster,
                          labxds.route_configuration("local_route", "example_proxy_cluster"), listener],
                         version="stuck", check=False)
 lab.push(stuck, wait=False)
+lab.wait_until(lambda: "warming" in set(lab.clusters(warming=True)["state"]), what="service2 warming")
 '''
 
 #: Exercise 9.3 starts with listener_1 warming: it names route_1, which never came.
@@ -57,6 +58,7 @@ lonely = labxds.Snapshot([*after.resources(labxds.CLUSTER).values(), *after.reso
                           *after.resources(labxds.ROUTE).values(), listener, listener_1],
                          version="lonely", check=False)
 lab.push(lonely, wait=False)
+lab.wait_until(lambda: "warming" in set(lab.listeners()["state"]), what="listener_1 warming")
 '''
 
 
@@ -229,7 +231,8 @@ def _check_endpoints(t: Target, endpoints: Any) -> str:
         where = ", ".join(f"{h}:{p}" for h, p in sorted(found))
         raise Fail(_("your endpoints are {where}, which is {who}").format(where=where, who=whose or _("no service of the lab")),
                    _('service2 runs at lab.endpoints("service2")'))
-    if "service2" not in warming_clusters(lab.admin) and "service2" not in {r["name"] for r in cluster_rows(lab.admin)}:
+    if not _waited(lambda: "service2" in warming_clusters(lab.admin) or "service2" in {r["name"] for r in cluster_rows(lab.admin)},
+                   timeout=3):
         raise Fail(_("Envoy has no cluster service2, warming or not"), _("run the cell before the exercise: it pushes the waiting cluster"))
     snap = _current(lab)
     _push(lab, _with(snap, cla, route=route_configuration("local_route", "service2")), _("your load assignment"))
@@ -276,6 +279,8 @@ def _check_route_1(t: Target, route_1: Any) -> str:
                    _("listener_1 asks for 'route_1' over RDS (see its rds.route_config_name, or the trace): name it so"))
     lab = t.own_lab()
     port = _listener_port(lab, "listener_1")
+    if port is None and _waited(lambda: _listener_port(lab, "listener_1"), timeout=3):
+        port = _listener_port(lab, "listener_1")
     if port is None:
         raise Fail(_("Envoy has no listener_1, warming or not"), _("run the cell before the exercise: it pushes listener_1"))
     _push(lab, _with(_current(lab), route), _("your route configuration"))
