@@ -9,9 +9,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONPATH=/lab
 
 # Same first layers as labxds.Dockerfile, so that Docker builds them once for both images:
-# the unprivileged user, then the pinned requirements (requirements.txt pins every package the
-# lab imports), then labxds itself, imported from /lab (PYTHONPATH) rather than installed, so
-# that no unpinned build backend is fetched.
+# the unprivileged user, then requirements.txt's pinned packages, then labxds itself, imported
+# from /lab (PYTHONPATH) rather than installed, so that no unpinned build backend is fetched.
 RUN useradd --create-home --uid 1000 lab
 WORKDIR /lab
 COPY requirements.txt ./

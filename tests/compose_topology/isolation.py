@@ -135,9 +135,16 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-def enter_netns_inside(entries: list[tuple[str, list[str]]], workdir: Path) -> None:
+def netns_id() -> str:
+    """This process's network namespace (``net:[inode]``)."""
+    return os.readlink("/proc/self/ns/net")
+
+
+def enter_netns_inside(entries: list[tuple[str, list[str]]], workdir: Path, outside: str) -> None:
     """Run inside the new namespaces: loopback up, our hosts file over /etc/hosts, and a /dev/shm
     of our own (a container has one: Envoy's hot-restart memory must not meet another Envoy's)."""
+    if not outside or netns_id() == outside:
+        raise RuntimeError("not in a network namespace of its own: refusing to mount over /etc/hosts (run via launch())")
     _loopback_up()
     hosts = workdir / "hosts"
     original = HOSTS.read_text() if HOSTS.exists() else "127.0.0.1 localhost\n"

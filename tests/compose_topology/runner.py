@@ -187,6 +187,7 @@ def _busy_ports(topo: Topology) -> list[str]:
 
 def _child(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"isolation": args.isolation, "notebooks": {}, "health": {}}
     started = time.monotonic()
     topo = Topology(load_services(), workdir)
@@ -200,7 +201,7 @@ def _child(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         if args.isolation == "netns":
-            isolation.enter_netns_inside(topo.hosts_entries(), workdir)
+            isolation.enter_netns_inside(topo.hosts_entries(), workdir, args.outside_netns)
         else:
             busy = _busy_ports(topo)
             if busy:
@@ -228,6 +229,10 @@ def _child(args: argparse.Namespace) -> int:
             print(f"{path.name}: {result['status']} in {result['seconds']}s", file=sys.stderr, flush=True)
             if not alive:
                 break
+        for script in args.script:
+            done = subprocess.run([sys.executable, script], env=kernel_env, cwd=ROOT, capture_output=True,
+                                  text=True, timeout=args.cell_timeout)  # fmt: skip
+            report.setdefault("scripts", {})[script] = {"rc": done.returncode, "output": (done.stdout + done.stderr)[-8000:]}
         if args.sandbox:
             _sandbox_check(topo, report)
     except BaseException as exc:  # noqa: BLE001 - reported, then everything is torn down
@@ -247,9 +252,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--isolation", choices=["netns", "hosts"], required=True)
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--outside-netns", default="", help="the launcher's network namespace (netns mode)")
     parser.add_argument("--report", required=True)
     parser.add_argument("--cell-timeout", type=float, default=180)
     parser.add_argument("--sandbox", action="store_true", help="also run the sandbox-bootstrap phase")
+    parser.add_argument("--script", action="append", default=[],
+                        help="also run this Python file with the lab's environment (debugging)")
     parser.add_argument("notebooks", nargs="*", help="paths relative to the repository")
     return _child(parser.parse_args(argv))
 
@@ -258,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def launch(notebooks: list[str], *, sandbox: bool = True, timeout: float = 1500, cell_timeout: float = 180,
-           isolation_mode: str | None = None, log: Path | None = None) -> dict[str, Any]:
+           isolation_mode: str | None = None, log: Path | None = None, scripts: tuple[str, ...] = ()
+           ) -> dict[str, Any]:
     """Run the topology in a child (in its own namespaces where possible); its report, or
     {"skip": reason} when this machine cannot run it."""
     mode, detail = isolation.choose(isolation_mode)
@@ -268,9 +277,9 @@ def launch(notebooks: list[str], *, sandbox: bool = True, timeout: float = 1500,
     report = workdir / "report.json"
     cmd = [sys.executable, "-m", "compose_topology", "--isolation", mode, "--workdir", str(workdir),
            "--report", str(report), "--cell-timeout", str(cell_timeout), *(["--sandbox"] if sandbox else []),
-           *notebooks]  # fmt: skip
+           *[a for s in scripts for a in ("--script", s)], *notebooks]  # fmt: skip
     if mode == "netns":
-        cmd = [*detail.split(), *cmd]
+        cmd = [*detail.split(), *cmd, "--outside-netns", isolation.netns_id()]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     log = log or workdir / "runner.log"
