@@ -258,6 +258,20 @@ def test_requirements_are_pinned():
             assert re.fullmatch(r"[A-Za-z0-9._\-\[\]]+==[\w.]+", line), f"requirements.txt: {line!r} is not pinned (==)"
 
 
+def test_the_images_get_the_packages_the_tests_run_against():
+    """The images' RUN pip install -r requirements.txt installs these pins; the harness runs the
+    services with this venv, so it must hold exactly them."""
+    wrong = []
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, pinned = line.split("==")
+            installed = importlib.metadata.version(name.split("[")[0])
+            if installed != pinned:
+                wrong.append(f"{name}: requirements.txt {pinned}, installed {installed}")
+    assert not wrong, f"the venv differs from the images' pins (run make venv): {wrong}"
+
+
 @pytest.mark.parametrize("name", BUILT)
 def test_dockerfile(services, name):
     spec = services[name]
