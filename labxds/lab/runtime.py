@@ -527,7 +527,8 @@ def _resolve(name: str, port: int) -> list[tuple[str, int]]:
         infos = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror:
         return []
-    return sorted({(info[4][0], port) for info in infos}, key=lambda hp: socket.inet_aton(hp[0]))
+    hosts = {str(info[4][0]) for info in infos}
+    return [(host, port) for host in sorted(hosts, key=socket.inet_aton)]
 
 
 def _stream_lines(lines: list[str]) -> list[str]:
