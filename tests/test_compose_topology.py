@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.envoy, pytest.mark.notebooks, pytest.mark.compose, pyt
 
 
 @pytest.fixture(scope="module")
-def run() -> dict:
+def run(request: pytest.FixtureRequest) -> dict:
     report = launch([str(p.relative_to(ROOT)) for p in NOTEBOOKS], sandbox=True, timeout=BUDGET,
                     cell_timeout=CELL_TIMEOUT)  # fmt: skip
     if "skip" in report:
@@ -40,9 +40,12 @@ def run() -> dict:
     if "error" in report:
         logs = "\n".join(f"--- {name}\n{tail}" for name, tail in report.get("logs", {}).items())
         pytest.fail(f"the compose run broke (files in {report.get('workdir')}):\n{report['error']}\n{logs}")
-    times = ", ".join(f"{Path(n).stem} {r['seconds']}s" for n, r in report["notebooks"].items())
-    print(f"\ncompose run ({report['isolation']}): {report['seconds']}s in all; services up in "
-          f"{report['started_s']}s; {times}")  # fmt: skip
+    times = ", ".join(f"{Path(n).stem} {r['status']} {r['seconds']}s" for n, r in report["notebooks"].items())
+    line = (f"compose topology ({report['isolation']}): {report['seconds']}s in all; services up in "
+            f"{report['started_s']}s; {times}")  # fmt: skip
+    print(line)
+    summary = getattr(request.config, "labxds_summary", [])
+    request.config.labxds_summary = [*summary, line]  # type: ignore[attr-defined]
     return report
 
 

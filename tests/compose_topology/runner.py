@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -305,15 +306,9 @@ def launch(notebooks: list[str], *, sandbox: bool = True, timeout: float = 1500,
     result["workdir"] = str(workdir)
     result["runner_log"] = log.read_text()[-4000:]
     if "error" not in result and "skip" not in result:
-        shutil_rmtree(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
         result.pop("workdir")
     return result
-
-
-def shutil_rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,16 @@ class Replica:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the runner dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def port_holder(port: int) -> str:
     """Who listens on ``port`` (from /proc): 'pid 123 (envoy)', or '' when it cannot tell."""
     inodes = set()
@@ -217,7 +227,7 @@ class Topology:
             log.flush()
             replica.process = subprocess.Popen(
                 argv, env=self.environment(replica), cwd=self.cwd(replica), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
 
     def wait_ready(self, replica: Replica, timeout: float) -> None:
