@@ -76,8 +76,8 @@ def local_lab_only(what: str, mode: str | None = None) -> None:
     cell, after saying so in the first markdown cell."""
     if _Mode.from_env(mode).docker:
         raise LocalLabOnly(
-            f"this lesson needs {what}, which only the local lab has: run it with `make lab` "
-            "(no Docker) rather than under docker compose"
+            _("this lesson needs {what}, which only the local lab has: run it with `make lab` (no Docker) "
+              "rather than under docker compose").format(what=what)
         )
 
 
@@ -216,22 +216,23 @@ class LabRuntime:
             now = time.monotonic()
             if now - checked > 2.0:
                 admin_up, checked = self._admin_answers(), now
-            waited = f"{now - started:.0f} s"
+            waited = f"{now - started:.0f}"
             bar.set_description(
-                f"Envoy ({self.admin_url}) is up and retrying its ADS stream (backoff up to 30 s): {waited}"
-                if admin_up
-                else f"waiting for Envoy's admin at {self.admin_url} (is the proxy service up?): {waited}"
+                (_("Envoy ({url}) is up and retrying its ADS stream (backoff up to 30 s): {seconds} s")
+                 if admin_up
+                 else _("waiting for Envoy's admin at {url} (is the proxy service up?): {seconds} s")
+                 ).format(url=self.admin_url, seconds=waited)
             )
             if now - started > timeout:
+                why = (
+                    _("Its admin ({url}) answers: does its envoy.yaml name this control plane (control-plane, port {port})?")
+                    if admin_up
+                    else _("Its admin ({url}) does not answer: is the proxy service running? "
+                           "(docker compose ps; docker compose up -d proxy)")
+                ).format(url=self.admin_url, port=self.xds_port)
                 raise TimeoutError(
-                    f"Envoy did not connect to this control plane ({self.control_plane.address}) within {timeout:g} s. "
-                    + (
-                        f"Its admin ({self.admin_url}) answers: does its envoy.yaml name this control plane "
-                        f"(control-plane, port {self.xds_port})?"
-                        if admin_up
-                        else f"Its admin ({self.admin_url}) does not answer: is the proxy service running? "
-                        "(docker compose ps; docker compose up -d proxy)"
-                    )
+                    _("Envoy did not connect to this control plane ({address}) within {seconds} s.").format(
+                        address=self.control_plane.address, seconds=f"{timeout:g}") + " " + why
                 )
 
     def _admin_answers(self) -> bool:
@@ -247,9 +248,9 @@ class LabRuntime:
             found = _resolve(name, SANDBOX_UPSTREAM_PORT)
             if len(found) < count:
                 raise RuntimeError(
-                    f"this lab wants {count} instance(s) of {name}; the compose file runs {len(found)}"
-                    f" ({name!r} resolves to {', '.join(h for h, _ in found) or 'nothing'}):"
-                    f" docker compose up -d --scale {name}={count}"
+                    _("this lab wants {count} instance(s) of {name}; the compose file runs {found} ({name} "
+                      "resolves to: {addresses}): docker compose up -d --scale {name}={count}").format(
+                        count=count, name=name, found=len(found), addresses=", ".join(h for h, _p in found) or "-")
                 )
 
     def _take_back(self, bar: Any) -> None:
@@ -257,7 +258,7 @@ class LabRuntime:
         dump = self.admin.config_dump()
         keys = ("dynamic_active_clusters", "dynamic_warming_clusters", "dynamic_listeners")
         if any(config.get(key) for config in dump.get("configs", []) for key in keys):
-            bar.set_description("Envoy runs an earlier notebook's configuration: taking it back")
+            bar.set_description(_("Envoy runs an earlier notebook's configuration: taking it back"))
             self.push(Snapshot([], version="0"))
 
     def _start_remote(self, progress: bool, timeout: float) -> LabRuntime:
@@ -399,7 +400,7 @@ class LabRuntime:
         if self.mode.docker:
             found = _resolve(name, SANDBOX_UPSTREAM_PORT)
             if not found:
-                raise KeyError(f"no service {name!r}: the name does not resolve (is it in docker-compose.yaml?)")
+                raise KeyError(_("no service {name}: the name does not resolve (is it in docker-compose.yaml?)").format(name=name))
             return found[: self.service_counts.get(name, len(found))]
         if self.services is None:
             raise RuntimeError(_("the lab is not running: call lab.start() first"))
