@@ -9,7 +9,8 @@ Lessons use the sandbox's logical names either way; ``LabRuntime.upstream`` says
 Under compose the proxy's Envoy was started before this kernel and outlives it: ``start()``
 waits for it to (re)connect, which its retry backoff can make take up to 30 s, and gives it back
 its bootstrap alone if an earlier kernel configured it. A lab that is not the compose file's
-(another xDS port, a workshop learner's) runs its own Envoy and echo services in this container.
+(on a port the kernel picks, a workshop learner's) runs its own Envoy and echo services in this
+container.
 """
 
 from __future__ import annotations
@@ -253,13 +254,22 @@ class LabRuntime:
                         count=count, name=name, found=len(found), addresses=", ".join(h for h, _p in found) or "-")
                 )
 
-    def _take_back(self, bar: Any) -> None:
-        """Give the proxy's Envoy back its bootstrap alone, if an earlier kernel configured it."""
+    def _take_back(self, bar: Any, drain_wait: float = 10.0) -> None:
+        """Give the proxy's Envoy back its bootstrap alone, if an earlier kernel configured it,
+        and wait (up to ``drain_wait`` s) until the removed listeners have drained: the compose
+        file's Envoy drains for 1 s, so a lesson's tables show no listener left over."""
         dump = self.admin.config_dump()
         keys = ("dynamic_active_clusters", "dynamic_warming_clusters", "dynamic_listeners")
-        if any(config.get(key) for config in dump.get("configs", []) for key in keys):
-            bar.set_description(_("Envoy runs an earlier notebook's configuration: taking it back"))
-            self.push(Snapshot([], version="0"))
+        if not any(config.get(key) for config in dump.get("configs", []) for key in keys):
+            return
+        bar.set_description(_("Envoy runs an earlier notebook's configuration: taking it back"))
+        self.push(Snapshot([], version="0"))
+        deadline = time.monotonic() + drain_wait
+        while time.monotonic() < deadline:
+            listeners = self.admin.config_dump(resource="dynamic_listeners").get("configs", [])
+            if not any(entry.get("draining_state") for entry in listeners):
+                return
+            time.sleep(0.1)
 
     def _start_remote(self, progress: bool, timeout: float) -> LabRuntime:
         """Echo services and Envoy here; the control plane is the instructor's."""
