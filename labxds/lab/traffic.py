@@ -97,7 +97,6 @@ def send(
     with httpx.Client(timeout=timeout, trust_env=False) as client:
         for i in range(1, n + 1):
             row: dict[str, Any] = {"request": i, "status": None, "served_by": None, "instance": None,
-            row: dict[str, Any] = {"request": i, "status": None, "served_by": None, "instance": None,
                                    "upstream": None, "latency_ms": None, "x_request_id": None, "error": None,
                                    "flags": None}  # fmt: skip
             echoed: dict[str, str] = {}
