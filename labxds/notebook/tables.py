@@ -151,6 +151,13 @@ def stats_table(admin: Any, filter: str | None = None, *, nonzero: bool = False)
 
 _UNITS = {"_ms": "ms", "_s": "s", "_bytes": "bytes", "_pct": "%"}
 
+#: Columns of the lessons' own tables (lab.where(), configs_index, the toggle's history, lesson 5's
+#: split), shown as words like those of _LABELS below.
+_LESSON_LABELS = {
+    "component": N_("component"), "index": N_("index"), "holds": N_("holds"), "lists": N_("lists"),
+    "upstream": N_("upstream"), "requests": N_("requests"), "policy": N_("policy"),
+}  # fmt: skip
+
 
 #: Column names shown as words in the learner's language (the frames keep their names for code).
 _LABELS = {
@@ -176,7 +183,8 @@ def _header(column: str) -> str:
         if column.endswith(suffix):
             base = column.removesuffix(suffix)
             return f"{_(_LABELS[base]) if base in _LABELS else base.replace('_', ' ')} ({unit})"
-    return _(_LABELS[column]) if column in _LABELS else column.replace("_", " ")
+    label = _LABELS.get(column) or _LESSON_LABELS.get(column)
+    return _(label) if label else column.replace("_", " ")
 
 
 def _time_of_day(value: Any) -> str:
@@ -197,6 +205,8 @@ def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) 
     """
     import pandas as pd
 
+    if caption:  # the lessons' captions are in the catalogue (labxds/i18n/notebooks.py): shown translated
+        caption = _(caption)
     times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
     headers = {c: _header(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
     view = df.rename(columns=headers)

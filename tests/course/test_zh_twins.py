@@ -28,11 +28,6 @@ ENGLISH = [p.name for p in zh_twins.english_notebooks()]
 #: English notebooks without their Chinese twin yet (helper zh-b: 06-09, then 10-14 and the
 #: workshop's). Take a name off when its twin lands; never add one back.
 PENDING: set[str] = {
-    "01_setting_up.ipynb",
-    "02_first_snapshot.ipynb",
-    "03_changing_config.ipynb",
-    "04_upstream_toggle.ipynb",
-    "05_load_balancing.ipynb",
     "06_protocol.ipynb",
     "07_sotw_vs_delta.ipynb",
     "08_traffic_shifting.ipynb",
