@@ -58,7 +58,8 @@ def _check_route_yaml(t: Target, route_yaml: Any) -> str:
 
 
 def _check_typed_cluster(t: Target, typed_cluster: Any) -> str:
-    hint = _("envoy_data_plane.envoy.config.cluster.v3.Cluster(name=..., type=ClusterDiscoveryType.LOGICAL_DNS, "
+    hint = _("for example: {code}").format(
+        code="envoy_data_plane.envoy.config.cluster.v3.Cluster(name=..., type=ClusterDiscoveryType.LOGICAL_DNS, "
              "connect_timeout=timedelta(seconds=5), load_assignment=ClusterLoadAssignment(...))")
     need(typed_cluster, "typed_cluster", hint)
     if not type(typed_cluster).__module__.startswith("envoy_data_plane."):
@@ -96,7 +97,8 @@ def _sandbox_route() -> Any:
 
 
 def _check_version_1(t: Target, pushed: Any) -> str:
-    hint = 'pushed = lab.push(labxds.Snapshot([example_cluster, route, listener], version="1"))'
+    hint = _("for example: {code}").format(
+        code='pushed = lab.push(labxds.Snapshot([example_cluster, route, listener], version="1"))')
     need(pushed, "pushed", hint)
     if not isinstance(pushed, Snapshot):
         raise Fail(_("pushed is a {kind}: keep what lab.push(...) returns (the snapshot)").format(

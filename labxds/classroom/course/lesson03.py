@@ -46,8 +46,9 @@ def _pushed(t: Target, pushed: Any, version: str, hint: str) -> Snapshot:
 
 
 def _check_service2(t: Target, pushed: Any) -> str:
-    hint = ('pushed = lab.push(labxds.Snapshot([labxds.cluster("example_proxy_cluster", [lab.upstream("service2")], '
-            'type="LOGICAL_DNS"), route, listener], version="2"))')  # code: the same in every language
+    hint = _("for example: {code}").format(
+        code='pushed = lab.push(labxds.Snapshot([labxds.cluster("example_proxy_cluster", [lab.upstream("service2")], '
+             'type="LOGICAL_DNS"), route, listener], version="2"))')
     _pushed(t, pushed, "2", hint)
     entry = dynamic_clusters(t).get(SANDBOX_CLUSTER)
     if entry is None:

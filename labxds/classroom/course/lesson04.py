@@ -71,8 +71,9 @@ def _check_switch(t: Target, switch: Any) -> str:
 
 
 def _check_toggle(t: Target, my_toggle: Any) -> str:
-    hint = ('my_toggle = widgets.ToggleButtons(options=["service1", "service2"]); '
-            'my_toggle.observe(lambda change: switch(change["new"]), names="value")')  # code: the same in every language
+    hint = _("for example: {code}").format(
+        code='my_toggle = widgets.ToggleButtons(options=["service1", "service2"]); '
+             'my_toggle.observe(lambda change: switch(change["new"]), names="value")')
     need(my_toggle, "my_toggle", hint)
     options = list(getattr(my_toggle, "options", None) or [])
     if not hasattr(my_toggle, "value") or not hasattr(my_toggle, "observe"):
