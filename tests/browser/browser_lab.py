@@ -154,7 +154,9 @@ class JupyterLabServer:
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
-    notebook_dir: Path | None = None  # the copy's folder JupyterLab serves (notebooks/ or notebooks/zh-CN/)
+    root_dir: Path | None = None  # the copy's folder JupyterLab serves (notebooks/)
+    course: str = ""  # the folder the target opens under it ("zh-CN" for lab-zh)
+    notebook_dir: Path | None = None  # the lessons' folder: root_dir / course
     locale: str = "en"  # the interface's language, as the target's settings set it
 
     def start(self, timeout: float = 90.0) -> JupyterLabServer:
@@ -164,7 +166,14 @@ class JupyterLabServer:
         self.ports = {"xds": xds, "admin": admin, "listener": listener}
         assignments, argv, settings = make_lab_command(self.port, self.target)
         served = next((a.split("=", 1)[1] for a in argv if a.startswith("--notebook-dir=")), "notebooks")
-        self.notebook_dir = self.workdir / served
+        self.root_dir = self.workdir / served
+        # the folder the file browser opens (lab-zh: notebooks/zh-CN, an absolute path): the copy's
+        for i, arg in enumerate(argv):
+            if arg.startswith("--ServerApp.preferred_dir="):
+                preferred = Path(arg.split("=", 1)[1]).relative_to(REPO / served)
+                self.course = preferred.as_posix()
+                argv[i] = f"--ServerApp.preferred_dir={self.root_dir / preferred}"
+        self.notebook_dir = self.root_dir / self.course
         env = {k: v for k, v in os.environ.items() if k != "LABXDS_LANG"}
         env.update(assignments)
         jupyter = self.workdir / "jupyter"
@@ -234,10 +243,15 @@ class JupyterLabServer:
         return found[0] if found and found[0] else text
 
     def url(self, notebook: str) -> str:
-        """The notebook in a JupyterLab workspace of its own: the tabs an earlier test left open
-        (and the kernels they would start) stay in theirs."""
+        """The notebook (of the course's folder) in a JupyterLab workspace of its own: the tabs an
+        earlier test left open (and the kernels they would start) stay in theirs."""
         workspace = re.sub(r"\W", "-", Path(notebook).stem)
-        return f"{self.base}/lab/workspaces/{workspace}/tree/{notebook}?token={self.token}"
+        path = f"{self.course}/{notebook}" if self.course else notebook
+        return f"{self.base}/lab/workspaces/{workspace}/tree/{path}?token={self.token}"
+
+    def default_page(self) -> str:
+        """Where the target's JupyterLab opens (its default URL), with the token."""
+        return f"{self.base}/?token={self.token}"
 
     @property
     def listener_url(self) -> str:
@@ -286,7 +300,10 @@ class JupyterLabServer:
         files are there, and Envoys, whose work dirs are), the server itself aside."""
         mark = str(self.workdir).encode()
         found = []
+        server = str(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None
         for pid in filter(str.isdigit, os.listdir("/proc")):
+            if pid == server:  # its command line names the copy's folder (lab-zh's preferred_dir)
+                continue
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:

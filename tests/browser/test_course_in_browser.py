@@ -57,7 +57,10 @@ def test_lesson_4_in_chinese_with_the_chinese_interface(
 ) -> None:
     """`make lab-zh`: JupyterLab's menus and status bar in Chinese (the pinned language pack), the
     Chinese lesson 4, whose checks, captions and toggle speak Chinese; the toggle works as in English."""
-    assert jupyterlab_zh.locale == "zh_CN" and jupyterlab_zh.notebook_dir.name == "zh-CN"
+    assert jupyterlab_zh.locale == "zh_CN" and jupyterlab_zh.course == "zh-CN"
+    page.goto(jupyterlab_zh.default_page())  # where `make lab-zh` opens: the Chinese lessons
+    expect(page.locator(".jp-DirListing-item", has_text="01_setting_up.ipynb")).to_be_visible(timeout=30_000)
+    expect(page.locator(".jp-BreadCrumbs")).to_contain_text("zh-CN")
     nb = _lesson_4(jupyterlab_zh, page, console, shots, before_cleanup=_assert_chinese_page)
     assert nb.name == LESSON_4
 
