@@ -362,7 +362,8 @@ class LabRuntime:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {'running' if self.running else 'stopped'}: {self.listener_url} admin {self.admin_url}>"
+        said = _("running") if self.running else _("stopped")
+        return f"<{type(self).__name__} {said}: {self.listener_url} admin {self.admin_url}>"
 
     # -- where things are -------------------------------------------------------------------
 
