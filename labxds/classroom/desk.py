@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import ssl
 from collections.abc import Mapping
 from dataclasses import replace
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+from ..net.budget import DEFAULT_BUDGET, BudgetExceeded, InputBudget, check_data
 from ..net.http_server import HttpServer
 from ..tls import TOKEN_HEADER
 from ..xds.snapshot import Snapshot
@@ -47,9 +49,21 @@ class DeskWorkshop(Protocol):
 
     def push(self, spec: Any, to: Any, *, wait: bool = True, timeout: float = 10.0) -> Any: ...
 
-__all__ = ["Desk", "DeskWorkshop", "LearnerSession"]
+__all__ = ["DESK_BUDGET", "Desk", "DeskWorkshop", "LearnerSession", "MAX_PUSH_TIMEOUT"]
 
 log = logging.getLogger("labxds")
+
+#: What one request to the desk may hold: the engine's budget of values and depth, and a body of
+#: at most 4 MiB (a learner's snapshot is a few kilobytes).
+DESK_BUDGET = InputBudget(max_bytes=4 << 20, max_values=DEFAULT_BUDGET.max_values, max_depth=DEFAULT_BUDGET.max_depth)
+#: The longest a learner's push may wait for their Envoy, in seconds: a desk thread waits that long.
+MAX_PUSH_TIMEOUT = 120.0
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        super().__init__(reason)
 
 
 # --------------------------------------------------------------------------- the desk (HTTP)
@@ -71,13 +85,20 @@ def _decode_snapshot(data: Mapping[str, Any]) -> Snapshot:
     from ..xds.resource_types import message_class
 
     messages = []
-    for i, item in enumerate(data.get("resources") or []):
+    items = data.get("resources") or []
+    if not isinstance(items, list):
+        raise ResourceError(f"resources must be a list, not {type(items).__name__}", where="the body")
+    for i, item in enumerate(items):
         try:
             cls = message_class(str(item["type_url"]))
             messages.append(cls.FromString(base64.b64decode(item["value"])))
         except Exception as exc:
             raise ResourceError(f"cannot decode: {exc}", where=f"resource #{i}") from None
-    return Snapshot(messages, version=data.get("version"))
+    version = data.get("version")
+    if version is not None and not isinstance(version, (str, dict)):
+        raise ResourceError(f"version must be a string or an object of type URL -> version, not {version!r}",
+                            where="the body")
+    return Snapshot(messages, version=version)
 
 
 class Desk:
@@ -120,6 +141,8 @@ class _DeskHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -130,35 +153,77 @@ class _DeskHandler(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"error": f"no such path {self.path}"})
 
-    def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
+    def _body(self) -> Any:
+        """The request's JSON body, within DESK_BUDGET; _BadRequest says what is wrong with it."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            raise _BadRequest(411, "send the body with a Content-Length, not chunked")
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():  # negative, not a number, several values
+            raise _BadRequest(400, f"Content-Length must be a whole number of bytes, not {text[:40]!r}")
+        length = int(text)
+        if length > DESK_BUDGET.max_bytes:
+            raise _BadRequest(413, f"the body is {length:,} bytes; the desk takes at most {DESK_BUDGET.max_bytes:,}")
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise _BadRequest(400, f"the body ended after {len(raw):,} of the {length:,} bytes announced")
+        try:
+            data = json.loads(raw or b"{}")
+        except RecursionError:
+            raise _BadRequest(400, f"the body nests deeper than {DESK_BUDGET.max_depth} levels") from None
+        except ValueError:
+            raise _BadRequest(400, "the body is not JSON") from None
+        try:
+            check_data(data, DESK_BUDGET)
+        except BudgetExceeded as exc:
+            raise _BadRequest(400, f"the body is refused: {exc}") from None
+        if not isinstance(data, dict):
+            raise _BadRequest(400, f"the body must be a JSON object, not {type(data).__name__}")
+        return data
+
+    def do_POST(self) -> None:  # noqa: N802
+        try:
+            self._post()
+        except _BadRequest as exc:
+            self.close_connection = True  # what is left of a refused body is not a next request
+            self._reply(exc.status, {"error": str(exc)})
+        except Exception as exc:  # a bug: answer in words rather than drop the connection
+            log.exception("the workshop desk failed on POST %s", self.path)
+            self.close_connection = True
+            self._reply(500, {"error": f"the desk failed: {type(exc).__name__}: {exc}"})
+
+    def _post(self) -> None:
+        self.connection.settimeout(30)  # a body announced but never sent does not hold a thread for ever
         parts = [unquote(p) for p in self.path.strip("/").split("/")]
         if len(parts) != 4 or parts[:2] != ["v1", "learners"] or parts[3] not in ("snapshot", "result"):
-            return self._reply(404, {"error": f"no such path {self.path}"})
+            raise _BadRequest(404, f"no such path {self.path}")
         name, action = parts[2], parts[3]
         ws = self.workshop
         if ws.token_required and not ws.authorize(name, {TOKEN_HEADER: self.headers.get(TOKEN_HEADER, "")}):
-            return self._reply(403, {"error": f"not authorized as {name!r}: send your own {TOKEN_HEADER}"})
-        try:
-            data = json.loads(raw or b"{}")
-        except ValueError:
-            return self._reply(400, {"error": "the body is not JSON"})
+            raise _BadRequest(403, f"not authorized as {name!r}: send your own {TOKEN_HEADER}")
+        data = self._body()
         if action == "result":
             try:
                 result = ws.record(CheckResult.from_dict(data, learner=name))
             except (KeyError, TypeError, ValueError) as exc:
-                return self._reply(400, {"error": f"not a check result: {exc}"})
+                raise _BadRequest(400, f"not a check result: {exc}") from None
             return self._reply(200, result.to_dict())
+        wait = data.get("wait", True)
+        if not isinstance(wait, bool):
+            raise _BadRequest(400, f"wait must be true or false, not {wait!r}")
+        timeout = data.get("timeout", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+                or not 0 < timeout <= MAX_PUSH_TIMEOUT:
+            raise _BadRequest(400, f"timeout must be a number of seconds above 0 and at most {MAX_PUSH_TIMEOUT:g}, "
+                                   f"not {str(timeout)[:40]}")
         try:
             snap = _decode_snapshot(data)
-            ws.push(snap, name, wait=bool(data.get("wait", True)), timeout=float(data.get("timeout", 10)))
+            ws.push(snap, name, wait=wait, timeout=float(timeout))
         except PushRejected as exc:
             return self._reply(409, {"rejected": {f"{n} {url}": text for (n, url), text in exc.errors.items()}})
         except PushTimeout as exc:
             return self._reply(504, {"error": str(exc)})
         except ValueError as exc:  # ResourceError, ConsistencyError
-            return self._reply(400, {"error": str(exc)})
+            raise _BadRequest(400, str(exc)) from None
         self._reply(200, {"versions": snap.versions})
 
 

@@ -16,6 +16,7 @@ from typing import Any, Union
 import yaml
 from google.protobuf import duration_pb2
 
+from ..net.budget import DEFAULT_BUDGET, BudgetExceeded, InputBudget, expanded_size
 from ..xds import resource_types
 from ..xds.messages import (
     ResourceError,
@@ -35,8 +36,6 @@ __all__ = [
     "SnapshotFileError",
     "read_file",
 ]
-
-log = logging.getLogger("labxds.snapshot_files")
 
 log = logging.getLogger("labxds.snapshot_files")
 
@@ -135,16 +134,22 @@ class _File:
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, budget: InputBudget = DEFAULT_BUDGET) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
+            budget.check_bytes(os.fstat(fd).st_size, "the file")
             chunks = []
+            size = 0
             while chunk := os.read(fd, 1 << 20):
+                size += len(chunk)
+                budget.check_bytes(size, "the file")  # it grew while being read
                 chunks.append(chunk)
         finally:
             os.close(fd)
         return b"".join(chunks).decode("utf-8")
+    except BudgetExceeded as exc:
+        raise SnapshotFileError(path, f"refused: {exc}") from None
     except UnicodeDecodeError as exc:
         raise SnapshotFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except IsADirectoryError:
@@ -155,10 +160,44 @@ def _read_text(path: Path) -> str:
         raise SnapshotFileError(path, f"cannot read it: {exc.strerror or exc}") from None
 
 
-def _parse_yaml(path: Path, text: str) -> _File:
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_yaml_budget(path: Path, node: yaml.Node | None, budget: InputBudget) -> None:
+    """Refuse a composed YAML tree whose aliases expand past ``budget``, before it is constructed."""
+    if node is None:
+        return
+    try:
+        expanded_size(node, _yaml_children, budget)
+    except BudgetExceeded as exc:
+        at = exc.where if isinstance(exc.where, yaml.Node) else node
+        line = at.start_mark.line + 1
+        if exc.what == "cycle":
+            reason = f"an alias names the mapping or list it is in (anchored at line {line}): the value would never end"
+        else:
+            reason = (f"refused: {exc} (through the value anchored at line {line}); YAML aliases are expanded "
+                      "before a snapshot is built, so a few lines can stand for millions of values")
+        raise SnapshotFileError(path, reason, line=line) from None
+
+
+def _parse_yaml(path: Path, text: str, budget: InputBudget = DEFAULT_BUDGET) -> _File:
     loader = _SAFE_LOADER(text)  # a safe loader: plain data only, never Python objects
     try:
-        data = loader.get_single_data()
+        if "&" in text:
+            # Anchors: aliases may stand for far more than the text holds. Compose (shared nodes
+            # stay shared), measure the expansion, and only then build the values.
+            node = loader.get_single_node()
+            _check_yaml_budget(path, node, budget)
+            data = loader.construct_document(node) if node is not None else None
+        else:
+            data = loader.get_single_data()
+    except RecursionError:
+        raise SnapshotFileError(path, "refused: it nests too deeply to parse") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -177,6 +216,8 @@ def _parse_json(path: Path, text: str) -> _File:
         data = json.loads(text) if text.strip() else None
     except json.JSONDecodeError as exc:
         raise SnapshotFileError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    except RecursionError:
+        raise SnapshotFileError(path, "refused: it nests too deeply to parse") from None
     return _File(path, data, text)
 
 
