@@ -195,6 +195,26 @@ def test_rule04_nacked_version_is_not_resent(cp, connect):
     assert sent == ["1", "2", "3"]
 
 
+def test_rule04_every_nacked_version_stays_refused_not_only_the_last(cp, connect):
+    """NACK version 2, NACK version 3, then the snapshot goes back to version 2's content: it used
+    to be sent again, because only the last NACKed version was remembered."""
+    cp.set_snapshot(web("1"))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(web("2", timeout=2))
+    c.nack(c.recv(), "two is bad", last_good="1")
+    connect.sync()
+    cp.set_snapshot(web("3", timeout=3))
+    c.nack(c.recv(), "three is bad", last_good="1")
+    connect.sync()
+    cp.set_snapshot(web("2", timeout=2))
+    c.expect_nothing()
+    cp.set_snapshot(web("4", timeout=4))
+    assert c.recv().version_info == "4"
+    sent = [v for t, k, v in kinds(cp) if t == "CDS" and k == "response"]
+    assert sent == ["1", "2", "3", "4"]
+
+
 def test_rule04_nacked_version_not_resent_after_reconnect(cp, connect):
     cp.set_snapshot(web("1"))
     c = connect()

@@ -89,6 +89,7 @@ class XdsServer:
         if sotw_heartbeat not in ("resend", "bare"):
             raise ValueError(f"sotw_heartbeat is 'resend' or 'bare', not {sotw_heartbeat!r}")
         self.sotw_heartbeat = sotw_heartbeat
+        self.max_streams: int | None = None  # more streams than this are refused (ControlPlane sets it)
         self._control_plane = wire.control_plane(identifier)
         self._stream_ids = itertools.count(1)
         self._streams: set[Stream] = set()
@@ -159,6 +160,13 @@ class XdsServer:
             stream.queue_wake()
 
     async def _serve(self, kind: type[Stream], requests: AsyncIterator[Any], context: Any, type_url: str | None) -> None:
+        if self.max_streams is not None and len(self._streams) >= self.max_streams:
+            log.warning("labxds refused a stream: %d streams open, the most it holds", len(self._streams))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this control plane holds at most {self.max_streams} streams and has {len(self._streams)} open: "
+                "retry later, or raise ControlPlane(max_streams=...)",
+            )
         stream = kind(self, next(self._stream_ids), context, type_url)
         self._streams.add(stream)
         try:

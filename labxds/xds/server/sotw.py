@@ -130,7 +130,7 @@ class SotwStream(Stream):
 
     def _refused(self, url: str, version: str) -> bool:
         # Rule 4: never send a version this node NACKed; wait for a newer one.
-        return self.server.tracker.nacked_version(self.node_id or "", url) == version
+        return self.server.tracker.has_refused(self.node_id or "", url, version)
 
     def _plan(self, url: str, snap: Snapshot) -> _Plan | None:
         """What this type should send now, or None if the client has (or refused) it all."""
