@@ -99,7 +99,7 @@ class XdsServer:
         self._to_wake: list[Stream] = []
         # Delta: per node and type, the resource versions and removals the node refused. They
         # outlive the stream, so a reconnect does not bring a NACKed version back (rule 4).
-        self.delta_refused: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}
+        self.delta_refused: dict[tuple[str, str], tuple[dict[str, dict[str, None]], dict[str, dict[str, None]]]] = {}
         tracker.on_forget(self._forget)
 
     def _forget(self, node_id: str) -> None:
