@@ -47,7 +47,7 @@ CLUSTER_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 STREAMS_PER_CHANNEL = int(os.environ.get("LABXDS_BENCH_PER_CHANNEL", "100"))
 CLUSTERS = 10
-OPEN_TIMEOUT = 10.0  # seconds a new stream may wait for its first response before the client retries it
+OPEN_TIMEOUT = float(os.environ.get("LABXDS_BENCH_OPEN_TIMEOUT", "120"))  # seconds a new stream waits for its first response before the client retries it (Envoy waits; a short timeout makes a retry storm of its own)
 RAMP_PAUSE = float(os.environ.get("LABXDS_BENCH_RAMP", "0.05"))  # seconds between channels while the client opens its streams
 
 
