@@ -147,11 +147,15 @@ def _read_text(path: Path, budget: InputBudget = DEFAULT_BUDGET) -> str:
                 chunks.append(chunk)
         finally:
             os.close(fd)
-        return b"".join(chunks).decode("utf-8")
+        raw = b"".join(chunks)
+        return raw.decode("utf-8")
     except BudgetExceeded as exc:
         raise SnapshotFileError(path, f"refused: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise SnapshotFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SnapshotFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start}, column {column})",
+                                line=line) from None
     except IsADirectoryError:
         raise SnapshotFileError(path, "is a directory, not a snapshot file") from None
     except FileNotFoundError:
@@ -198,6 +202,11 @@ def _parse_yaml(path: Path, text: str, budget: InputBudget = DEFAULT_BUDGET) -> 
             data = loader.get_single_data()
     except RecursionError:
         raise SnapshotFileError(path, "refused: it nests too deeply to parse") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        shown = f"#x{char:04x}" if isinstance(char, int) else f"#x{ord(char):04x}" if isinstance(char, str) and len(char) == 1 else repr(char)
+        raise SnapshotFileError(path, f"not valid YAML: {exc.reason} ({shown})", line=line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

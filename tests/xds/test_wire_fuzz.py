@@ -26,7 +26,7 @@ from labxds import ControlPlane, Snapshot
 from labxds.xds import cluster
 
 FUZZ = bool(os.environ.get("LABXDS_FUZZ"))
-EXAMPLES = int(os.environ.get("LABXDS_WIRE_EXAMPLES", "5000" if FUZZ else "150"))
+EXAMPLES = int(os.environ.get("LABXDS_WIRE_EXAMPLES", "5000" if FUZZ else "100"))
 BOUND = 5.0  # seconds within which the server ends a stream that sent one message and closed
 FIGURES: dict[str, Counter] = {"sotw": Counter(), "delta": Counter()}
 WORST: dict[str, float] = {"sotw": 0.0, "delta": 0.0}
