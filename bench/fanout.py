@@ -290,6 +290,12 @@ def run_n(n: int, pushes: int, node_mode: str, profile: bool = False) -> dict[st
         cpu_idle0 = proc_cpu_seconds()
         time.sleep(2.0)
         out["idle_cpu_fraction"] = (proc_cpu_seconds() - cpu_idle0) / 2.0
+        gc_mode = os.environ.get("LABXDS_BENCH_GC", "")
+        if gc_mode == "freeze":  # what-if: the streams' objects out of the cyclic collector's sight
+            gc.freeze()
+        elif gc_mode == "off":
+            gc.disable()
+        out["gc"] = gc_mode or "default"
 
         trials = []
         snaps = [snap_b, snap_a]
@@ -349,6 +355,8 @@ def run_n(n: int, pushes: int, node_mode: str, profile: bool = False) -> dict[st
     finally:
         client.close()
         cp.stop()
+        gc.enable()
+        gc.unfreeze()
     return out
 
 

@@ -171,6 +171,9 @@ class Peer:
     node: str
     client: Any = None
     base_sent: int = 0  # the server's "sent" count for this node when the stream opened
+    # SotW: the client reconnected without saying which clusters it runs (version_info ""): the
+    # server cannot keep them for make-before-break until the client has ACKed a CDS response.
+    clusters_unknown: bool = False
     types: dict[str, TypeModel] = field(default_factory=dict)
 
     def t(self, url: str) -> TypeModel:
@@ -306,7 +309,7 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     def _check_removals(self, peer: Peer, removed: list[str], what: str) -> None:
         """Rule 12: a cluster goes only once no route the client runs uses it."""
-        if not removed or peer.node in self.route_nacked:
+        if not removed or peer.node in self.route_nacked or peer.clusters_unknown:
             return
         rds = peer.types.get(ROUTE)
         if rds is None:
@@ -490,12 +493,14 @@ class SotwMachine(ProtocolMachine):
         sent = (["*"] if wildcard else []) + names
         # Rule 8: "*", or never having named anything, is the wildcard; after names, [] is none.
         first = not tm.requested
+        before = (tm.wildcard, set(tm.names))
         tm.wildcard = True if wildcard else False if names else (first or not tm.named)
         tm.named = tm.named or bool(names)
         tm.names = set(names)
         if not tm.wildcard:
             tm.held = {n: m for n, m in tm.held.items() if n in tm.names}  # the client forgets the rest
-        tm.clean = False
+        if (tm.wildcard, tm.names) != before:
+            tm.clean = False  # its last ACKed version no longer says what it holds
         tm.requested = True
         self.check(peer, self._send(peer, type_url=url, names=sent, version=tm.acked_version, nonce=tm.latest_nonce))
 
@@ -507,6 +512,8 @@ class SotwMachine(ProtocolMachine):
             tm.held = got if url in FULL_STATE else {**tm.held, **got}
             tm.acked_version = resp.version_info
             tm.clean = True
+            if url == CLUSTER:
+                peer.clusters_unknown = False
             version = resp.version_info
         else:
             self.refused.setdefault((peer.node, url), set()).add(resp.version_info)
@@ -526,6 +533,8 @@ class SotwMachine(ProtocolMachine):
             return  # named then unsubscribed: nothing to ask for
         tm.requested = True
         tm.named = bool(tm.names)
+        if url == CLUSTER and not version:
+            peer.clusters_unknown = True
         self.check(peer, self._send(peer, type_url=url, names=self._sotw_names(tm), version=version))
 
 

@@ -215,6 +215,33 @@ def test_rule04_every_nacked_version_stays_refused_not_only_the_last(cp, connect
     assert sent == ["1", "2", "3", "4"]
 
 
+def test_rule12_a_reconnecting_client_keeps_its_clusters_until_its_routes_moved(cp, connect):
+    """Found by the protocol's state machine: a client reconnects saying it runs the clusters and
+    routes it last ACKed; meanwhile a cluster went and the route moved away from it. The new
+    stream asked for CDS first and got the cluster removed while the client's route still used it.
+    The server now remembers what the node last ACKed, and keeps the cluster until the route moved."""
+    old = Snapshot([static("c0"), static("c1"), route_configuration("r0", "c0")])
+    cp.set_snapshot(old)
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    c.ack(c.subscribe(ROUTE, ["r0"]))
+    connect.sync()
+    c.close()
+    new = Snapshot([static("c1"), route_configuration("r0", "c1")])
+    cp.set_snapshot(new)
+    again = connect()
+    again.send(CLUSTER, version=old.version(CLUSTER))
+    kept = again.recv()
+    assert kept.version_info == new.version(CLUSTER) + "+retained" and sorted(names(kept)) == ["c0", "c1"]
+    again.ack(kept)
+    again.send(ROUTE, ["r0"], version=old.version(ROUTE))
+    moved = again.recv()
+    assert resources(moved)["r0"].virtual_hosts[0].routes[0].route.cluster == "c1"
+    again.ack(moved, ["r0"])
+    final = again.recv()
+    assert final.version_info == new.version(CLUSTER) and names(final) == ["c1"]
+
+
 def test_rule04_nacked_version_not_resent_after_reconnect(cp, connect):
     cp.set_snapshot(web("1"))
     c = connect()

@@ -34,6 +34,7 @@ from ..resource_types import (
     RUNTIME,
     SECRET,
 )
+from ..snapshot import Entry
 from ..tracking import Tracker
 from .delta import DeltaStream
 from .sotw import SotwStream
@@ -100,12 +101,19 @@ class XdsServer:
         # Delta: per node and type, the resource versions and removals the node refused. They
         # outlive the stream, so a reconnect does not bring a NACKed version back (rule 4).
         self.delta_refused: dict[tuple[str, str], tuple[dict[str, dict[str, None]], dict[str, dict[str, None]]]] = {}
+        # SotW: per node and type, the version it last ACKed and what that response held. A client
+        # that reconnects says which version it runs; knowing its resources keeps make-before-break
+        # (rule 12) when the next version removes some of them (found by the protocol's state
+        # machine: reconnect, NACK, then a cluster removed before the route that used it moved).
+        self.sotw_acked: dict[tuple[str, str], tuple[str, dict[str, Entry]]] = {}
         tracker.on_forget(self._forget)
 
     def _forget(self, node_id: str) -> None:
         """The tracker forgot a long-disconnected node: so does the server."""
         for key in [k for k in self.delta_refused if k[0] == node_id]:
             del self.delta_refused[key]
+        for key in [k for k in self.sotw_acked if k[0] == node_id]:
+            del self.sotw_acked[key]
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         def sotw(type_url: str | None) -> grpc.RpcMethodHandler:
