@@ -64,6 +64,7 @@ def main() -> int:
                                              "1000,2000,5000,10000,20000,50000,100000")).split(",")]
     repeat = args.repeat or (1 if args.quick else 3)
     info = machine_info()
+    started = time.monotonic()
     rows = []
     for n in sizes:
         runs = [build_once(n) for _ in range(repeat)]
@@ -78,7 +79,8 @@ def main() -> int:
             for key in ("builders", "snapshot", "next_snapshot")}
     for key, f in fits.items():
         print(f"{key}: time = {f['a']:.3g} * N^{f['b']:.2f} (r2 {f['r2']:.3f})")
-    write_result("growth", {"machine": info, "repeat": repeat, "rows": rows, "fits": fits}, args.quick)
+    write_result("growth", {"machine": info, "repeat": repeat, "rows": rows, "fits": fits,
+                            "wall_s": time.monotonic() - started}, args.quick)
     if not args.no_report:
         regenerate_docs()
     return 0
