@@ -50,7 +50,7 @@ from labxds.xds import cluster, http_listener, load_assignment, route_configurat
 from labxds.xds.resource_types import order_key
 
 FUZZ = bool(os.environ.get("LABXDS_FUZZ"))
-EXAMPLES = int(os.environ.get("LABXDS_PROTOCOL_EXAMPLES", "3000" if FUZZ else "60"))
+EXAMPLES = int(os.environ.get("LABXDS_PROTOCOL_EXAMPLES", "3000" if FUZZ else "150"))
 STEPS = 30 if FUZZ else 20
 WAIT = 10.0  # seconds a step may take before the server counts as stuck
 TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
