@@ -4,8 +4,9 @@
 #   make lab-zh  the same, in Chinese: JupyterLab's interface and the course in 简体中文 (notebooks/zh-CN)
 #   make test    set up .venv if needed, then the whole test suite (PYTEST_ARGS="-k foo" to narrow)
 #   make test-install  also install labxds[notebook] into a clean environment (slow)
-#   make fuzz    the protocol's state machine and the bad-input fuzzers, thousands of examples (~15 min)
-#   make venv    only the set-up: .venv with requirements.txt and labxds (editable)
+#   make fuzz    the protocol's state machine and the bad-input fuzzers, thousands of examples (~20 min)
+#   make venv    only the set-up: .venv with requirements.txt and labxds (editable), and
+#                JupyterHub's proxy (configurable-http-proxy, from npm) when node and npm are there
 #   make clean   remove .venv and caches
 #
 # The set-up reruns only when requirements.txt or pyproject.toml change (stamp file in .venv).
@@ -14,9 +15,12 @@ PYTHON      ?= python3
 VENV        ?= .venv
 LAB_PORT    ?= 8888
 PYTEST_ARGS ?=
+# JupyterHub's proxy for the classroom (deploy/jupyterhub); node >= 20 and npm install it.
+CHP_VERSION ?= 5.3.0
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.labxds-installed
+CHP   := $(VENV)/.labxds-chp-installed
 PIP   := $(BIN)/python -m pip -q
 # Run tools with the venv first on PATH, so that `envoy`, `jupyter`, ... resolve to the venv's.
 IN_VENV := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
@@ -30,9 +34,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help lab lab-zh test test-install fuzz i18n venv clean
 
 help:
-	@sed -n '3,9s/^# *//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,10s/^# *//p' $(firstword $(MAKEFILE_LIST))
 
-venv: $(STAMP)
+venv: $(STAMP) $(CHP)
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -51,9 +55,31 @@ $(STAMP): requirements.txt pyproject.toml
 	@echo "Installing requirements.txt and labxds into $(VENV) (quiet; takes a minute or two the first time)"
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps -e .
+	@# nbgrader is here for instructors (python -m labxds student); its JupyterLab panels would only
+	@# puzzle learners in make lab, so they are off in this environment.
+	@$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1 || true
+	@for e in formgrader validate_assignment assignment_list course_list; do \
+	  $(BIN)/jupyter server extension disable --sys-prefix nbgrader.server_extensions.$$e >/dev/null 2>&1 || true; done
 	@touch $@
 
-test: $(STAMP)
+# configurable-http-proxy from the npm registry into $(VENV)/node, linked as $(VENV)/bin/...; without
+# node or npm, say what to install and go on (only the JupyterHub classroom and its test need it;
+# the stamp is left out then, so the next make tries again).
+$(CHP): | $(STAMP)
+	@node_major=$$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0); \
+	if ! command -v npm >/dev/null 2>&1 || [ "$$node_major" -lt 20 ]; then \
+	  echo "Note: JupyterHub's proxy (configurable-http-proxy $(CHP_VERSION)) needs Node.js >= 20 and npm" \
+	       "(found node $$(node --version 2>/dev/null || echo none), npm $$(npm --version 2>/dev/null || echo none))." \
+	       "The JupyterHub classroom and its test (tests/classroom/test_hub.py) are skipped until then;" \
+	       "install them (https://nodejs.org, or apt-get install nodejs npm where it is >= 20) and rerun make venv." >&2; \
+	else \
+	  echo "Installing configurable-http-proxy $(CHP_VERSION) (npm) into $(VENV)/node"; \
+	  npm install --prefix $(VENV)/node --no-audit --no-fund --no-save --loglevel=error \
+	    configurable-http-proxy@$(CHP_VERSION) >/dev/null && \
+	  ln -sf ../node/node_modules/.bin/configurable-http-proxy $(BIN)/configurable-http-proxy && touch $@; \
+	fi
+
+test: $(STAMP) $(CHP)
 	@out=$$($(IN_VENV) $(BIN)/lint-imports --no-cache 2>&1) || { echo "$$out"; exit 1; }; \
 	  echo "lint-imports (the layers, pyproject.toml): $$(echo "$$out" | tail -n 1)"
 	@out=$$($(IN_VENV) $(BIN)/mypy 2>&1) || { echo "$$out"; exit 1; }; echo "mypy (labxds; strict for labxds.xds): $$out"
@@ -78,7 +104,7 @@ FUZZ_TESTS := tests/xds/test_protocol_properties.py tests/xds/test_wire_fuzz.py 
 fuzz: $(STAMP)
 	LABXDS_FUZZ=1 $(IN_VENV) $(BIN)/python -m pytest -p no:cacheprovider --timeout=0 -s $(FUZZ_TESTS) $(PYTEST_ARGS)
 
-lab: $(STAMP)
+lab: $(STAMP) $(CHP)
 	@test -d notebooks || { echo "notebooks/ is missing: run make lab from the labxds repository" >&2; exit 1; }
 	@echo "Starting JupyterLab on notebooks/: open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL it prints below (Ctrl-C to stop)."
 	$(IN_VENV) $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)

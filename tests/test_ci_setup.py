@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -143,3 +144,42 @@ def test_pyproject_dependencies_are_pinned_in_requirements(pyproject):
         assert req.specifier.contains(pins[name], prereleases=True), (
             f"requirements.txt pins {req.name}=={pins[name]}, outside pyproject's {req.specifier}"
         )
+
+
+# --- the browser tests' set-up --------------------------------------------------------------------
+
+
+def test_ci_run_installs_chromium_as_root_and_requires_the_browser_tests():
+    text = (ROOT / ".ci" / "run").read_text()
+    install = re.search(r'if \[ "\$\(id -u\)" = 0 \]; then(.*?)\nfi', text, flags=re.S)
+    assert install, ".ci/run should install Debian's chromium when it runs as root"
+    body = install.group(1)
+    assert "[ ! -x /usr/bin/chromium ]" in body, "install chromium only when it is missing"
+    assert "DEBIAN_FRONTEND=noninteractive" in body and "apt-get update -qq" in body
+    assert re.search(r"apt-get install -y\b.*\bchromium\b", body)
+    assert "export LABXDS_BROWSER_TESTS=required" in body, "in CI the browser tests must run, not skip"
+    assert text.index("LABXDS_BROWSER_TESTS=required") < text.index("\nmake test")
+
+
+def _browser_tests(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """tests/browser in a pytest of its own, with ``env_extra`` in its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LABXDS_"))}
+    env.update(env_extra)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(ROOT / "tests" / "browser")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_without_chromium_the_browser_tests_skip_and_say_why():
+    missing = "/nonexistent/chromium"
+    result = _browser_tests({"LABXDS_CHROMIUM": missing})
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    reason = f"browser tests did not run: {missing} not found; install it with `apt-get install chromium` (root)"
+    assert re.search(r"^SKIPPED \[\d+\] .*" + re.escape(reason), out, flags=re.M), out  # in the summary (-ra)
+    assert re.search(r"\b2 skipped\b", out), out
+
+    required = _browser_tests({"LABXDS_CHROMIUM": missing, "LABXDS_BROWSER_TESTS": "required"})
+    out = required.stdout + required.stderr
+    assert required.returncode == 1 and "cannot run (LABXDS_BROWSER_TESTS=required)" in out, out

@@ -6,7 +6,6 @@ only for their own node (with their token, when the workshop uses tokens).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -23,8 +22,10 @@ from ..net.http_server import HttpServer
 from ..tls import TOKEN_HEADER
 from ..xds.snapshot import Snapshot
 from ..xds.tracking import PushRejected, PushTimeout
-from .exercises import EXERCISES, CheckResult, Exercise
+from .exercises import CheckResult, Exercise
+from .exercises import exercise as exercise_named
 from .learners import Learner
+from .store import decode_snapshot, encode_snapshot
 from .templates import (
     SnapshotSpec,
     render,
@@ -49,7 +50,7 @@ class DeskWorkshop(Protocol):
 
     def push(self, spec: Any, to: Any, *, wait: bool = True, timeout: float = 10.0) -> Any: ...
 
-__all__ = ["DESK_BUDGET", "Desk", "DeskWorkshop", "LearnerSession", "MAX_PUSH_TIMEOUT"]
+__all__ = ["DESK_BUDGET", "Desk", "DeskWorkshop", "LearnerSession", "MAX_PUSH_TIMEOUT", "handle_desk_request"]
 
 log = logging.getLogger("labxds")
 
@@ -67,38 +68,6 @@ class _BadRequest(Exception):
 
 
 # --------------------------------------------------------------------------- the desk (HTTP)
-
-
-def _encode_snapshot(snap: Snapshot) -> dict[str, Any]:
-    from ..xds.resource_types import TYPE_PREFIX
-
-    resources = [
-        {"type_url": url, "value": base64.b64encode(msg.SerializeToString(deterministic=True)).decode()}
-        for url in snap.types for msg in snap.resources(url).values()
-    ]  # fmt: skip
-    assert all(r["type_url"].startswith(TYPE_PREFIX) for r in resources)
-    return {"resources": resources, "version": snap.versions}
-
-
-def _decode_snapshot(data: Mapping[str, Any]) -> Snapshot:
-    from ..xds.messages import ResourceError
-    from ..xds.resource_types import message_class
-
-    messages = []
-    items = data.get("resources") or []
-    if not isinstance(items, list):
-        raise ResourceError(f"resources must be a list, not {type(items).__name__}", where="the body")
-    for i, item in enumerate(items):
-        try:
-            cls = message_class(str(item["type_url"]))
-            messages.append(cls.FromString(base64.b64decode(item["value"])))
-        except Exception as exc:
-            raise ResourceError(f"cannot decode: {exc}", where=f"resource #{i}") from None
-    version = data.get("version")
-    if version is not None and not isinstance(version, (str, dict)):
-        raise ResourceError(f"version must be a string or an object of type URL -> version, not {version!r}",
-                            where="the body")
-    return Snapshot(messages, version=version)
 
 
 class Desk:
@@ -147,14 +116,26 @@ class _DeskHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.path.rstrip("/") == "/v1/exercises":
-            ex = self.workshop.exercises
-            self._reply(200, {"exercises": [{"key": e.key, "title": e.title, "task": e.task} for e in ex.values()]})
-        else:
-            self._reply(404, {"error": f"no such path {self.path}"})
+        self._reply(*handle_desk_request(self.workshop, "GET", self.path, self.headers, b""))
 
-    def _body(self) -> Any:
-        """The request's JSON body, within DESK_BUDGET; _BadRequest says what is wrong with it."""
+    def do_POST(self) -> None:  # noqa: N802
+        try:
+            raw = self._body()
+        except _BadRequest as exc:
+            self.close_connection = True  # what is left of a refused body is not a next request
+            return self._reply(exc.status, {"error": str(exc)})
+        except OSError as exc:  # the body never came (the socket's timeout)
+            self.close_connection = True
+            return self._reply(400, {"error": f"the body did not arrive: {exc}"})
+        try:
+            self._reply(*handle_desk_request(self.workshop, "POST", self.path, self.headers, raw))
+        except Exception as exc:  # a bug: answer in words rather than drop the connection
+            log.exception("the workshop desk failed on POST %s", self.path)
+            self.close_connection = True
+            self._reply(500, {"error": f"the desk failed: {type(exc).__name__}: {exc}"})
+
+    def _body(self) -> bytes:
+        """The request's body, read only if its announced length is a length within DESK_BUDGET."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             raise _BadRequest(411, "send the body with a Content-Length, not chunked")
         text = (self.headers.get("Content-Length") or "0").strip()
@@ -163,68 +144,75 @@ class _DeskHandler(BaseHTTPRequestHandler):
         length = int(text)
         if length > DESK_BUDGET.max_bytes:
             raise _BadRequest(413, f"the body is {length:,} bytes; the desk takes at most {DESK_BUDGET.max_bytes:,}")
+        self.connection.settimeout(30)  # a body announced but never sent does not hold a thread for ever
         raw = self.rfile.read(length) if length else b""
         if len(raw) < length:
             raise _BadRequest(400, f"the body ended after {len(raw):,} of the {length:,} bytes announced")
-        try:
-            data = json.loads(raw or b"{}")
-        except RecursionError:
-            raise _BadRequest(400, f"the body nests deeper than {DESK_BUDGET.max_depth} levels") from None
-        except ValueError:
-            raise _BadRequest(400, "the body is not JSON") from None
-        try:
-            check_data(data, DESK_BUDGET)
-        except BudgetExceeded as exc:
-            raise _BadRequest(400, f"the body is refused: {exc}") from None
-        if not isinstance(data, dict):
-            raise _BadRequest(400, f"the body must be a JSON object, not {type(data).__name__}")
-        return data
+        return raw
 
-    def do_POST(self) -> None:  # noqa: N802
-        try:
-            self._post()
-        except _BadRequest as exc:
-            self.close_connection = True  # what is left of a refused body is not a next request
-            self._reply(exc.status, {"error": str(exc)})
-        except Exception as exc:  # a bug: answer in words rather than drop the connection
-            log.exception("the workshop desk failed on POST %s", self.path)
-            self.close_connection = True
-            self._reply(500, {"error": f"the desk failed: {type(exc).__name__}: {exc}"})
 
-    def _post(self) -> None:
-        self.connection.settimeout(30)  # a body announced but never sent does not hold a thread for ever
-        parts = [unquote(p) for p in self.path.strip("/").split("/")]
-        if len(parts) != 4 or parts[:2] != ["v1", "learners"] or parts[3] not in ("snapshot", "result"):
-            raise _BadRequest(404, f"no such path {self.path}")
-        name, action = parts[2], parts[3]
-        ws = self.workshop
-        if ws.token_required and not ws.authorize(name, {TOKEN_HEADER: self.headers.get(TOKEN_HEADER, "")}):
-            raise _BadRequest(403, f"not authorized as {name!r}: send your own {TOKEN_HEADER}")
-        data = self._body()
-        if action == "result":
-            try:
-                result = ws.record(CheckResult.from_dict(data, learner=name))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise _BadRequest(400, f"not a check result: {exc}") from None
-            return self._reply(200, result.to_dict())
-        wait = data.get("wait", True)
-        if not isinstance(wait, bool):
-            raise _BadRequest(400, f"wait must be true or false, not {wait!r}")
-        timeout = data.get("timeout", 10)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
-                or not 0 < timeout <= MAX_PUSH_TIMEOUT:
-            raise _BadRequest(400, f"timeout must be a number of seconds above 0 and at most {MAX_PUSH_TIMEOUT:g}, "
-                                   f"not {str(timeout)[:40]}")
+def handle_desk_request(ws: DeskWorkshop, method: str, path: str, headers: Any,
+                        raw: bytes) -> tuple[int, dict[str, Any]]:
+    """One desk request as (status, JSON body): the desk's own HTTP server and the workshop's hub
+    service (:mod:`labxds.classroom.service`) answer alike."""
+    parts = [unquote(p) for p in path.split("?", 1)[0].strip("/").split("/")]
+    if method == "GET":
+        if parts == ["v1", "exercises"]:
+            ex = ws.exercises
+            return 200, {"exercises": [{"key": e.key, "title": e.title, "task": e.task} for e in ex.values()]}
+        return 404, {"error": f"no such path {path}"}
+    if len(parts) != 4 or parts[:2] != ["v1", "learners"] or parts[3] not in ("snapshot", "result"):
+        return 404, {"error": f"no such path {path}"}
+    name, action = parts[2], parts[3]
+    if ws.token_required and not ws.authorize(name, {TOKEN_HEADER: headers.get(TOKEN_HEADER) or ""}):
+        return 403, {"error": f"not authorized as {name!r}: send your own {TOKEN_HEADER}"}
+    try:
+        data = _json_body(raw)
+    except _BadRequest as exc:
+        return exc.status, {"error": str(exc)}
+    if action == "result":
         try:
-            snap = _decode_snapshot(data)
-            ws.push(snap, name, wait=wait, timeout=float(timeout))
-        except PushRejected as exc:
-            return self._reply(409, {"rejected": {f"{n} {url}": text for (n, url), text in exc.errors.items()}})
-        except PushTimeout as exc:
-            return self._reply(504, {"error": str(exc)})
-        except ValueError as exc:  # ResourceError, ConsistencyError
-            raise _BadRequest(400, str(exc)) from None
-        self._reply(200, {"versions": snap.versions})
+            result = ws.record(CheckResult.from_dict(data, learner=name))
+        except (KeyError, TypeError, ValueError) as exc:
+            return 400, {"error": f"not a check result: {exc}"}
+        return 200, result.to_dict()
+    wait = data.get("wait", True)
+    if not isinstance(wait, bool):
+        return 400, {"error": f"wait must be true or false, not {wait!r}"}
+    timeout = data.get("timeout", 10)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or not 0 < timeout <= MAX_PUSH_TIMEOUT:
+        return 400, {"error": f"timeout must be a number of seconds above 0 and at most {MAX_PUSH_TIMEOUT:g}, "
+                              f"not {str(timeout)[:40]}"}
+    try:
+        snap = decode_snapshot(data)
+        ws.push(snap, name, wait=wait, timeout=float(timeout))
+    except PushRejected as exc:
+        return 409, {"rejected": {f"{n} {url}": text for (n, url), text in exc.errors.items()}}
+    except PushTimeout as exc:
+        return 504, {"error": str(exc)}
+    except ValueError as exc:  # ResourceError, ConsistencyError
+        return 400, {"error": str(exc)}
+    return 200, {"versions": snap.versions}
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object within DESK_BUDGET; _BadRequest says what is wrong."""
+    if len(raw) > DESK_BUDGET.max_bytes:
+        raise _BadRequest(413, f"the body is {len(raw):,} bytes; the desk takes at most {DESK_BUDGET.max_bytes:,}")
+    try:
+        data = json.loads(raw or b"{}")
+    except RecursionError:
+        raise _BadRequest(400, f"the body nests deeper than {DESK_BUDGET.max_depth} levels") from None
+    except ValueError:
+        raise _BadRequest(400, "the body is not JSON") from None
+    try:
+        check_data(data, DESK_BUDGET)
+    except BudgetExceeded as exc:
+        raise _BadRequest(400, f"the body is refused: {exc}") from None
+    if not isinstance(data, dict):
+        raise _BadRequest(400, f"the body must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 class LearnerSession:
@@ -278,13 +266,13 @@ class LearnerSession:
     def push(self, spec: SnapshotSpec, *, timeout: float = 10.0) -> Snapshot:
         """Send a snapshot for your own node; returns once your Envoy ACKed it."""
         snap = render(spec, self.learner())
-        self._post("snapshot", {**_encode_snapshot(snap), "timeout": timeout})
+        self._post("snapshot", {**encode_snapshot(snap), "timeout": timeout})
         return snap
 
     def check(self, exercise: str, *, report: bool = True) -> CheckResult:
         """Check ``exercise`` on your Envoy; report the result to the instructor (the result
         then also says what the control plane confirms of your configuration)."""
-        result = EXERCISES[exercise].check(self.lab, self.name)
+        result = exercise_named(exercise).check(self.lab, learner=self.name)
         return self.report(result) if report else result
 
     def report(self, result: CheckResult) -> CheckResult:

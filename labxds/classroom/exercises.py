@@ -1,16 +1,26 @@
-"""Workshop exercises and their checks, which look at a learner's real Envoy.
+"""Exercises and their checks, which look at a learner's real Envoy: the course's and the workshop's.
 
-A check reads the learner's ``/config_dump`` (through :class:`~labxds.envoy.EnvoyAdmin`) and
-sends requests through its listener (:func:`~labxds.tables.curl`); it answers pass or fail with
-a hint. It runs where the learner's Envoy is, usually the learner's machine, so the workshop
+An :class:`Exercise` is a task, a check and a solution. The check reads the learner's
+``/config_dump`` and stats (through :class:`~labxds.envoy.EnvoyAdmin`) and sends requests through
+its listener (:func:`~labxds.lab.traffic.send`); it answers with a :class:`CheckResult`: passed, or
+failed with a hint in the learner's terms (a check raises :class:`Fail` for that, never lets a
+traceback reach the learner). Course exercises (keys "N.M", lesson N; :mod:`labxds.classroom.course`)
+also carry the code a notebook shows: the ``placeholder`` line and the ``solution`` that nbgrader's
+``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers enclose, and the check gets the learner's
+answers. Workshop exercises (:data:`EXERCISES`) carry snapshots: where they start, one that solves
+them, a typical mistake.
+
+A workshop check runs where the learner's Envoy is, usually the learner's machine, so the workshop
 cannot take a reported pass on trust: :meth:`Exercise.confirm` sets it against what the control
 plane itself knows, the snapshot it serves the learner's node and the versions Envoy ACKed.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +38,7 @@ from .templates import (
     sandbox,
 )
 
-__all__ = ["EXERCISES", "CheckResult", "Exercise"]
+__all__ = ["EXERCISES", "CheckResult", "Exercise", "Fail", "Target", "course_exercises", "exercise", "register"]
 
 # --------------------------------------------------------------------------- exercises
 
@@ -98,29 +108,59 @@ class CheckResult:
                    str(data.get("hint") or ""), str(data.get("detail") or ""), float(data.get("at") or time.time()))
 
 
-class _Fail(Exception):
-    def __init__(self, detail: str, hint: str) -> None:
+class Fail(Exception):
+    """Raised by a check: what is wrong (``detail``) and what to do about it (``hint``), both in
+    the learner's terms. The check's caller turns it into a failed :class:`CheckResult`."""
+
+    def __init__(self, detail: str, hint: str = "") -> None:
         super().__init__(detail)
         self.detail, self.hint = detail, hint
 
 
+
 @dataclass(frozen=True)
-class _Target:
+class Target:
+    """Where a check looks: the learner's Envoy (its admin interface and listener) and, when the
+    check runs in the learner's own lab, that lab (its control plane, its echo services)."""
+
     learner: str
     admin_url: str
     listener_url: str
+    lab: Any = None  # a LabRuntime (or anything with its interface), None for a workshop's Learner
+
+    @contextmanager
+    def admin(self) -> Iterator[EnvoyAdmin]:
+        """A client of the learner's Envoy's admin interface, closed afterwards."""
+        with EnvoyAdmin(self.admin_url) as client:
+            yield client
+
+    def served(self, n: int = 1, path: str = "/") -> list[str]:
+        """Who answered each of ``n`` requests through the learner's listener (failures in
+        parentheses, in curl's words: "(connection refused)")."""
+        return _served(self.listener_url, n, path)
+
+    def own_lab(self) -> Any:
+        """The learner's lab with a control plane of its own: what a course check pushes to."""
+        lab = self.lab
+        if lab is None or getattr(lab, "remote", None) is not None or getattr(lab, "control_plane", None) is None:
+            raise Fail("this check needs your own lab (labxds.Lab().start()), with its control plane",
+                       "run the lesson's first cell: lab = labxds.Lab().start()")
+        return lab
 
 
-def _target(where: Any, learner: str | None = None) -> _Target:
+def _target(where: Any, learner: str | None = None) -> Target:
     """A Lab, a Learner (with an admin URL), or (admin_url, listener_url)."""
+    if isinstance(where, Target):
+        return where
     if isinstance(where, Learner):
         if not where.admin_url:
             raise ValueError(f"learner {where.name!r} announced no admin URL: run the check on their machine")
-        return _Target(learner or where.name, where.admin_url, where.listener_url)
+        return Target(learner or where.name, where.admin_url, where.listener_url)
     if isinstance(where, tuple) and len(where) == 2:
-        return _Target(learner or "learner", str(where[0]), str(where[1]))
+        return Target(learner or "learner", str(where[0]), str(where[1]))
     if hasattr(where, "admin_url") and hasattr(where, "listener_url"):
-        return _Target(learner or getattr(where, "node_id", None) or "learner", where.admin_url, where.listener_url)
+        return Target(learner or getattr(where, "node_id", None) or "learner", where.admin_url, where.listener_url,
+                      lab=where)
     raise TypeError(f"cannot check {where!r}: pass a Lab, a Learner or (admin_url, listener_url)")
 
 
@@ -133,66 +173,66 @@ def _served(url: str, n: int, path: str) -> list[str]:
 def _routes_or_fail(admin: Any) -> list[dict[str, Any]]:
     rows = route_rows(admin)
     if not rows:
-        raise _Fail("Envoy has no routes", "push a snapshot whose listener_0 uses a route configuration (local_route)")
+        raise Fail("Envoy has no routes", "push a snapshot whose listener_0 uses a route configuration (local_route)")
     return rows
 
 
-def _check_route_api(t: _Target) -> str:
+def _check_route_api(t: Target) -> str:
     with EnvoyAdmin(t.admin_url) as admin:
         table = _routes_or_fail(admin)
     if not any("prefix /api" in str(r["match"]) for r in table):
-        raise _Fail("Envoy has no route matching the prefix /api",
-                    "add a route for the prefix /api to service2, e.g. routes({'/api': 'service2', '/': 'service1'})")
+        raise Fail("Envoy has no route matching the prefix /api",
+                   "add a route for the prefix /api to service2, e.g. routes({'/api': 'service2', '/': 'service1'})")
     api = _served(t.listener_url, 4, "/api")
     if set(api) != {"service2"}:
-        raise _Fail(f"GET /api was served by {', '.join(sorted(set(api)))}",
-                    "Envoy takes the first route that matches: put the /api route before the catch-all '/' "
-                    "route, and point it at the cluster of service2")
+        raise Fail(f"GET /api was served by {', '.join(sorted(set(api)))}",
+                   "Envoy takes the first route that matches: put the /api route before the catch-all '/' "
+                   "route, and point it at the cluster of service2")
     root = _served(t.listener_url, 2, "/")
     if set(root) != {"service1"}:
-        raise _Fail(f"GET / was served by {', '.join(sorted(set(root)))}",
-                    "everything that is not /api should still go to service1 (a '/' route after /api)")
+        raise Fail(f"GET / was served by {', '.join(sorted(set(root)))}",
+                   "everything that is not /api should still go to service1 (a '/' route after /api)")
     return "GET /api -> service2, GET / -> service1"
 
 
-def _check_canary(t: _Target) -> str:
+def _check_canary(t: Target) -> str:
     with EnvoyAdmin(t.admin_url) as admin:
         table = _routes_or_fail(admin)
     splits = [str(r["cluster"]) for r in table if "%" in str(r["cluster"])]
     if not splits:
-        raise _Fail(f"no route splits traffic (routes go to {', '.join(str(r['cluster']) for r in table)})",
-                    "a canary is one route with weighted clusters: canary({'service1': 90, 'service2': 10})")
+        raise Fail(f"no route splits traffic (routes go to {', '.join(str(r['cluster']) for r in table)})",
+                   "a canary is one route with weighted clusters: canary({'service1': 90, 'service2': 10})")
     wanted = {"service1": 90.0, "service2": 10.0}
     parsed = [dict((part.rsplit(" ", 1)[0], float(part.rsplit(" ", 1)[1].rstrip("%"))) for part in s.split(", "))
               for s in splits]  # fmt: skip
     if not any(p.keys() == wanted.keys() and all(abs(p[k] - v) < 0.5 for k, v in wanted.items()) for p in parsed):
-        raise _Fail(f"the route splits {splits[0]}",
-                    "send 90% to service1 and 10% to service2: weights={'service1': 90, 'service2': 10}")
+        raise Fail(f"the route splits {splits[0]}",
+                   "send 90% to service1 and 10% to service2: weights={'service1': 90, 'service2': 10}")
     served = _served(t.listener_url, 200, "/")
     share = served.count("service2") / len(served)
     others = sorted(set(served) - {"service1", "service2"})
     if others or not 0.03 <= share <= 0.22:
-        raise _Fail(f"of 200 requests {share:.0%} reached service2" + (f", others: {others}" if others else ""),
-                    "the configuration says 90/10 but traffic does not follow it: is the split on the route "
-                    "that matches '/', and do both clusters have endpoints?")
+        raise Fail(f"of 200 requests {share:.0%} reached service2" + (f", others: {others}" if others else ""),
+                   "the configuration says 90/10 but traffic does not follow it: is the split on the route "
+                   "that matches '/', and do both clusters have endpoints?")
     return f"route splits 90/10; 200 requests: {share:.0%} to service2"
 
 
-def _check_fix_nack(t: _Target) -> str:
+def _check_fix_nack(t: Target) -> str:
     with EnvoyAdmin(t.admin_url) as admin:
         mine = [r for r in listener_rows(admin) if r["name"] == SANDBOX_LISTENER]
     errors = [r for r in mine if r["state"] == "error"]
     if errors:
         text = str(errors[0]["error_state"]).strip().splitlines()
-        raise _Fail(f"Envoy rejected the last {SANDBOX_LISTENER}: {text[-1].lstrip(': ') if text else ''}",
-                    "read Envoy's error (in the dashboard or lab.listeners()): the HTTP connection manager "
-                    "needs a non-empty stat_prefix; push a fixed listener_0")
+        raise Fail(f"Envoy rejected the last {SANDBOX_LISTENER}: {text[-1].lstrip(': ') if text else ''}",
+                   "read Envoy's error (in the dashboard or lab.listeners()): the HTTP connection manager "
+                   "needs a non-empty stat_prefix; push a fixed listener_0")
     if not any(r["state"] == "active" for r in mine):
-        raise _Fail(f"Envoy has no active {SANDBOX_LISTENER}", "push a snapshot with a valid listener_0")
+        raise Fail(f"Envoy has no active {SANDBOX_LISTENER}", "push a snapshot with a valid listener_0")
     served = _served(t.listener_url, 2, "/")
     if not set(served) <= {"service1", "service2"}:
-        raise _Fail(f"GET / answered {', '.join(sorted(set(served)))}",
-                    "listener_0 is accepted but requests fail: check its route configuration and clusters")
+        raise Fail(f"GET / answered {', '.join(sorted(set(served)))}",
+                   "listener_0 is accepted but requests fail: check its route configuration and clusters")
     return f"{SANDBOX_LISTENER} accepted and serving ({served[0]})"
 
 
@@ -201,7 +241,7 @@ def _check_fix_nack(t: _Target) -> str:
 # A check of the learner's Envoy runs on the learner's machine and is reported to the desk. The
 # control plane cannot see the learner's traffic, but it knows the snapshot it serves the node and
 # whether Envoy ACKed it: these functions say whether that configuration does what the exercise
-# asks (a description of it), raise _Fail when it does not, and _CannotTell for a form they do not
+# asks (a description of it), raise Fail when it does not, and _CannotTell for a form they do not
 # read (a regex route, say).
 
 
@@ -233,8 +273,8 @@ def _route_target(config: Any, path: str) -> str | dict[str, float]:
                 total = sum(c.weight.value for c in action.weighted_clusters.clusters) or 1
                 return {c.name: 100.0 * c.weight.value / total for c in action.weighted_clusters.clusters}
             raise _CannotTell(f"the route for {path} is not a route to a cluster")
-        raise _Fail(f"no route matches {path}", "")
-    raise _Fail("the route configuration has no virtual host for every domain ('*')", "")
+        raise Fail(f"no route matches {path}", "")
+    raise Fail("the route configuration has no virtual host for every domain ('*')", "")
 
 
 def _service_of(snapshot: Any, learner: Learner, cluster_name: str) -> str:
@@ -256,7 +296,7 @@ def _service_of(snapshot: Any, learner: Learner, cluster_name: str) -> str:
 def _routes_config(snapshot: Any) -> Any:
     config = snapshot.resources(ROUTE).get(SANDBOX_ROUTE)
     if config is None:
-        raise _Fail(f"there is no route configuration {SANDBOX_ROUTE}", "")
+        raise Fail(f"there is no route configuration {SANDBOX_ROUTE}", "")
     return config
 
 
@@ -266,7 +306,7 @@ def _config_route_api(snapshot: Any, learner: Learner) -> str:
         target = _route_target(config, path)
         went = _describe_target(snapshot, learner, target)
         if went != wanted:
-            raise _Fail(f"{path} goes to {went}", "")
+            raise Fail(f"{path} goes to {went}", "")
     return "sends /api to service2 and / to service1"
 
 
@@ -279,39 +319,65 @@ def _describe_target(snapshot: Any, learner: Learner, target: str | dict[str, fl
 def _config_canary(snapshot: Any, learner: Learner) -> str:
     target = _route_target(_routes_config(snapshot), "/")
     if not isinstance(target, dict):
-        raise _Fail(f"/ goes to {_describe_target(snapshot, learner, target)} alone, not split", "")
+        raise Fail(f"/ goes to {_describe_target(snapshot, learner, target)} alone, not split", "")
     shares: dict[str, float] = {}
     for name, share in target.items():
         service = _service_of(snapshot, learner, name)
         shares[service] = shares.get(service, 0.0) + share
     if not (abs(shares.get("service1", 0) - 90) < 0.5 and abs(shares.get("service2", 0) - 10) < 0.5):
         split = ", ".join(f"{k} {v:g}%" for k, v in sorted(shares.items()))
-        raise _Fail(f"/ is split {split}", "")
+        raise Fail(f"/ is split {split}", "")
     return "splits / 90% to service1, 10% to service2"
 
 
 def _config_fix_nack(snapshot: Any, learner: Learner) -> str:
     if SANDBOX_LISTENER not in snapshot.resources(LISTENER):
-        raise _Fail(f"there is no {SANDBOX_LISTENER}", "")
+        raise Fail(f"there is no {SANDBOX_LISTENER}", "")
     return f"has a {SANDBOX_LISTENER} (the refusal is over)"
 
 
 @dataclass(frozen=True)
 class Exercise:
-    """A task, the snapshot it starts from, a check of the learner's real Envoy, and a solution.
+    """A task, a check of the learner's real Envoy, and its solution.
 
-    ``config_fn`` judges the snapshot the control plane serves the learner (see :meth:`confirm`).
+    ``check_fn(target, *answers)`` returns what it saw when the task is done and raises
+    :class:`Fail` (detail, hint) when not; ``answers`` are the values of the names in
+    ``answers`` after the learner's cell ran. Course exercises give the code of that cell:
+    ``placeholder`` (what the learner starts from; the check must fail on it), ``solution``
+    (between nbgrader's markers), ``mistakes`` (typical wrong answers the check must also fail
+    on, with a hint), and ``given``: code that brings a fresh lab to where the exercise starts
+    and defines the names the solution uses from earlier cells (tests and ``solve`` outside a
+    notebook run it first). ``lab_options`` are what the exercise's ``Lab(...)`` needs.
+
+    Workshop exercises give snapshots: ``start`` (what ``Workshop.assign`` pushes), ``solved``
+    (one that solves it) and ``wrong`` (a typical mistake); ``config_fn`` judges the snapshot
+    the control plane serves the learner (see :meth:`confirm`).
     """
 
     key: str
     title: str
     task: str
-    check_fn: Callable[[_Target], str]
+    check_fn: Callable[..., str]
+    # the course: the code of the learner's cell
+    placeholder: str = ""
+    solution: str = ""
+    answers: tuple[str, ...] = ()
+    mistakes: tuple[str, ...] = ()
+    given: str = ""
+    lab_options: Mapping[str, Any] = field(default_factory=dict)
+    docs: tuple[str, ...] = ()  # links to Envoy's documentation
+    # the workshop: snapshots, and what the control plane can confirm
     start: SnapshotSpec | None = None
-    solution: SnapshotSpec | None = None
+    solved: SnapshotSpec | None = None
     wrong: SnapshotSpec | None = None  # a typical mistake (for demos and tests)
     config_fn: Callable[[Any, Learner], str] | None = None
     config_types: tuple[str, ...] = ()  # the types config_fn reads: Envoy must hold them
+
+    @property
+    def lesson(self) -> int | None:
+        """The lesson of a course exercise ("2.1" -> 2), None for a workshop exercise."""
+        head = self.key.split(".", 1)[0]
+        return int(head) if "." in self.key and head.isdigit() else None
 
     def confirm(self, control_plane: Any, learner: Learner) -> tuple[bool | None, str]:
         """What the control plane knows of ``learner``'s configuration: (True, why) when Envoy has
@@ -338,23 +404,28 @@ class Exercise:
                 return None, f"the learner's Envoy never ACKed any {short_name(url)}: it does not use one"
         try:
             return True, "Envoy ACKed a configuration that " + self.config_fn(snapshot, learner)
-        except _Fail as fail:
+        except Fail as fail:
             return False, f"in the configuration Envoy ACKed, {fail.detail}"
         except _CannotTell as exc:
             return None, str(exc)
 
-    def check(self, where: Any, learner: str | None = None) -> CheckResult:
-        """Run the check against a Lab, a Learner or (admin_url, listener_url)."""
-        target = _target(where, learner)
+    def check(self, where: Any, *answers: Any, learner: str | None = None) -> CheckResult:
+        """Run the check against a Lab, a Learner or (admin_url, listener_url), with the
+        learner's ``answers``. Never raises: whatever goes wrong is a failed result with a hint."""
         try:
-            detail = self.check_fn(target)
-        except _Fail as fail:
+            target = _target(where, learner)
+        except (TypeError, ValueError) as exc:
+            return CheckResult(self.key, learner or "learner", False, "check your own lab: check(key, lab, ...)", str(exc))
+        try:
+            detail = self.check_fn(target, *answers)
+        except Fail as fail:
             return CheckResult(self.key, target.learner, False, fail.hint, fail.detail)
-        except Exception as exc:  # Envoy unreachable, ...: a failed check, with what happened
+        except Exception as exc:  # Envoy unreachable, an answer the check did not foresee, ...
             return CheckResult(self.key, target.learner, False,
-                               "is the learner's Envoy running, and is its admin interface reachable?",
+                               "is your Envoy running, and its admin interface reachable? If it is, compare "
+                               "your answer's type and fields with the task.",
                                f"could not check: {type(exc).__name__}: {exc}")  # fmt: skip
-        return CheckResult(self.key, target.learner, True, "", detail)
+        return CheckResult(self.key, target.learner, True, "", str(detail))
 
 
 EXERCISES: dict[str, Exercise] = {
@@ -364,7 +435,9 @@ EXERCISES: dict[str, Exercise] = {
             "route-api", "Send /api to service2",
             "Requests to /api (and below) must be served by service2; everything else by service1.",
             _check_route_api, start=sandbox("service1"),
-            solution=routes({"/api": "service2", "/": "service1"}),
+            placeholder="pushed = None  # your routes, pushed to your Envoy: me.push(routes({...}))",
+            solution='pushed = me.push(routes({"/api": "service2", "/": "service1"}))',
+            solved=routes({"/api": "service2", "/": "service1"}),
             wrong=routes({"/": "service1", "/api": "service2"}),
             config_fn=_config_route_api, config_types=(ROUTE,),
         ),
@@ -372,7 +445,9 @@ EXERCISES: dict[str, Exercise] = {
             "canary", "A 90/10 canary",
             "Send 90% of the traffic to service1 and 10% to service2.",
             _check_canary, start=routes({"/": "service1"}),
-            solution=canary({"service1": 90, "service2": 10}),
+            placeholder="pushed = None  # a 90/10 split, pushed to your Envoy: me.push(canary({...}))",
+            solution='pushed = me.push(canary({"service1": 90, "service2": 10}))',
+            solved=canary({"service1": 90, "service2": 10}),
             wrong=canary({"service1": 10, "service2": 90}),
             config_fn=_config_canary, config_types=(ROUTE,),
         ),
@@ -381,8 +456,54 @@ EXERCISES: dict[str, Exercise] = {
             "The instructor pushed a listener_0 that Envoy refused (a NACK). Read Envoy's error and push a "
             "listener_0 it accepts.",
             _check_fix_nack, start=broken_listener(),
-            solution=sandbox("service1"), wrong=broken_listener(),
+            placeholder="pushed = None  # a listener_0 Envoy accepts, pushed with me.push(...)",
+            solution='pushed = me.push(sandbox("service1"))',
+            solved=sandbox("service1"), wrong=broken_listener(),
             config_fn=_config_fix_nack, config_types=(LISTENER,),
         ),
     )
 }
+
+
+# --------------------------------------------------------------------------- the registry
+
+_REGISTRY: dict[str, Exercise] = dict(EXERCISES)
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register(*items: Exercise) -> None:
+    """Make exercises findable by key (the course's lesson modules register theirs on import).
+    Registering the same key again replaces it (a reloaded module)."""
+    with _REGISTRY_LOCK:
+        for item in items:
+            _REGISTRY[item.key] = item
+
+
+def _load_course() -> None:
+    from . import course  # noqa: F401  (registers every lesson's exercises)
+
+
+def exercise(key: str) -> Exercise:
+    """The exercise ``key``: a course exercise ("2.1") or a workshop one ("route-api")."""
+    _load_course()
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        lesson = key.split(".", 1)[0]
+        near = [k for k in _REGISTRY if k.split(".", 1)[0] == lesson] or sorted(_REGISTRY, key=_order)
+        raise KeyError(f"no exercise {key!r}; there are: {', '.join(sorted(near, key=_order))}") from None
+
+
+def course_exercises(lesson: int | None = None) -> list[Exercise]:
+    """The course's exercises in order (those of one lesson with ``lesson``); the workshop's are
+    :data:`EXERCISES`."""
+    _load_course()
+    found = [e for e in _REGISTRY.values() if e.lesson is not None and (lesson is None or e.lesson == lesson)]
+    return sorted(found, key=lambda e: _order(e.key))
+
+
+def _order(key: str) -> tuple[int, ...] | tuple[float, str]:
+    parts = key.split(".")
+    if all(p.isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return (float("inf"), key)

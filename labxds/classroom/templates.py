@@ -51,6 +51,7 @@ def sandbox(upstream: str = "service1", version: str | None = None) -> Template:
         ], version=version)  # fmt: skip
 
     build.__name__ = f"sandbox({upstream!r})"
+    build.recipe = {"template": "sandbox", "upstream": upstream, "version": version}  # type: ignore[attr-defined]  # labxds.classroom.recipes
     return build
 
 
@@ -70,6 +71,7 @@ def routes(table: Mapping[str, str | Mapping[str, int]], version: str | None = N
         ], version=version)  # fmt: skip
 
     build.__name__ = f"routes({table!r})"
+    build.recipe = {"template": "routes", "table": table, "version": version}  # type: ignore[attr-defined]  # labxds.classroom.recipes
     return build
 
 
@@ -78,6 +80,7 @@ def canary(weights: Mapping[str, int] | None = None, version: str | None = None)
     weights = dict(weights or {"service1": 90, "service2": 10})
     build = routes({"/": weights}, version)
     build.__name__ = f"canary({weights!r})"
+    build.recipe = {"template": "canary", "weights": weights, "version": version}  # type: ignore[attr-defined]  # labxds.classroom.recipes
     return build
 
 
@@ -92,6 +95,7 @@ def broken_listener(version: str | None = None) -> Template:
         ], version=version)  # fmt: skip
 
     build.__name__ = "broken_listener()"
+    build.recipe = {"template": "broken_listener", "version": version}  # type: ignore[attr-defined]  # labxds.classroom.recipes
     return build
 
 

@@ -42,6 +42,8 @@ from ..xds.tracking import PushRejected, PushTimeout, remover
 from .desk import Desk
 from .exercises import EXERCISES, CheckResult, Exercise
 from .learners import Learner
+from .recipes import recipe_of, spec_from_recipe
+from .store import Store
 from .templates import (
     SnapshotSpec,
     describe_spec,
@@ -62,6 +64,8 @@ class Workshop:
     ``Workshop(port=18000)`` starts its own control plane (``host`` beyond 127.0.0.1 only when
     you say so; ``tokens=True`` for per-learner tokens, ``tls=DIR`` for TLS with a CA made in
     DIR); ``Workshop(control_plane)`` drives one you already run (without tokens or TLS).
+    ``store=PATH`` keeps the roster, tokens, snapshots, groups and results in SQLite and reloads
+    them, so a restarted workshop serves every learner what it served them before.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Workshop:
         tls: str | Path | None = None,
         desk_port: int | None = 0,
         exercises: Mapping[str, Exercise] | None = None,
+        store: str | Path | Store | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._tokens: dict[str, str] = {}
@@ -114,8 +119,12 @@ class Workshop:
         for key, ex in self.exercises.items():
             if ex.start is not None:
                 self.prepared[f"{key}: start"] = ex.start
-            if ex.solution is not None:
-                self.prepared[f"{key}: solution"] = ex.solution
+            if ex.solved is not None:
+                self.prepared[f"{key}: solution"] = ex.solved
+        self.store: Store | None = None
+        if store is not None:
+            self.store = store if isinstance(store, Store) else Store(store)
+            self._restore()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -137,6 +146,8 @@ class Workshop:
             self._desk.stop()
             self._desk = None
         self.control_plane.stop()
+        if self.store is not None:
+            self.store.close()
 
     def __enter__(self) -> Workshop:
         return self.start()
@@ -161,9 +172,17 @@ class Workshop:
     # -- access ------------------------------------------------------------------------------
 
     def _setup_tls(self, directory: Path) -> Any:
-        from ..tls import make_ca, server_credentials, write_tls_files
+        from ..tls import load_credential, make_ca, server_credentials, write_tls_files
 
-        self._ca = make_ca("labxds workshop CA")
+        # The CA stays in DIR (its key 0600): a restarted workshop goes on trusting, and issuing
+        # from, the CA whose certificates learners already hold.
+        ca_cert, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+        if ca_cert.exists() and ca_key.exists():
+            self._ca = load_credential(ca_cert, ca_key)
+        else:
+            self._ca = make_ca("labxds workshop CA", days=365)
+            directory.mkdir(parents=True, exist_ok=True)
+            self._ca.write(ca_cert, ca_key)
         self.tls_dir = directory
         self.tls_files = write_tls_files(directory, ca=self._ca, client_name="instructor")
         return server_credentials(self.tls_files)
@@ -192,21 +211,29 @@ class Workshop:
             if self.token_required:
                 self._tokens[name] = token or self._tokens.get(name) or secrets.token_urlsafe(16)
                 self._rebuild_authorizer()
-                return self._tokens[name]
-        return None
+            if self.store is not None:
+                self.store.save_learner(name, self._tokens.get(name))
+            return self._tokens.get(name) if self.token_required else None
 
     def token(self, name: str) -> str | None:
         return self._tokens.get(name)
 
-    def learner_tls(self, name: str, directory: str | Path | None = None) -> tuple[Path, Path, Path]:
-        """Issue ``name`` a client certificate from the workshop's CA: (ca, cert, key) paths."""
+    def learner_tls(self, name: str, directory: str | Path | None = None, *,
+                    reuse: bool = False) -> tuple[Path, Path, Path]:
+        """Issue ``name`` a client certificate from the workshop's CA: (ca, cert, key) paths.
+
+        ``reuse=True`` returns the certificate issued before, if its files are there.
+        """
         if self._ca is None or self.tls_files is None:
             raise RuntimeError("this workshop has no TLS: Workshop(tls=DIR)")
         from ..tls import issue
 
         out = Path(directory) if directory is not None else (self.tls_dir or Path("."))
+        cert, key = out / f"{name}.pem", out / f"{name}-key.pem"
+        if reuse and cert.exists() and key.exists():
+            return Path(self.tls_files.ca), cert, key
         out.mkdir(parents=True, exist_ok=True)
-        cert, key = issue(self._ca, name, client=True).write(out / f"{name}.pem", out / f"{name}-key.pem")
+        cert, key = issue(self._ca, name, client=True).write(cert, key)
         return Path(self.tls_files.ca), cert, key
 
     def bootstrap_command(self, name: str, host: str | None = None) -> str:
@@ -242,6 +269,8 @@ class Workshop:
             if name in self._roster or name in self._learners:
                 raise ValueError(f"{name!r} is a learner's name; choose another group name")
             self.groups[name] = list(dict.fromkeys(members))
+            if self.store is not None:
+                self.store.save_group(name, self.groups[name])
         self._changed("group", None)
         return self.groups[name]
 
@@ -287,6 +316,8 @@ class Workshop:
                     return self.broadcast(Snapshot(spec), wait=wait, timeout=timeout)
                 targets = [n for n in self._known() if n not in self._own]
                 applied = self._set_each(spec, targets, rendered=True)
+            self._save_spec("", spec)
+            self._save_served(self._known(), default=True)
         self._changed("snapshot", None)
         if wait:
             self._wait(applied, since, timeout)
@@ -303,6 +334,9 @@ class Workshop:
             for name in names:
                 self._own[name] = spec
             applied = self._set_each(spec, names, rendered=False)
+            for name in names:
+                self._save_spec(name, spec)
+            self._save_served(names)
         for name in names:
             self._changed("snapshot", name)
         if wait:
@@ -324,6 +358,10 @@ class Workshop:
                     cp.cache.clear(name)
                     self._rendered.discard(name)
                 applied = {n: cp.cache.default for n in names if cp.cache.default is not None}
+            if self.store is not None:
+                for name in names:
+                    self.store.drop_spec(name)
+            self._save_served(names)
         for name in names:
             self._changed("snapshot", name)
         if wait:
@@ -409,6 +447,77 @@ class Workshop:
         if missing:
             raise PushTimeout(missing, timeout)
 
+    # -- the store ---------------------------------------------------------------------------
+
+    def _save_spec(self, name: str, spec: SnapshotSpec) -> None:
+        if self.store is not None:
+            self.store.save_spec(name, recipe_of(spec), describe_spec(spec))
+
+    def _save_served(self, names: Iterable[str], *, default: bool = False) -> None:
+        """Write what the control plane serves ``names`` (and the default) now."""
+        if self.store is None:
+            return
+        cache = self.control_plane.cache
+        entries: dict[str, tuple[Snapshot, bool, bool]] = {}
+        dropped = []
+        for name in dict.fromkeys(names):
+            own = cache.own(name)
+            if own is None:
+                dropped.append(name)
+            else:
+                entries[name] = (own, name in self._templated, name in self._rendered)
+        if default and cache.default is not None:
+            entries[""] = (cache.default, False, False)
+        self.store.save_served(entries, dropped)
+
+    def _restore(self) -> None:
+        """Read the store back: roster, tokens, learners, groups, specs, served snapshots, results."""
+        assert self.store is not None
+        saved = self.store.load()
+        cache = self.control_plane.cache
+        for name, on_roster, token, metadata in saved.learners:
+            if on_roster and name not in self._roster:
+                self._roster.append(name)
+            if token and self.token_required:
+                self._tokens.setdefault(name, token)
+            if metadata is not None:
+                self._learners[name] = Learner.from_metadata(name, metadata)
+        self._rebuild_authorizer()
+        self.groups.update(saved.groups)
+        for name, (snapshot, templated, rendered) in saved.served.items():
+            cache.set(snapshot, name or None)
+            if name and templated:
+                self._templated.add(name)
+            if name and rendered:
+                self._rendered.add(name)
+        for name, (recipe, description) in saved.specs.items():
+            spec: SnapshotSpec | None = None
+            if recipe is not None:
+                try:
+                    spec = spec_from_recipe(recipe)
+                except ValueError as exc:
+                    log.warning("labxds workshop: %s: cannot rebuild %s for %r: %s", self.store.path,
+                                description, name or "the class", exc)  # fmt: skip
+            if spec is None:
+                served = saved.served.get(name)
+                log.warning("labxds workshop: %s was a function of your own and is not kept; %s keeps "
+                            "the snapshot it was served: push or broadcast it again to render it anew",
+                            description, name or "the class")  # fmt: skip
+                spec = served[0] if served is not None else None
+            if spec is None:
+                continue
+            if name:
+                self._own[name] = spec
+            else:
+                self._class = spec
+        for data in saved.results:
+            result = CheckResult(**{k: data[k] for k in ("exercise", "learner", "passed", "hint", "detail", "at",
+                                                          "confirmed", "evidence") if k in data})  # fmt: skip
+            self.progress.setdefault(result.learner, {})[result.exercise] = result
+        if saved.learners or saved.served:
+            log.info("labxds workshop: %s: %d learner(s), %d snapshot(s) and %d result(s) restored",
+                     self.store.path, len(saved.learners), len(saved.served), len(saved.results))  # fmt: skip
+
     # -- the control plane's events (on its thread) -----------------------------------------
 
     def _on_open(self, node_id: str, stream: int) -> None:
@@ -435,11 +544,18 @@ class Workshop:
             rendered = False
             if spec is None and self._class is not None and not isinstance(self._class, Snapshot):
                 spec, rendered = self._class, True
+            rerendered = False
             if spec is not None and not isinstance(spec, Snapshot) and (changed or node_id not in self._templated):
                 try:  # the stream reads its snapshot after this hook: it starts with the right one
                     self._set_each(spec, [node_id], rendered=rendered)
+                    rerendered = True
                 except Exception:
                     log.exception("labxds workshop: cannot render %s for learner %r", describe_spec(spec), node_id)
+            if self.store is not None:
+                if changed:
+                    self.store.save_metadata(node_id, learner.metadata())
+                if rerendered:
+                    self._save_served([node_id])
         self._changed("learner", node_id)
 
     # -- progress ----------------------------------------------------------------------------
@@ -455,6 +571,8 @@ class Workshop:
                 log.warning("labxds workshop: %s reports %s passed, but %s", result.learner, result.exercise, evidence)
         with self._lock:
             self.progress.setdefault(result.learner, {})[result.exercise] = result
+            if self.store is not None:
+                self.store.save_result(result.to_dict())
         self._changed("progress", result.learner)
         return result
 
@@ -463,7 +581,7 @@ class Workshop:
         ex = self.exercises[exercise]
         try:
             target = self.learner(learner)
-            result = ex.check(target, learner)
+            result = ex.check(target, learner=learner)
         except ValueError as exc:
             result = CheckResult(exercise, learner, False, "run the check on the learner's machine", str(exc))
         return self.record(result)

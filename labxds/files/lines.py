@@ -17,7 +17,7 @@ __all__ = ["key_node", "problem_line", "scalar_line", "search_line", "snake"]
 log = logging.getLogger("labxds.snapshot_files")
 
 
-_INDEXED = re.compile(r"^(\w+)((?:\[\d+\])*)$")
+_INDEXED = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
 
 
 def _camel(name: str) -> str:
@@ -47,7 +47,11 @@ def _follow(node: yaml.Node, steps: list[tuple[str, list[int]]]) -> int | None:
         key, node = found
         line = key.start_mark.line + 1
         for i in indices:
-            if not isinstance(node, yaml.SequenceNode) or i >= len(node.value):
+            if not isinstance(node, yaml.SequenceNode):
+                if i == 0:
+                    continue  # one value where a list is expected, as Envoy reads it
+                return line
+            if i >= len(node.value):
                 return line
             node = node.value[i]
             line = node.start_mark.line + 1
@@ -95,7 +99,7 @@ def problem_line(node: yaml.Node | None, problem: str) -> int | None:
     if unknown_type:
         short = unknown_type.group(1)
         return scalar_line(node, lambda v: v == short or v.endswith("/" + short))
-    at = re.search(r' at "?([A-Za-z_][\w.\[\]]*?)"?\.?$', first)
+    at = re.search(r' at "?([A-Za-z_][^\s"]*?)"?\.?$', first)
     if at:
         parts = at.group(1).split(".")[1:]  # the first part is the resource's message name
         steps = []

@@ -175,10 +175,14 @@ class EchoService:
 class EchoFleet:
     """Named services, each with one or more instances: fleet["service1"] -> [EchoService, ...]."""
 
-    def __init__(self, counts: Mapping[str, int], host: str = "127.0.0.1") -> None:
+    def __init__(self, counts: Mapping[str, int], host: str = "127.0.0.1",
+                 ports: Mapping[str, int] | None = None) -> None:
+        """``ports`` fixes the first instance's port of some services (absent or 0: a free one)."""
         self.host = host
+        fixed = dict(ports or {})
         self.services: dict[str, list[EchoService]] = {
-            name: [EchoService(name, host, instance=i if n > 1 else None) for i in range(1, n + 1)]
+            name: [EchoService(name, host, fixed.get(name, 0) if i == 1 else 0, instance=i if n > 1 else None)
+                   for i in range(1, n + 1)]
             for name, n in counts.items()
         }
 

@@ -83,6 +83,9 @@ class LabRuntime:
         self.listener_port = _port(listener_port, "LABXDS_LISTENER_PORT", 10000)
         self.delta = delta
         self.service_counts = dict(services or {"service1": 1, "service2": 1})
+        # Echo services on fixed ports (LABXDS_SERVICE_PORTS="service1=20002,service2=20003"): a
+        # learner on a shared machine keeps theirs across restarts (labxds.classroom.spawn).
+        self.service_ports = _service_ports(os.environ.get("LABXDS_SERVICE_PORTS", ""))
         self.node_id = node_id
         self.mode = _Mode.from_env(mode)
         self.envoy_log_level = envoy_log_level
@@ -124,7 +127,7 @@ class LabRuntime:
                 bar.update()
                 if not self.mode.docker:
                     bar.set_description(_("echo services"))
-                    self.services = EchoFleet(self.service_counts).start()
+                    self.services = EchoFleet(self.service_counts, ports=self.service_ports).start()
                     bar.update()
                     bar.set_description("Envoy")
                     bootstrap = render_bootstrap(
@@ -157,7 +160,7 @@ class LabRuntime:
             bar = _progress(2, progress)
             try:
                 bar.set_description(_("echo services"))
-                self.services = EchoFleet(self.service_counts).start()
+                self.services = EchoFleet(self.service_counts, ports=self.service_ports).start()
                 bar.update()
                 bar.set_description("Envoy")
                 if not self.admin_port:  # the instructor's checks need the port before Envoy starts
@@ -322,6 +325,17 @@ def _stream_lines(lines: list[str]) -> list[str]:
     """Envoy's own words about its ADS stream (refusals, TLS failures), else its last lines."""
     about = [line for line in lines if "config stream" in line or "xds_cluster" in line or "TLS" in line]
     return (about or lines)[-5:]
+
+
+def _service_ports(text: str) -> dict[str, int]:
+    """``"service1=20002,service2=20003"`` as a dict; an error naming the part that is not NAME=PORT."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, port = part.partition("=")
+        if not name.strip() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"LABXDS_SERVICE_PORTS: {part!r} is not NAME=PORT")
+        out[name.strip()] = int(port)
+    return out
 
 
 def _port(given: int | None, env: str, default: int) -> int:

@@ -7,6 +7,8 @@ lesson), in the words curl uses. The notebook layer turns the records into table
 from __future__ import annotations
 
 import errno
+import http.client
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .echo import INSTANCE_HEADER
 
-__all__ = ["send"]
+__all__ = ["exchange", "send"]
 
 
 def _parse_echo(text: str) -> tuple[str | None, dict[str, str]]:
@@ -112,3 +114,48 @@ def send(
                 row.update(echoed)
             rows.append(row)
     return rows
+
+
+def exchange(
+    url: str | int,
+    path: str = "/",
+    *,
+    headers: Mapping[str, str] | None = None,
+    method: str = "GET",
+    timeout: float = 2.0,
+) -> dict[str, Any]:
+    """One request as ``curl -i`` sends it, and the answer as it came: status line, headers in
+    Envoy's order and spelling, body. A failure is a record too: ``error`` in curl's words."""
+    target = urlsplit(_target(url, path))
+    host, port = target.hostname or "127.0.0.1", target.port or 80
+    request_path = target.path or "/"
+    if target.query:
+        request_path += f"?{target.query}"
+    record: dict[str, Any] = {"method": method, "url": f"{host}:{port}{request_path}", "http_version": None,
+                              "status": None, "reason": None, "headers": [], "body": "", "error": None}  # fmt: skip
+    sent = {"Host": f"{host}:{port}", "User-Agent": "labxds", "Accept": "*/*", **dict(headers or {})}
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.putrequest(method, request_path, skip_host=True, skip_accept_encoding=True)
+        for name, value in sent.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        record["body"] = response.read().decode("utf-8", "replace")
+    except ConnectionRefusedError:
+        record["error"] = f"Failed to connect to {host} port {port}: Connection refused"
+    except ConnectionResetError:
+        record["error"] = "Recv failure: Connection reset by peer"
+    except (socket.timeout, TimeoutError):
+        record["error"] = f"Operation timed out after {timeout * 1000:.0f} milliseconds"
+    except http.client.RemoteDisconnected:
+        record["error"] = "Empty reply from server"
+    except OSError as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        record["http_version"] = {10: "HTTP/1.0", 11: "HTTP/1.1"}.get(response.version, f"HTTP/{response.version}")
+        record["status"], record["reason"] = response.status, response.reason
+        record["headers"] = list(response.getheaders())
+    finally:
+        conn.close()
+    return record

@@ -2,11 +2,16 @@
 
 ``lab`` is the :class:`Lab` learners hold (``labxds.Lab``): the runtime plus tables; ``tables``
 turns records into pandas frames; ``widgets`` are the upstream toggle, canary slider and status
-panel; ``dashboard`` is the instructor's live view of a class. Needs ``labxds[notebook]``.
+panel; ``dashboard`` is the instructor's live view of a class; ``course`` checks and solves the
+lessons' exercises; ``diagrams`` draws the lab's topology and its xDS conversation (PNG); ``raw``
+gives the sandbox's own views (``curl -i``, /config_dump JSON, jq paths). Needs ``labxds[notebook]``.
 """
 
+from .course import Checked, ExerciseFailed, check, exercises, solve
 from .dashboard import Dashboard
+from .diagrams import Diagram, sequence, topology
 from .lab import Lab
+from .raw import SANDBOX_JQ, config_dump, configs_index, curl_i, jq, run_jq, show_json
 from .tables import (
     clusters_table,
     curl,
@@ -29,22 +34,37 @@ from .widgets import (
 )
 
 __all__ = [
+    "SANDBOX_JQ",
     "CanarySlider",
+    "Checked",
     "Dashboard",
+    "Diagram",
+    "ExerciseFailed",
     "Lab",
     "StatusPanel",
     "UpstreamToggle",
     "canary_snapshot",
+    "check",
     "clusters_table",
+    "config_dump",
+    "configs_index",
     "curl",
+    "curl_i",
     "endpoints_table",
+    "exercises",
+    "jq",
     "listeners_table",
     "next_version",
     "progress_table",
     "routes_table",
+    "run_jq",
     "sandbox_endpoint",
+    "sequence",
+    "show_json",
+    "solve",
     "stats_table",
     "status_table",
     "styled",
+    "topology",
     "trace_table",
 ]

@@ -92,7 +92,12 @@ def _one_line(value: Any) -> Any:
 
 
 class Dashboard:
-    """``Dashboard(workshop)``: display it in a cell; ``live=True`` (default) redraws on events."""
+    """``Dashboard(workshop)``: display it in a cell; ``live=True`` (default) redraws on events.
+
+    Its box carries the CSS class ``labxds-dashboard-widget`` (its table: ``labxds-dashboard``).
+    """
+
+    css_class = "labxds-dashboard-widget"
 
     def __init__(self, workshop: Workshop, *, live: bool = True, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.workshop = workshop
@@ -113,6 +118,7 @@ class Dashboard:
             widgets.HBox([self.learners, widgets.VBox([self.snapshots, self.push_button])]),
             self.message,
         ])  # fmt: skip
+        self.widget.add_class(self.css_class)
         self.sort.observe(lambda _: self.refresh(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
         self.push_button.on_click(lambda _: self.push_selected())

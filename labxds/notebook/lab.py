@@ -2,11 +2,14 @@
 
 ``labxds.Lab`` is this class. The runtime below (:class:`labxds.lab.LabRuntime`) starts the
 processes and returns plain records; this layer adds pandas, so the layers under it never need
-it. Every method returns a DataFrame a notebook displays as a table.
+it. The table methods return DataFrames a notebook displays as tables; ``curl_i`` and
+``config_dump`` give the sandbox's raw views, ``topology`` and ``sequence`` draw pictures, and
+``mark`` notes a moment so that ``sequence(since=...)`` draws one step's conversation.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..lab.runtime import LabRuntime
@@ -14,6 +17,9 @@ from . import tables
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .diagrams import Diagram
+    from .raw import JsonText, RawResponse
 
 __all__ = ["Lab"]
 
@@ -61,3 +67,33 @@ class Lab(LabRuntime):
         import pandas as pd
 
         return pd.DataFrame(super().where(), columns=["component", "address", "detail"])
+
+    # -- the sandbox's raw views and pictures ---------------------------------------------------
+
+    def curl_i(self, path: str = "/", **kwargs: Any) -> RawResponse:
+        """``curl -i`` through Envoy's listener: status line, Envoy's headers, body."""
+        from .raw import curl_i
+
+        return curl_i(self, path, **kwargs)
+
+    def config_dump(self, resource: str | None = None, *, include_eds: bool = False) -> JsonText:
+        """Envoy's ``/config_dump`` as raw JSON (a dict that prints as indented JSON)."""
+        from .raw import config_dump
+
+        return config_dump(self, resource, include_eds=include_eds)
+
+    def mark(self) -> float:
+        """Now, as a point in the trace: ``lab.sequence(since=mark)`` draws what came after."""
+        return time.time()
+
+    def topology(self) -> Diagram:
+        """A picture of the lab: processes, ports, and who connects to whom, as they are now."""
+        from .diagrams import topology
+
+        return topology(self)
+
+    def sequence(self, since: float | int | None = None, *, last: int = 30, title: str | None = None) -> Diagram:
+        """A sequence diagram of the xDS conversation with this lab's Envoy (since a ``mark``)."""
+        from .diagrams import sequence
+
+        return sequence(self, since, last=last, title=title)

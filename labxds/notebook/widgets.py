@@ -6,6 +6,10 @@ same way a click drives it: ``toggle.value = "service2"``, ``slider.value = 10``
 then shows the outcome in place as HTML, so a notebook run top to bottom (in CI, say) sees the
 same state a learner sees.
 
+Each widget's outer box carries a CSS class of its own (``labxds-upstream-toggle``,
+``labxds-canary-slider``, ``labxds-status-panel``): what a page, a style sheet or the browser
+tests (tests/browser) find it by, whatever the lesson around it.
+
 Nothing here writes into a widget from the control plane's thread: ``StatusPanel(live=True)``
 hooks the engine's events and hands each refresh to the kernel's asyncio loop with
 ``loop.call_soon_threadsafe``; the refresh then runs between cells, on the kernel's thread.
@@ -117,9 +121,10 @@ def _counts_html(counts: Mapping[str, int], total: int) -> str:
 
 
 class _Displayed:
-    """Displays as its ``.widget``."""
+    """Displays as its ``.widget``, whose box carries the CSS class ``css_class``."""
 
     widget: widgets.Widget
+    css_class: str = ""
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -138,6 +143,8 @@ class UpstreamToggle(_Displayed):
     does not answer in time) is shown in red and kept in ``last_error``; the buttons stay usable.
     """
 
+    css_class = "labxds-upstream-toggle"
+
     def __init__(self, lab: Lab, choices: Sequence[str] = ("service1", "service2"), *, requests: int = 4) -> None:
         self.lab = lab
         self.requests = requests
@@ -152,6 +159,7 @@ class UpstreamToggle(_Displayed):
         self.status = widgets.HTML()
         self.table = widgets.HTML()
         self.widget = widgets.VBox([self.buttons, self.status, self.table])
+        self.widget.add_class(self.css_class)
         self.buttons.observe(self._on_change, names="value")
         if self.buttons.value is None:
             self.status.value = _message("Envoy has no sandbox snapshot from this lab yet: pick an upstream.")
@@ -248,6 +256,8 @@ class CanarySlider(_Displayed):
     ``stable``, waits for Envoy's ACK, then sends ``requests`` requests and shows who served them.
     """
 
+    css_class = "labxds-canary-slider"
+
     def __init__(self, lab: Lab, stable: str, canary: str, *, value: int = 0, requests: int = 200) -> None:
         self.lab = lab
         self.stable, self.canary = stable, canary
@@ -264,6 +274,7 @@ class CanarySlider(_Displayed):
         self.status = widgets.HTML()
         self.chart = widgets.HTML()
         self.widget = widgets.VBox([self.slider, self.status, self.chart])
+        self.widget.add_class(self.css_class)
         self.slider.observe(self._on_change, names="value")
         self.push(value)
 
@@ -320,6 +331,8 @@ class StatusPanel(_Displayed):
     asyncio loop, which runs it between cells, never from the server's thread.
     """
 
+    css_class = "labxds-status-panel"
+
     def __init__(
         self, control_plane: ControlPlane | Lab, *, live: bool = False, loop: asyncio.AbstractEventLoop | None = None
     ) -> None:
@@ -330,6 +343,7 @@ class StatusPanel(_Displayed):
         self.header = widgets.HTML()
         self.table = widgets.HTML()
         self.widget = widgets.VBox([widgets.HBox([self.button, self.header]), self.table])
+        self.widget.add_class(self.css_class)
         self.button.on_click(lambda _: self.refresh())
         self._refresher = LoopRefresher(lambda: self.refresh())  # late-bound: overridable
         self._unhook: list[Any] = []

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         Credential,
         TlsFiles,
         issue,
+        load_credential,
         make_ca,
         renew_server_certificate,
         tls_files_in,
@@ -41,6 +42,7 @@ __all__ = [
     "TokenAuthorizer",
     "channel_credentials",
     "issue",
+    "load_credential",
     "make_ca",
     "renew_server_certificate",
     "server_credentials",
@@ -51,7 +53,7 @@ __all__ = [
 
 _LAZY = {
     "Credential": "certificates", "TlsFiles": "certificates", "issue": "certificates",
-    "make_ca": "certificates", "renew_server_certificate": "certificates",
+    "load_credential": "certificates", "make_ca": "certificates", "renew_server_certificate": "certificates",
     "tls_files_in": "certificates", "write_tls_files": "certificates",
     "TlsFileError": "credentials", "channel_credentials": "credentials",
     "server_credentials": "credentials", "server_ssl_context": "credentials",

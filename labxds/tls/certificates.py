@@ -92,6 +92,22 @@ class Credential:
         return cert_path, key_path
 
 
+def load_credential(cert_path: Path | str, key_path: Path | str) -> Credential:
+    """A certificate and its key from PEM files (a CA kept on disk, to go on issuing from it)."""
+    cert_path, key_path = Path(cert_path), Path(key_path)
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{cert_path}: not a PEM certificate: {exc}") from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{key_path}: not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path}: expected an EC private key, found {type(key).__name__}")
+    return Credential(certificate, key)
+
+
 def _replace(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,7 +1,9 @@
 """The control plane itself: resources, snapshots, the xDS protocol, and the ControlPlane that runs it.
 
 ``resource_types`` knows the type URLs; ``messages`` and ``json_form`` turn inputs (protobuf
-messages, dicts, YAML, envoy-data-plane objects) into messages; ``snapshot`` holds one version of
+messages, dicts, YAML, envoy-data-plane objects) into messages, reading text and JSON form as Envoy
+reads them (``envoy_text`` for YAML and JSON, ``lenient`` for what Envoy's parser allows beyond
+protobuf's JSON mapping, and refuses within it); ``snapshot`` holds one version of
 a node's configuration and checks its references; ``cache`` keeps snapshots per node; ``wire``
 pre-encodes responses; ``server`` speaks SotW and Delta; ``tracking`` records what each node
 ACKed or NACKed; ``control_plane`` runs it all on an event loop of its own; ``builders`` write

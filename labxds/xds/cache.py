@@ -45,6 +45,11 @@ class SnapshotCache:
         # every round. A reader that sees the old snapshot is woken again by set().
         return self._nodes.get(node_id, self._default)
 
+    def own(self, node_id: str) -> Snapshot | None:
+        """``node_id``'s own snapshot; None when it follows the default."""
+        with self._lock:
+            return self._nodes.get(node_id)
+
     @property
     def default(self) -> Snapshot | None:
         return self._default

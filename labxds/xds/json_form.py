@@ -5,8 +5,11 @@ message it meets: 80 µs for the sandbox's cluster on a warm CPU, much of what a
 snapshot file cost per change. :func:`parse_dict` (14 µs) walks the same mapping with field
 tables built once per message type, for the forms resources are written in (messages, lists,
 maps with string keys, scalars, enums by name, ``Any`` with ``"@type"``, wrappers, ``Duration``,
-``Timestamp``). Anything else, and every mistake, goes to ``json_format`` itself, so results and
-error messages are exactly its own.
+``Timestamp``). Anything else, and every mistake, takes the slow path: :func:`lenient.normalize`
+rewrites what Envoy's config loader accepts beyond protobuf's JSON mapping (lowercase enums, one
+value for a list...) and refuses what it refuses, the fast path runs again on the result, and
+``json_format`` itself takes what remains, so its results and error messages stay its own. The
+leniencies cost the common case nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ from typing import Any, cast
 
 from google.protobuf import descriptor, json_format, message
 
-from . import resource_types
+from . import lenient, resource_types
 
 __all__ = ["NestedTypeError", "parse_dict"]
 
 _FD = descriptor.FieldDescriptor
 _INTS = frozenset({_FD.CPPTYPE_INT32, _FD.CPPTYPE_INT64, _FD.CPPTYPE_UINT32, _FD.CPPTYPE_UINT64})
 _FLOAT32_MAX = 3.4028234663852886e38
-_FROM_STRING = frozenset({"google.protobuf.Duration", "google.protobuf.Timestamp"})
+_DURATION = "google.protobuf.Duration"
+_FROM_STRING = frozenset({_DURATION, "google.protobuf.Timestamp"})
 _DECLINED = frozenset(
     {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue", "google.protobuf.FieldMask"}
 )
@@ -58,14 +62,27 @@ _TABLES: dict[str, dict[str, _Spec]] = {}
 
 
 def parse_dict(data: Mapping[str, Any], msg: message.Message) -> None:
-    """Fill ``msg`` from ``data`` as ``json_format.ParseDict`` would (raising its ParseError), or
-    raise NestedTypeError for a nested ``"@type"`` that names no known message type."""
+    """Fill ``msg`` from ``data`` as Envoy's config loader reads the JSON form (raising
+    ``json_format.ParseError``, in its words, for what it refuses), or raise NestedTypeError for a
+    nested ``"@type"`` that names no known message type."""
     try:
         _message(data, msg, 0)
-    except (_Declined, ValueError, TypeError, KeyError, AttributeError):
+        return
+    except _FALLBACK:
         msg.Clear()
-        _import_nested_types(data)
-        json_format.ParseDict(cast(dict[str, Any], data), msg)
+    # Not the common form: read it as Envoy does (lenient.normalize rewrites Envoy's leniencies
+    # into the strict form and refuses what Envoy refuses), then parse that.
+    strict = lenient.normalize(data, msg.DESCRIPTOR)
+    try:
+        _message(strict, msg, 0)
+        return
+    except _FALLBACK:
+        msg.Clear()
+    _import_nested_types(strict)
+    json_format.ParseDict(cast(dict[str, Any], strict), msg)
+
+
+_FALLBACK = (_Declined, ValueError, TypeError, KeyError, AttributeError)
 
 
 def _import_nested_types(data: Any) -> None:
@@ -139,8 +156,8 @@ def _message(data: Any, msg: message.Message, depth: int) -> None:
             msg.value = _scalar(data, wrapped)  # type: ignore[attr-defined]
             return
         if full_name in _FROM_STRING:
-            if not isinstance(data, str):
-                raise _Declined
+            if not isinstance(data, str) or (full_name == _DURATION and not lenient.valid_duration(data)):
+                raise _Declined  # the object form, or a duration Python reads and Envoy does not (+5s)
             msg.FromJsonString(data)  # type: ignore[attr-defined]
             return
         if full_name == "google.protobuf.Any":
@@ -207,8 +224,8 @@ def _any(data: Any, msg: Any, depth: int) -> None:
     if not data:
         return
     type_url = data.get("@type")
-    if not isinstance(type_url, str):
-        raise _Declined
+    if not isinstance(type_url, str) or type_url.rfind("/") <= 0:
+        raise _Declined  # Envoy wants a host before the type's name
     try:
         inner = resource_types.message_class(type_url)()
     except ValueError:

@@ -8,13 +8,15 @@ wire path only ever sees fast messages.
 
 from __future__ import annotations
 
+import difflib
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
 from google.protobuf import json_format, message
 
-from . import resource_types
+from . import envoy_text, resource_types
 from .json_form import NestedTypeError, parse_dict
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "to_messages",
     "version_of_document",
 ]
+
+log = logging.getLogger("labxds.messages")
 
 
 class ResourceError(ValueError):
@@ -66,44 +70,98 @@ def to_messages(objs: Iterable[Any], *, where: str = "") -> list[message.Message
 def from_yaml(text: str, *, where: str = "") -> list[message.Message]:
     """Resources from YAML or JSON text: one resource, a list, or a ``resources:`` document.
 
-    Uses ``yaml.safe_load``: a config file never constructs Python objects.
+    Read as Envoy reads a YAML file (:mod:`envoy_text`): tags never construct Python objects,
+    and only the first YAML document counts.
     """
     try:
-        data = yaml.safe_load(text)
+        doc = envoy_text.load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ResourceError(f"{line}not valid YAML/JSON: {problem}", where=where) from None
-    return resources_of_document(data, where=where)
+    if doc.more_at is not None:
+        log.warning("%sonly the first YAML document is read, as Envoy reads it; the one at line %d is not",
+                    f"{where}: " if where else "", doc.more_at)
+    return resources_of_document(doc.data, where=where)
 
 
 def resources_of_document(data: Any, *, where: str = "") -> list[message.Message]:
     """The resources in a parsed file: a ``resources:`` list, a bare list or one ``@type`` dict."""
-    return to_messages(document_items(data, where=where), where=where)
+    items = document_items(data, where=where)
+    prefix = f"{where} " if where else ""
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            what = "null" if item is None else f"{type(item).__name__} {item!r}"
+            raise ResourceError(f'a resource is a mapping with "@type", not the {what}', where=f"{prefix}resource #{i}")
+    return to_messages(items, where=where)
 
 
 def document_items(data: Any, *, where: str = "") -> list[Any]:
-    """The resources of a parsed file as written (dicts), not yet parsed into messages."""
+    """The resources of a parsed file as written (dicts), not yet parsed into messages.
+
+    A file is what Envoy's filesystem subscriptions read: a DiscoveryResponse in JSON form, its
+    ``resources`` a list of objects with ``"@type"`` (or, as Envoy reads it, one such object;
+    lists in the list are flattened), its other fields (``version_info``...) checked as Envoy
+    checks them. A labxds convenience Envoy does not have: a bare list of resources, or one.
+    """
     if data is None:
         return []
-    if isinstance(data, Mapping) and "resources" in data:
-        items = data["resources"]
-        if items is None:
-            return []
-        if not isinstance(items, list):
-            raise ResourceError("'resources' must be a list", where=where)
-        return items
     if isinstance(data, list):
         return data
-    if isinstance(data, Mapping) and "@type" in data:
-        return [data]
+    if isinstance(data, Mapping):
+        if "@type" in data:
+            return [data]
+        _check_header(data, where)
+        items = data.get("resources")
+        if items is None:
+            return []
+        if isinstance(items, Mapping):
+            return [items]
+        if isinstance(items, list):
+            return _flattened(items)
+        raise ResourceError(f'expected a list of resources (objects with "@type"), not {items!r} '
+                            "at DiscoveryResponse.resources.", where=where)
     raise ResourceError('expected a "resources:" list of objects with "@type"', where=where)
 
 
+_DISCOVERY_RESPONSE = "envoy.service.discovery.v3.DiscoveryResponse"
+
+
+def _check_header(data: Mapping[str, Any], where: str) -> None:
+    """The file's own fields (all but ``resources``) as Envoy reads them: a DiscoveryResponse's."""
+    header = {k: v for k, v in data.items() if k != "resources"}
+    if not header:
+        return
+    response = resource_types.message_class(_DISCOVERY_RESPONSE)()
+    known = {f.name for f in response.DESCRIPTOR.fields} | {f.json_name for f in response.DESCRIPTOR.fields}
+    for key in header:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ResourceError(
+                f'not a field of a snapshot file, which has "resources:" (a list of objects with "@type") and may '
+                f'have "version_info:"{hint} at DiscoveryResponse.{key}.', where=where)
+    try:
+        parse_dict(header, response)
+    except json_format.ParseError as exc:
+        raise ResourceError(_explain_parse_error(str(exc)), where=where) from None
+
+
+def _flattened(items: list[Any]) -> list[Any]:
+    if not any(isinstance(item, list) for item in items):
+        return items
+    out: list[Any] = []
+    for item in items:
+        out.extend(_flattened(item) if isinstance(item, list) else [item])
+    return out
+
+
 def version_of_document(data: Any) -> str | None:
-    if isinstance(data, Mapping) and data.get("version_info") is not None:
-        return str(data["version_info"])
+    if isinstance(data, Mapping):
+        version = data.get("version_info", data.get("versionInfo"))
+        if version is not None:
+            return str(version)
     return None
 
 
@@ -122,6 +180,10 @@ def _from_dict(data: Mapping[str, Any], where: str) -> message.Message:
         label = f"{where} ({name})" if where else name
     if not isinstance(type_url, str) or not type_url:
         raise ResourceError('missing "@type" (for example "type.googleapis.com/envoy.config.cluster.v3.Cluster")', where=label)
+    if type_url.rfind("/") <= 0:
+        raise ResourceError(
+            f'field @type: the type URL {type_url!r} has no host before its last "/" (Envoy refuses it): '
+            f'write "{resource_types.TYPE_PREFIX}{type_url.lstrip("/")}"', where=label)
     try:
         cls = resource_types.message_class(type_url)
     except ValueError as exc:

@@ -290,6 +290,17 @@ class Tracker:
         if kind == "NACK":  # a waiting push fails now; other events settle through settled()
             self._changed(event.node)
 
+    def resumed(self, node_id: str, type_url: str, version: str) -> None:
+        """``node_id`` reconnected holding ``version``, the one it is to run, so nothing is sent:
+        the version counts as acknowledged (after this control plane restarted, nothing else
+        would say so; the workshop's dashboard shows it)."""
+        with self._cond:
+            node = self._nodes.setdefault(node_id, NodeStatus(node_id))
+            st = node.type(type_url)
+            if st.acked_version != version:
+                st.acked_version, st.acked_at = version, time.time()
+            self._changed(node_id)
+
     def nacked_version(self, node_id: str, type_url: str) -> str | None:
         """The version of ``type_url`` that ``node_id`` NACKed last (None if none)."""
         # Read without the lock: one reference read each, atomic in CPython, and asked by every

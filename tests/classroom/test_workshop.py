@@ -221,7 +221,7 @@ def test_exercise_checks_pass_on_a_solution_and_fail_with_a_hint(workshop: Works
         me.push(EXERCISES["route-api"].wrong)  # /api after the catch-all '/'
         result = me.check("route-api")
         assert not result.passed and "first route that matches" in result.hint
-        me.push(EXERCISES["route-api"].solution)
+        me.push(EXERCISES["route-api"].solved)
         result = me.check("route-api")
         assert result.passed, str(result)
         recorded = workshop.progress["alice"]["route-api"]  # reported through the desk
@@ -263,7 +263,7 @@ def test_a_reported_pass_is_set_against_what_the_control_plane_knows(
         row = Dashboard(workshop, live=False).frame().set_index("learner").loc["alice"]
         assert row["progress"] == "route-api ⚠" and row["passed"] == 0  # a contradicted pass does not count
 
-        me.push(EXERCISES["route-api"].solution)
+        me.push(EXERCISES["route-api"].solved)
         returned = me.check("route-api")  # the learner sees the verdict too
         assert returned.passed and returned.confirmed is True and "control plane: Envoy ACKed" in str(returned)
         assert workshop.progress["alice"]["route-api"].mark == "✓"

@@ -61,6 +61,7 @@ def wait_until(loop: asyncio.AbstractEventLoop, predicate, timeout: float = 5.0)
 def test_one_row_per_learner_with_acked_versions(setup) -> None:
     ws, clients, loop = setup
     dash = Dashboard(ws, loop=loop)
+    assert "labxds-dashboard-widget" in dash.widget._dom_classes  # what a page finds it by
     wait_until(loop, lambda: all(dash.frame()["CDS"] == "v1"))
     df = dash.frame()
     assert list(df["learner"]) == sorted(NAMES)

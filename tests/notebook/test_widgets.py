@@ -104,10 +104,11 @@ def test_next_version_follows_the_highest_numeric_version(lab: Lab) -> None:
 
 def test_widgets_display_as_their_ipywidgets(lab: Lab) -> None:
     lab.push(lab.sandbox_snapshot("service1", version="1"))
-    for w in (UpstreamToggle(lab), StatusPanel(lab.cp)):
+    for w, css in ((UpstreamToggle(lab), "labxds-upstream-toggle"), (StatusPanel(lab.cp), "labxds-status-panel")):
         bundle = w._repr_mimebundle_()
         assert "application/vnd.jupyter.widget-view+json" in bundle
         assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == w.widget.model_id
+        assert css in w.widget._dom_classes  # what a page (and tests/browser) finds it by
         w.close()
 
 
@@ -117,6 +118,7 @@ def test_widgets_display_as_their_ipywidgets(lab: Lab) -> None:
 def test_canary_slider_pushes_weights_and_measures_the_split(lab: Lab) -> None:
     slider = CanarySlider(lab, "service1", "service2", requests=200)
     assert slider.value == 0 and slider.last_error is None
+    assert "labxds-canary-slider" in slider.widget._dom_classes
     assert slider.counts == {"service1": 200, "service2": 0}
 
     slider.value = 10

@@ -123,9 +123,25 @@ def test_yaml_text_with_two_resources_is_not_one_resource():
         to_message(f'[{{"@type": "{CLUSTER}", "name": "a"}}, {{"@type": "{CLUSTER}", "name": "b"}}]')
 
 
-def test_yaml_never_constructs_python_objects():
-    with pytest.raises(ResourceError, match="not valid YAML"):
-        from_yaml("!!python/object/apply:os.system ['true']")
+def test_yaml_never_constructs_python_objects(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(ResourceError):  # the tag is ignored, as Envoy ignores it: a list of one string
+        from_yaml(f"!!python/object/apply:os.system ['touch {marker}']")
+    assert not marker.exists()
+
+
+def test_yaml_is_read_as_envoy_reads_it():
+    one = from_yaml(f"""
+"@type": {CLUSTER}
+name: 2024-01-01
+type: strict_dns
+per_connection_buffer_limit_bytes: 0x400
+close_connections_on_host_health_failure: y
+""")[0]
+    assert (one.name, one.type, one.per_connection_buffer_limit_bytes.value) == ("2024-01-01", one.STRICT_DNS, 1024)
+    assert one.close_connections_on_host_health_failure is True
+    with pytest.raises(ResourceError, match="name field: expected a string, got the boolean true"):
+        from_yaml(f'"@type": {CLUSTER}\nname: y\n')
 
 
 def test_broken_yaml_names_the_line():
@@ -136,8 +152,12 @@ def test_broken_yaml_names_the_line():
 def test_document_without_resources_is_explained():
     with pytest.raises(ResourceError, match='"resources:"'):
         resources_of_document({"clusters": []})
-    with pytest.raises(ResourceError, match="must be a list"):
+    with pytest.raises(ResourceError, match="expected a list of resources"):
+        resources_of_document({"resources": 5})
+    with pytest.raises(ResourceError, match='missing "@type"'):  # one mapping is a list of one, as in Envoy
         resources_of_document({"resources": {"a": 1}})
+    with pytest.raises(ResourceError, match="version_info field: expected a string, got the number 7"):
+        resources_of_document({"version_info": 7, "resources": []})
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydantic, inside envoy-data-plane

@@ -152,6 +152,7 @@ class SotwStream(Stream):
         if st.sent_version is None and st.client_version and st.client_version == version and not st.unsure:
             st.sent = st.held = chosen
             st.sent_version = st.held_version = version
+            self.server.tracker.resumed(self.node_id or "", url, version)
             return None
         if self._refused(url, version):
             return None

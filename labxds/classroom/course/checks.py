@@ -1,0 +1,218 @@
+"""What the course's checks share: reading a learner's answer, pushing it, reading what Envoy runs.
+
+A check looks at the learner's real Envoy: its ``/config_dump`` and stats through the admin
+interface, and requests through its listener. These helpers raise :class:`Fail` with a hint in
+the learner's terms whenever something is not as the task asks, so a check reads as a list of
+expectations::
+
+    def _check(t: Target, answer: Any) -> str:
+        route = resource(answer, ROUTE, "your route configuration", "labxds.route_configuration(...)")
+        push(t, [sandbox_cluster(t), route, sandbox_listener(t)])
+        expect_served(t, "service1")
+        return "Envoy runs your local_route and service1 answers"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from ...envoy import EnvoyAdmin
+from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, http_listener
+from ...xds.messages import ResourceError, to_message
+from ...xds.resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name, type_url_of
+from ...xds.snapshot import ConsistencyError, Snapshot
+from ...xds.tracking import PushRejected, PushTimeout
+from ..exercises import Fail, Target
+
+__all__ = [
+    "KINDS",
+    "acked",
+    "address_of",
+    "config",
+    "dynamic_clusters",
+    "envoy_words",
+    "expect_served",
+    "need",
+    "push",
+    "resource",
+    "sandbox_cluster",
+    "sandbox_listener",
+    "service_at",
+    "snapshot",
+    "socket_address",
+    "tried",
+]
+
+#: What each resource type is called in a hint.
+KINDS = {
+    CLUSTER: "a cluster (Cluster)",
+    ENDPOINT: "endpoints (ClusterLoadAssignment)",
+    LISTENER: "a listener (Listener)",
+    ROUTE: "a route configuration (RouteConfiguration)",
+}
+
+
+def need(answer: Any, name: str, hint: str) -> Any:
+    """``answer`` itself, unless it is still the placeholder's None."""
+    if answer is None:
+        raise Fail(f"{name} is still None: the exercise is not done yet", hint)
+    return answer
+
+
+def resource(answer: Any, type_url: str, name: str, hint: str) -> Any:
+    """The learner's resource as an Envoy API message of ``type_url``.
+
+    Accepts what labxds accepts: a message from the builders, a dict or YAML text in Envoy's
+    JSON form (with ``"@type"``), an envoy-data-plane object.
+    """
+    need(answer, name, hint)
+    try:
+        msg = to_message(answer)
+    except ResourceError as exc:
+        raise Fail(f"{name} is not a resource labxds can read: {exc.problem}", hint) from None
+    url = type_url_of(msg)
+    if url != type_url:
+        kind = KINDS.get(url, short_name(url))
+        raise Fail(f"{name} is {kind}, the task asks for {KINDS.get(type_url, short_name(type_url))}", hint)
+    return msg
+
+
+def snapshot(answer: Any, name: str, hint: str) -> Snapshot:
+    """The learner's snapshot (a Snapshot, or resources to make one of)."""
+    need(answer, name, hint)
+    if isinstance(answer, Snapshot):
+        return answer
+    if isinstance(answer, (str, bytes, Mapping)) or not isinstance(answer, Iterable):
+        raise Fail(f"{name} is a {type(answer).__name__}, not a snapshot", hint)
+    try:
+        return Snapshot(list(answer))
+    except (ResourceError, ConsistencyError) as exc:
+        raise Fail(f"{name} does not make a snapshot: {exc}", hint) from None
+
+
+def envoy_words(error: str) -> str:
+    """The line of Envoy's NACK message that says what is wrong (Envoy puts it last)."""
+    lines = [line.strip(" :") for line in (error or "").strip().splitlines() if line.strip(" :")]
+    return lines[-1] if lines else "(no message)"
+
+
+def push(t: Target, resources: Snapshot | Iterable[Any], *, version: str | None = None,
+         what: str = "your configuration", timeout: float = 8.0) -> Snapshot:
+    """Push to the learner's own Envoy and wait for its ACK; a NACK or a bad snapshot is a Fail.
+
+    Without ``version`` each type's version is a hash of its content: a check pushing the same
+    answer twice sends nothing new.
+    """
+    lab = t.own_lab()
+    if isinstance(resources, Snapshot):
+        snap = resources
+    else:
+        try:
+            snap = Snapshot(list(resources), version=version)
+        except ConsistencyError as exc:
+            raise Fail(f"{what} does not fit together: {'; '.join(exc.problems)}",
+                       "a listener names its route configuration, a route names its clusters: "
+                       "check the names match") from None  # fmt: skip
+        except ResourceError as exc:
+            raise Fail(f"{what} cannot be pushed: {exc}", "check the resource the message names") from None
+    try:
+        lab.push(snap, timeout=timeout)
+    except PushRejected as exc:
+        (node, url), text = next(iter(exc.errors.items()))
+        raise Fail(f"Envoy rejected {what} (a NACK for {short_name(url)}): {envoy_words(text)}",
+                   "read Envoy's words: they name the field it could not accept") from None  # fmt: skip
+    except PushTimeout:
+        raise Fail(f"Envoy did not acknowledge {what} within {timeout:g} s",
+                   "is your Envoy connected (lab.cp.nodes())? Envoy only asks for what its "
+                   "listeners and clusters need") from None  # fmt: skip
+    return snap
+
+
+@contextmanager
+def tried(t: Target, resources: Snapshot | Iterable[Any], *, what: str = "your configuration",
+          timeout: float = 8.0) -> Iterator[Snapshot]:
+    """Push ``resources`` to the learner's Envoy for the time of the ``with`` block, then put back
+    what the control plane served before (an empty snapshot if it served none).
+
+    For exercises whose answer is a resource rather than a push: the check tries it on the real
+    Envoy and leaves the lesson where it was.
+    """
+    lab = t.own_lab()
+    before = lab.cp.snapshot(lab.node_id) if lab.node_id else lab.cp.snapshot()
+    try:
+        yield push(t, resources, what=what, timeout=timeout)
+    finally:
+        try:
+            lab.push(before if before is not None else Snapshot([], version="0"), timeout=timeout)
+        except (PushRejected, PushTimeout):
+            pass  # Envoy keeps what it has; the check's verdict stands
+
+
+def config(t: Target, resource_name: str) -> list[dict[str, Any]]:
+    """One section of the learner's Envoy's /config_dump (e.g. ``dynamic_active_clusters``)."""
+    with EnvoyAdmin(t.admin_url) as admin:
+        data = admin.config_dump(resource=resource_name, include_eds=resource_name.endswith("endpoint_configs"))
+    return list(data.get("configs", []))
+
+
+def dynamic_clusters(t: Target) -> dict[str, dict[str, Any]]:
+    """The clusters Envoy got over CDS, by name: {"version_info": ..., "cluster": {...}}."""
+    return {entry["cluster"]["name"]: entry for entry in config(t, "dynamic_active_clusters")}
+
+
+def socket_address(cluster_json: Mapping[str, Any]) -> str | None:
+    """The sandbox's jq path on one cluster: its first endpoint as "host:port"."""
+    try:
+        sock = cluster_json["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+            "socket_address"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return f"{sock.get('address')}:{sock.get('port_value', 0)}"
+
+
+def address_of(t: Target, service: str) -> str:
+    """Where the learner's ``service`` listens, as "host:port"."""
+    host, port = t.own_lab().upstream(service)
+    return f"{host}:{port}"
+
+
+def service_at(t: Target, address: str | None) -> str:
+    """The learner's service listening at ``address`` ("host:port"), or the address itself."""
+    lab = t.own_lab()
+    for name in getattr(lab, "service_counts", {}):
+        if address in {f"{h}:{p}" for h, p in lab.endpoints(name)}:
+            return str(name)
+    return str(address)
+
+
+def acked(t: Target, type_url: str) -> str | None:
+    """The version of ``type_url`` the learner's Envoy last ACKed, as the control plane saw it."""
+    lab = t.own_lab()
+    node = lab.cp.node_status(lab.node_id) if lab.node_id else None
+    st = node.types.get(type_url) if node is not None else None
+    return st.acked_version if st is not None else None
+
+
+def expect_served(t: Target, service: str, *, path: str = "/", n: int = 3, hint: str = "") -> list[str]:
+    """``n`` requests to ``path`` through the learner's listener, all answered by ``service``."""
+    served = t.served(n, path)
+    if set(served) != {service}:
+        seen = ", ".join(sorted(set(served)))
+        raise Fail(f"GET {path} through your listener was answered by {seen}, not {service}",
+                   hint or f"the route for {path} must lead to a cluster whose endpoint is {service}")
+    return served
+
+
+def sandbox_cluster(t: Target, upstream: str = "service1") -> Any:
+    """The sandbox's example_proxy_cluster, its endpoint the learner's ``upstream``."""
+    return cluster(SANDBOX_CLUSTER, [t.own_lab().upstream(upstream)], type="LOGICAL_DNS")
+
+
+def sandbox_listener(t: Target, route: str = SANDBOX_ROUTE) -> Any:
+    """The sandbox's listener_0 on the learner's listener port, its routes from RDS ``route``."""
+    lab = t.own_lab()
+    return http_listener(SANDBOX_LISTENER, lab.listener_port, route, address=lab.mode.listen_host)
+
+
