@@ -21,6 +21,7 @@ from .xds import (
     PortInUseError,
     PushRejected,
     PushTimeout,
+    RESPONSE_FLAGS_HEADER,
     ResourceError,
     Snapshot,
     SnapshotCache,
@@ -31,6 +32,7 @@ from .xds import (
     route_configuration,
     sandbox_resources,
     sandbox_snapshot,
+    staged,
     to_dict,
     to_message,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "PortInUseError",
     "PushRejected",
     "PushTimeout",
+    "RESPONSE_FLAGS_HEADER",
     "ResourceError",
     "Snapshot",
     "SnapshotCache",
@@ -63,6 +66,7 @@ __all__ = [
     "route_configuration",
     "sandbox_resources",
     "sandbox_snapshot",
+    "staged",
     "to_dict",
     "to_message",
 ]

@@ -13,16 +13,16 @@ import pytest
 PUBLIC = {
     "labxds": [
         "CLUSTER", "ConsistencyError", "ControlPlane", "ENDPOINT", "LISTENER", "Lab", "PortInUseError",
-        "PushRejected", "PushTimeout", "ROUTE", "RUNTIME", "ResourceError", "SECRET", "Snapshot", "SnapshotCache",
-        "api_listener", "cluster", "http_listener", "load_assignment", "route_configuration", "sandbox_resources",
-        "sandbox_snapshot", "to_dict", "to_message",
+        "PushRejected", "PushTimeout", "RESPONSE_FLAGS_HEADER", "ROUTE", "RUNTIME", "ResourceError", "SECRET",
+        "Snapshot", "SnapshotCache", "api_listener", "cluster", "http_listener", "load_assignment",
+        "route_configuration", "sandbox_resources", "sandbox_snapshot", "staged", "to_dict", "to_message",
     ],
     "labxds.xds": [
         "CLUSTER", "ConfigWatcher", "ConsistencyError", "ControlPlane", "ENDPOINT", "EXTENSION_CONFIG", "LISTENER",
-        "NodeStatus", "PortInUseError", "PushRejected", "PushTimeout", "ROUTE", "RUNTIME", "ResourceError",
-        "SCOPED_ROUTE", "SECRET", "Snapshot", "SnapshotCache", "TraceEvent", "Tracker", "TypeStatus", "api_listener",
-        "cluster", "http_listener", "load_assignment", "route_configuration", "sandbox_resources",
-        "sandbox_snapshot", "socket_address", "to_dict", "to_message",
+        "NodeStatus", "PortInUseError", "PushRejected", "PushTimeout", "RESPONSE_FLAGS_HEADER", "ROUTE", "RUNTIME",
+        "ResourceError", "SCOPED_ROUTE", "SECRET", "Snapshot", "SnapshotCache", "TraceEvent", "Tracker", "TypeStatus",
+        "api_listener", "cluster", "http_listener", "load_assignment", "route_configuration", "sandbox_resources",
+        "sandbox_snapshot", "socket_address", "staged", "to_dict", "to_message",
     ],
     "labxds.xds.server": ["Authorizer", "PEER_COMMON_NAME", "PEER_DNS_NAMES", "XdsServer"],
     "labxds.xds.hooks": [

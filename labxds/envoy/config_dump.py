@@ -13,7 +13,7 @@ from typing import Any
 
 from .admin import EnvoyAdmin, as_admin
 
-__all__ = ["COLUMNS", "cluster_rows", "endpoint_rows", "listener_rows", "route_rows", "sandbox_endpoint"]
+__all__ = ["COLUMNS", "cluster_rows", "warming_clusters", "endpoint_rows", "listener_rows", "route_rows", "sandbox_endpoint"]
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -56,14 +56,22 @@ def _lb_policy(cluster: Mapping) -> str:
     return cluster.get("lb_policy", "ROUND_ROBIN")
 
 
-def cluster_rows(admin: Any, *, include_static: bool = False) -> list[dict[str, Any]]:
-    """Clusters Envoy has accepted over CDS (plus bootstrap ones with include_static)."""
+def cluster_rows(admin: Any, *, include_static: bool = False, include_warming: bool = False) -> list[dict[str, Any]]:
+    """Clusters Envoy has accepted over CDS (plus bootstrap ones with include_static).
+
+    With ``include_warming``, also the clusters Envoy received but does not use yet: they warm
+    (``dynamic_warming_clusters``) until their endpoints arrive. Each record's ``state`` says
+    which: "static", "active" or "warming".
+    """
     admin = as_admin(admin)
     rows = []
     sections = [("dynamic_active_clusters", "dynamic")]
     if include_static:
         sections.insert(0, ("static_clusters", "static"))
+    if include_warming:
+        sections.append(("dynamic_warming_clusters", "dynamic"))
     for resource, source in sections:
+        state = {"static_clusters": "static", "dynamic_active_clusters": "active"}.get(resource, "warming")
         for entry in _configs(admin, resource):
             cluster = entry.get("cluster", {})
             rows.append({
@@ -73,8 +81,14 @@ def cluster_rows(admin: Any, *, include_static: bool = False) -> list[dict[str, 
                 "type": _cluster_type(cluster),
                 "lb_policy": _lb_policy(cluster),
                 "source": source,
+                "state": state,
             })  # fmt: skip
     return rows
+
+
+def warming_clusters(admin: Any) -> list[str]:
+    """Names of the clusters that are warming: received over CDS, waiting for their endpoints."""
+    return [entry.get("cluster", {}).get("name") for entry in _configs(as_admin(admin), "dynamic_warming_clusters")]
 
 
 def _assignment_rows(assignment: Mapping, cluster: str) -> Iterable[dict]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,7 @@ class LabRuntime:
         self.envoy: Envoy | None = None
         self.services: EchoFleet | None = None
         self._admin: EnvoyAdmin | None = None
+        self._spare_ports: dict[int, int] = {}
         self.remote = control_plane
         self.token = token
         self.tls = tls
@@ -306,6 +307,52 @@ class LabRuntime:
                 rows.append({"component": f"{name} #{i + 1}", "address": f"{host}:{port}", "detail": "echo service"})
         return rows
 
+    def spare_port(self, n: int = 1) -> int:
+        """The ``n``-th extra port for a listener of Envoy's, besides ``listener_port``; the same
+        port every time this lab is asked for the same ``n`` (a re-run cell gets the same port).
+
+        Locally a port free when first asked; under docker compose the ``n``-th port after the
+        listener's (nothing else listens in Envoy's container), reachable from this container
+        though not published to the host.
+        """
+        if n < 1:
+            raise ValueError(_("spare_port(n) counts from 1, not {n}").format(n=n))
+        if self.mode.docker:
+            return self.listener_port + n
+        spare = self._spare_ports
+        if n not in spare:
+            taken = {self.listener_port, self.admin_port, self.xds_port, *spare.values()}
+            port = free_port(self.mode.listen_host)
+            while port in taken:
+                port = free_port(self.mode.listen_host)
+            spare[n] = port
+        return spare[n]
+
+    def wait_until(self, condition: Callable[[], Any], *, timeout: float = 10.0, what: str | None = None,
+                   interval: float = 0.05) -> Any:
+        """Poll ``condition`` until it returns something true, and return that.
+
+        Envoy applies what it receives a moment after it answers (a cluster leaves warming, a
+        listener binds): wait for what you want to see rather than sleep. Raises TimeoutError
+        naming ``what`` after ``timeout`` seconds; errors from ``condition`` count as not yet.
+        """
+        what = what or _("the condition")
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while True:
+            try:
+                value = condition()
+                if value:
+                    return value
+            except Exception as exc:  # Envoy busy or not there yet: try again
+                last = exc
+            if time.monotonic() >= deadline:
+                if last is not None:
+                    raise TimeoutError(_("{what} did not happen within {timeout}s (last error: {error})").format(
+                        what=what, timeout=f"{timeout:g}", error=f"{type(last).__name__}: {last}"))
+                raise TimeoutError(_("{what} did not happen within {timeout}s").format(what=what, timeout=f"{timeout:g}"))
+            time.sleep(interval)
+
     # -- snapshots ---------------------------------------------------------------------------
 
     def sandbox_snapshot(self, upstream: str = "service1", version: str | int = "1") -> Snapshot:
@@ -314,6 +361,25 @@ class LabRuntime:
         return sandbox_snapshot(
             host, port, version=version, listener_port=self.listener_port, listener_address=self.mode.listen_host
         )
+
+    def next_version(self) -> str:
+        """The version after the highest numeric one the control plane has served or Envoy ACKed.
+
+        A lesson pushes "3", "4", ... after its "1" and "2", so a version never repeats: the
+        control plane never sends a node a version it NACKed (rule 4), and a re-run cell must
+        not fall on one.
+        """
+        cp = self.cp
+        seen: list[str] = []
+        for snap in (cp.snapshot(self.node_id) if self.node_id else None, cp.snapshot()):
+            if snap is not None:
+                seen.extend(snap.versions.values())
+        node = cp.node_status(self.node_id) if self.node_id else None
+        if node is not None:
+            for st in node.types.values():
+                seen.extend(v for v in (st.sent_version, st.acked_version, st.nacked_version) if v)
+        numbers = [int(v.split("+")[0]) for v in seen if v.split("+")[0].isdigit()]
+        return str(max(numbers, default=0) + 1)
 
     def push(self, snapshot: Snapshot | Any, **kwargs: Any) -> Snapshot:
         """Push to the lab's Envoy and wait for its ACK (see ControlPlane.push)."""

@@ -10,10 +10,11 @@ import errno
 import http.client
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..xds.builders import RESPONSE_FLAGS_HEADER
 from .echo import INSTANCE_HEADER
 
 __all__ = ["exchange", "send"]
@@ -78,12 +79,16 @@ def send(
     include_headers: bool = False,
     method: str = "GET",
     timeout: float = 2.0,
+    response_headers: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Send `n` requests (like `curl` n times) and return one record per request.
 
     Failures are rows, not exceptions: "connection refused" before Envoy has a
-    listener is part of the lesson. Requests share one keep-alive connection, so
-    with one Envoy worker round robin alternates strictly.
+    listener is part of the lesson. ``flags`` holds Envoy's response flags for the replies
+    it made itself (503 NC, 404 NR, ...) when the listener was built with
+    ``response_flags=True``. ``response_headers`` names response headers to add to each
+    record (None when absent), e.g. one a route adds. Requests share one keep-alive
+    connection, so with one Envoy worker round robin alternates strictly.
     """
     import httpx
 
@@ -92,7 +97,7 @@ def send(
     with httpx.Client(timeout=timeout, trust_env=False) as client:
         for i in range(1, n + 1):
             row: dict[str, Any] = {"request": i, "status": None, "served_by": None, "instance": None,
-                                   "latency_ms": None, "x_request_id": None, "error": None}  # fmt: skip
+                                   "latency_ms": None, "x_request_id": None, "error": None, "flags": None}  # fmt: skip
             echoed: dict[str, str] = {}
             start = time.perf_counter()
             try:
@@ -100,6 +105,7 @@ def send(
             except httpx.HTTPError as exc:
                 row["latency_ms"] = (time.perf_counter() - start) * 1000
                 row["error"] = _describe_error(exc)
+                row.update(dict.fromkeys(response_headers))
             else:
                 row["latency_ms"] = (time.perf_counter() - start) * 1000
                 row["status"] = response.status_code
@@ -107,6 +113,10 @@ def send(
                 row["served_by"] = served_by or response.headers.get("x-served-by")
                 row["instance"] = response.headers.get(INSTANCE_HEADER)
                 row["x_request_id"] = echoed.get("X-Request-Id") or response.headers.get("x-request-id")
+                # Envoy's response flags (NC, UH, NR, ...), from a listener built with response_flags=True
+                row["flags"] = response.headers.get(RESPONSE_FLAGS_HEADER)
+                for name in response_headers:
+                    row[name] = response.headers.get(name)
                 if served_by is None and response.status_code >= 400:
                     # Envoy's own answers: "no healthy upstream", "upstream connect error ..."
                     row["error"] = response.text.strip().split("\n", 1)[0][:120] or response.reason_phrase

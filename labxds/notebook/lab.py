@@ -34,9 +34,10 @@ class Lab(LabRuntime):
         """``n`` requests through Envoy's listener, one row each (failures are rows too)."""
         return tables.curl(self.listener_url, n, path=path, **kwargs)
 
-    def clusters(self) -> pd.DataFrame:
-        """The clusters Envoy accepted over CDS (``/config_dump``'s dynamic_active_clusters)."""
-        return tables.clusters_table(self.admin)
+    def clusters(self, *, warming: bool = False) -> pd.DataFrame:
+        """The clusters Envoy accepted over CDS (``/config_dump``'s dynamic_active_clusters); with
+        ``warming``, also those still waiting for their endpoints (dynamic_warming_clusters)."""
+        return tables.clusters_table(self.admin, include_warming=warming)
 
     def endpoints_table(self, cluster: str | None = None) -> pd.DataFrame:
         return tables.endpoints_table(self.admin, cluster)

@@ -7,7 +7,7 @@ notebook-ready. pandas is imported inside the functions so importing the package
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..envoy import as_admin
@@ -65,16 +65,18 @@ def curl(
     include_headers: bool = False,
     method: str = "GET",
     timeout: float = 2.0,
+    response_headers: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Send `n` requests (like `curl` n times) and return one row per request.
 
     Failures are rows, not exceptions: "connection refused" before Envoy has a listener is part
     of the lesson. Requests share one keep-alive connection, so with one Envoy worker round
-    robin alternates strictly.
+    robin alternates strictly. ``response_headers``: response headers to show as columns.
     """
     import pandas as pd
 
-    rows = send(url, n, path=path, headers=headers, include_headers=include_headers, method=method, timeout=timeout)
+    rows = send(url, n, path=path, headers=headers, include_headers=include_headers, method=method, timeout=timeout,
+                response_headers=response_headers)
     df = pd.DataFrame(rows)
     df["status"] = df["status"].astype("Int64")
     df["latency_ms"] = df["latency_ms"].astype(float)
@@ -82,10 +84,16 @@ def curl(
     return df
 
 
-def clusters_table(admin: Any, *, include_static: bool = False) -> pd.DataFrame:
-    """Clusters Envoy has accepted over CDS (plus bootstrap ones with include_static)."""
+def clusters_table(admin: Any, *, include_static: bool = False, include_warming: bool = False) -> pd.DataFrame:
+    """Clusters Envoy has accepted over CDS (plus bootstrap ones with include_static).
+
+    ``include_warming`` adds the clusters still warming (waiting for their endpoints) and a
+    ``state`` column: active or warming."""
     columns = COLUMNS["clusters"] if include_static else COLUMNS["clusters"][:-1]
-    return _frame(cluster_rows(admin, include_static=include_static), columns, times=("last_updated",))
+    if include_warming:
+        columns = [*columns, "state"]
+    rows = cluster_rows(admin, include_static=include_static, include_warming=include_warming)
+    return _frame(rows, columns, times=("last_updated",))
 
 
 def endpoints_table(admin: Any, cluster: str | None = None, *, include_static: bool = False) -> pd.DataFrame:

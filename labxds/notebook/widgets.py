@@ -68,17 +68,7 @@ def next_version(lab: Lab) -> str:
     Widgets push "3", "4", ... after a lesson's "1" and "2", so a version never repeats (Envoy
     would see nothing new) and the ACKed version in the widget matches the story.
     """
-    cp = lab.cp
-    seen: list[str] = []
-    for snap in (cp.snapshot(lab.node_id) if lab.node_id else None, cp.snapshot()):
-        if snap is not None:
-            seen.extend(snap.versions.values())
-    node = cp.node_status(lab.node_id) if lab.node_id else None
-    if node is not None:
-        for st in node.types.values():
-            seen.extend(v for v in (st.sent_version, st.acked_version, st.nacked_version) if v)
-    numbers = [int(v.split("+")[0]) for v in seen if v.split("+")[0].isdigit()]
-    return str(max(numbers, default=0) + 1)
+    return lab.next_version()
 
 
 def acked_versions(lab: Lab) -> dict[str, str | None]:

@@ -11,6 +11,7 @@ common resources in a line each. Nothing here needs pandas, Jupyter, an HTTP cli
 """
 
 from .builders import (
+    RESPONSE_FLAGS_HEADER,
     api_listener,
     cluster,
     http_listener,
@@ -33,7 +34,7 @@ from .resource_types import (
     SCOPED_ROUTE,
     SECRET,
 )
-from .snapshot import ConsistencyError, Snapshot
+from .snapshot import ConsistencyError, Snapshot, staged
 from .tracking import (
     NodeStatus,
     PushRejected,
@@ -59,6 +60,7 @@ __all__ = [
     "PortInUseError",
     "PushRejected",
     "PushTimeout",
+    "RESPONSE_FLAGS_HEADER",
     "ResourceError",
     "Snapshot",
     "SnapshotCache",
@@ -73,6 +75,7 @@ __all__ = [
     "sandbox_resources",
     "sandbox_snapshot",
     "socket_address",
+    "staged",
     "to_dict",
     "to_message",
 ]

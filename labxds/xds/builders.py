@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Union
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -22,9 +22,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from ..i18n import _
 from .snapshot import Snapshot
 
 __all__ = [
+    "RESPONSE_FLAGS_HEADER",
     "SANDBOX_CLUSTER",
     "SANDBOX_LISTENER",
     "SANDBOX_LISTENER_PORT",
@@ -49,6 +51,10 @@ SANDBOX_LISTENER = "listener_0"
 SANDBOX_LISTENER_PORT = 10000
 SANDBOX_UPSTREAM = "service1"
 SANDBOX_UPSTREAM_PORT = 8080
+
+#: The header ``http_listener(..., response_flags=True)`` puts on Envoy's own replies (503 "no
+#: healthy upstream", 404 for no route, ...): Envoy's response flags, such as NC, UH or NR.
+RESPONSE_FLAGS_HEADER = "x-lab-response-flags"
 
 #: An endpoint: "host:port", (host, port) or (host, port, weight).
 Endpoint = Union[str, tuple[str, int], tuple[str, int, int]]
@@ -93,10 +99,16 @@ def socket_address(host: str, port: int) -> address_pb2.Address:
     )
 
 
-def _ads() -> config_source_pb2.ConfigSource:
-    return config_source_pb2.ConfigSource(
+def _ads(initial_fetch_timeout: float | None = None) -> config_source_pb2.ConfigSource:
+    source = config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
     )
+    if initial_fetch_timeout is not None:
+        if initial_fetch_timeout < 0:
+            raise ValueError(_("initial_fetch_timeout {value} must be seconds >= 0 (0: wait forever)").format(
+                value=initial_fetch_timeout))
+        source.initial_fetch_timeout.CopyFrom(_seconds(initial_fetch_timeout))
+    return source
 
 
 def _seconds(value: float) -> duration_pb2.Duration:
@@ -143,11 +155,14 @@ def cluster(
     connect_timeout: float = 5.0,
     http2: bool = False,
     service_name: str | None = None,
+    initial_fetch_timeout: float | None = None,
 ) -> cluster_pb2.Cluster:
     """An upstream cluster.
 
     ``EDS`` clusters get their endpoints from a separate ClusterLoadAssignment over ADS (build one
-    with ``load_assignment``); the other types carry ``endpoints`` inline.
+    with ``load_assignment``); the other types carry ``endpoints`` inline. A new or changed EDS
+    cluster warms until its endpoints arrive, or ``initial_fetch_timeout`` seconds (Envoy's
+    default: 15; 0 waits forever) have passed; then it starts with what it has.
     """
     c = cluster_pb2.Cluster(
         name=name,
@@ -159,10 +174,13 @@ def cluster(
         eps = list(endpoints)
         if eps:
             raise ValueError(f"cluster {name!r} is EDS: put its endpoints in load_assignment({name!r}, ...)")
-        c.eds_cluster_config.eds_config.CopyFrom(_ads())
+        c.eds_cluster_config.eds_config.CopyFrom(_ads(initial_fetch_timeout))
         if service_name:
             c.eds_cluster_config.service_name = service_name
     else:
+        if initial_fetch_timeout is not None:
+            raise ValueError(_("cluster '{name}' is {type}: only an EDS cluster fetches (and waits for) its endpoints").format(
+                name=name, type=type))
         c.load_assignment.CopyFrom(load_assignment(name, endpoints, locality_weight=None))
         if c.type in (cluster_pb2.Cluster.STRICT_DNS, cluster_pb2.Cluster.LOGICAL_DNS):
             c.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
@@ -185,12 +203,15 @@ def route_configuration(
     domains: Sequence[str] = ("*",),
     prefix: str = "/",
     routes: Mapping[str, str | Mapping[str, int]] | None = None,
+    response_headers: Mapping[str, str] | None = None,
 ) -> route_pb2.RouteConfiguration:
     """A route configuration with one virtual host.
 
     Send everything under ``prefix`` to ``cluster``, or split it by ``weights`` (cluster name to
     weight, for a canary). ``routes`` maps several prefixes to a cluster or weights, most specific
-    first.
+    first. ``response_headers`` are added to every routed response; values may use Envoy's
+    command operators, e.g. ``{"x-upstream": "%UPSTREAM_REMOTE_ADDRESS%"}`` says which endpoint
+    answered.
     """
     table: dict[str, str | Mapping[str, int]] = dict(routes or {})
     if cluster is not None and weights is not None:
@@ -212,7 +233,13 @@ def route_configuration(
         vh.routes.append(route_components_pb2.Route(
             match=route_components_pb2.RouteMatch(prefix=match_prefix), route=action
         ))
-    return route_pb2.RouteConfiguration(name=name, virtual_hosts=[vh])
+    config = route_pb2.RouteConfiguration(name=name, virtual_hosts=[vh])
+    for key, value in (response_headers or {}).items():
+        config.response_headers_to_add.add(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+    return config
 
 
 def http_listener(
@@ -222,18 +249,34 @@ def http_listener(
     *,
     address: str = "127.0.0.1",
     stat_prefix: str = "http",
+    initial_fetch_timeout: float | None = None,
+    response_flags: bool = False,
 ) -> listener_pb2.Listener:
     """An HTTP listener whose routes come over RDS through ADS, ending in the router filter.
 
     It binds 127.0.0.1 unless told otherwise; under docker compose pass ``address="0.0.0.0"``
-    so the published port reaches it.
+    so the published port reaches it. A new listener warms (is not bound yet) until its route
+    configuration arrives, or ``initial_fetch_timeout`` seconds (Envoy's default: 15; 0 waits
+    forever) have passed; then it starts without routes and answers 404 (flag NR).
+
+    ``response_flags=True`` makes Envoy put its response flags (NC: no such cluster, UH: no
+    healthy endpoint, NR: no route, ...; the access log's ``%RESPONSE_FLAGS%``) in the
+    ``x-lab-response-flags`` header of the replies it makes itself, so a client sees why.
     """
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=route_config_name),
+        rds=hcm_pb2.Rds(config_source=_ads(initial_fetch_timeout), route_config_name=route_config_name),
         http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))],
     )
+    if response_flags:
+        # A local reply mapper whose filter matches any reply with a response flag set.
+        mapper = manager.local_reply_config.mappers.add()
+        mapper.filter.response_flag_filter.SetInParent()
+        mapper.headers_to_add.add(
+            header=base_pb2.HeaderValue(key=RESPONSE_FLAGS_HEADER, value="%RESPONSE_FLAGS%"),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
     return listener_pb2.Listener(
         name=name,
         address=socket_address(address, port),

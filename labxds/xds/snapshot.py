@@ -11,7 +11,7 @@ import gc
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -23,11 +23,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2, message
 
+from ..i18n import _
 from . import resource_types, wire
 from .messages import ResourceError, to_message
 from .resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
-__all__ = ["ConsistencyError", "Entry", "Snapshot"]
+__all__ = ["ConsistencyError", "Entry", "Snapshot", "staged"]
 
 #: Seconds (int or float) or a timedelta.
 Duration = float | timedelta
@@ -212,9 +213,13 @@ class Snapshot:
     timedelta) for every resource, or a mapping from type URL, resource name or (type URL, name)
     to seconds (the most specific key wins; None exempts it). A TTL does not change the versions computed
     from content: clients without the feature get the same resources either way.
+
+    ``check=False`` skips the consistency check (references to resources the snapshot does not
+    have); ``make_before_break=False`` serves it as is, without the control plane's ordering
+    (see :func:`staged`).
     """
 
-    __slots__ = ("_types", "_versions", "_explicit", "_ttl_types")
+    __slots__ = ("_types", "_versions", "_explicit", "_ttl_types", "make_before_break")
 
     def __init__(
         self,
@@ -223,7 +228,12 @@ class Snapshot:
         *,
         check: bool = True,
         ttl: TtlSpec = None,
+        make_before_break: bool = True,
     ) -> None:
+        #: Whether the control plane orders this snapshot's delivery (rule 12): routes wait until
+        #: the new clusters they name are warm, removed clusters stay until routes moved. Only
+        #: :func:`staged` turns it off, to show a control plane without it.
+        self.make_before_break = make_before_break
         # A build makes a few objects per resource and frees none: the cyclic collector would
         # scan the whole heap again and again as it grows (100,000 resources: 11.4 s with it,
         # see docs/benchmarks.md section 7). Paused for the build; nothing here makes cycles.
@@ -455,3 +465,60 @@ def _missing_clusters(rc: Any, clusters: frozenset[str], owner: str) -> list[str
                         "needs check=False)"
                     )
     return missing
+
+
+# -- out of order, on purpose ---------------------------------------------------------------
+
+
+def _type_url(name: str) -> str:
+    """A type URL from itself or a short name ("CDS", "EDS", "LDS", "RDS", ...)."""
+    if name.startswith(resource_types.TYPE_PREFIX):
+        return name
+    for url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, *resource_types.PUSH_ORDER):
+        if resource_types.short_name(url) == name.upper():
+            return url
+    known = ", ".join(resource_types.short_name(u) for u in resource_types.PUSH_ORDER)
+    raise ValueError(_("unknown resource type '{name}': use {known} (or a type URL)").format(name=name, known=known))
+
+
+def staged(before: Snapshot | None, after: Snapshot, order: Sequence[str]) -> list[Snapshot]:
+    """The snapshots a control plane without make-before-break would serve between two snapshots.
+
+    Step ``i`` has the resources of ``after`` for the first ``i + 1`` types of ``order`` (short
+    names such as ``"RDS"``, or type URLs) and those of ``before`` for the rest, each type at the
+    version of the snapshot it comes from. The steps are not checked (``check=False``): a step may
+    refer to a cluster or a load assignment that only a later step brings, which is the point.
+    Nor are they ordered (``make_before_break=False``): the control plane sends each step as it
+    is, without holding routes back until the clusters they name are warm or keeping removed
+    clusters until routes moved. Push them one by one to watch what each order does to
+    traffic; push ``after`` alone to let the control plane order the update itself (rule 12). Every type that differs between the two
+    snapshots (in content, not only in version label) must be in ``order``. TTLs are not
+    carried over.
+    """
+    if isinstance(order, str):
+        raise TypeError(_("order is a list of types such as ['CDS', 'EDS', 'RDS'], not the string '{order}'").format(
+            order=order))
+    base = before if before is not None else Snapshot([], check=False)
+    urls = [_type_url(str(name)) for name in order]
+    repeated = sorted({resource_types.short_name(u) for u in urls if urls.count(u) > 1})
+    if repeated:
+        raise ValueError(_("order names {types} more than once").format(types=", ".join(repeated)))
+
+    def differs(url: str) -> bool:  # in content: a new version label alone changes nothing
+        return {n: e.version for n, e in base.entries(url).items()} != {n: e.version for n, e in after.entries(url).items()}
+
+    left_out = [u for u in sorted(set(base.types) | set(after.types), key=resource_types.order_key)
+                if u not in urls and differs(u)]
+    if left_out:
+        names = ", ".join(resource_types.short_name(u) for u in left_out)
+        raise ValueError(_("{types} changes between the two snapshots but is not in the order {order}").format(
+            types=names, order=list(order)))
+    steps: list[Snapshot] = []
+    for i in range(len(urls)):
+        done = set(urls[: i + 1])
+        types = sorted(set(base.types) | set(after.types) | done, key=resource_types.order_key)
+        source = {u: after if u in done else base for u in types}
+        resources = {u: list(source[u].resources(u).values()) for u in types if source[u].entries(u)}
+        versions = {u: source[u].version(u) for u in types}
+        steps.append(Snapshot(resources, version=versions, check=False, make_before_break=False))
+    return steps

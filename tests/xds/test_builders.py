@@ -182,3 +182,38 @@ def test_api_listener_is_grpc_style():
         listener, route_configuration("greeter-route", "greeter"), cluster("greeter"), load_assignment("greeter", ["127.0.0.1:1"]),
     ])
     assert snap.rds_names() == {"greeter-route"}
+
+
+def test_initial_fetch_timeouts_for_warming():
+    """What a warming EDS cluster waits for its endpoints, a warming listener for its routes."""
+    eds = cluster("c", initial_fetch_timeout=1.5)
+    assert eds.eds_cluster_config.eds_config.initial_fetch_timeout.ToNanoseconds() == 1_500_000_000
+    assert not cluster("c").eds_cluster_config.eds_config.HasField("initial_fetch_timeout")  # Envoy's 15 s
+    forever = cluster("c", initial_fetch_timeout=0).eds_cluster_config.eds_config
+    assert forever.HasField("initial_fetch_timeout") and forever.initial_fetch_timeout.ToNanoseconds() == 0
+    with pytest.raises(ValueError, match="only an EDS cluster"):
+        cluster("c", [("127.0.0.1", 80)], type="STATIC", initial_fetch_timeout=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        cluster("c", initial_fetch_timeout=-1)
+    hcm = hcm_pb2.HttpConnectionManager()
+    http_listener("l0", 10000, "routes", initial_fetch_timeout=2).filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    assert hcm.rds.config_source.initial_fetch_timeout.seconds == 2
+
+
+def test_response_flags_header_on_local_replies_only():
+    hcm = hcm_pb2.HttpConnectionManager()
+    http_listener("l0", 10000, "routes", response_flags=True).filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    (mapper,) = hcm.local_reply_config.mappers
+    assert mapper.filter.HasField("response_flag_filter") and not mapper.filter.response_flag_filter.flags
+    (header,) = mapper.headers_to_add
+    assert (header.header.key, header.header.value) == (res.RESPONSE_FLAGS_HEADER, "%RESPONSE_FLAGS%")
+    plain = hcm_pb2.HttpConnectionManager()
+    http_listener("l0", 10000, "routes").filter_chains[0].filters[0].typed_config.Unpack(plain)
+    assert not plain.HasField("local_reply_config")  # the sandbox's listener stays the sandbox's
+
+
+def test_route_response_headers():
+    rc = route_configuration("r", "c", response_headers={"x-upstream": "%UPSTREAM_REMOTE_ADDRESS%"})
+    (added,) = rc.response_headers_to_add
+    assert (added.header.key, added.header.value) == ("x-upstream", "%UPSTREAM_REMOTE_ADDRESS%")
+    assert not route_configuration("r", "c").response_headers_to_add

@@ -33,6 +33,7 @@ from labxds import (
     http_listener,
     load_assignment,
     route_configuration,
+    staged,
 )
 from labxds.notebook.tables import status_table, trace_table
 
@@ -348,14 +349,16 @@ def test_rule12_delta_removes_clusters_after_routes_moved(cp, connect):
     cds = c.recv()
     assert cds.type_url == CLUSTER and names(cds) == ["new"]
     assert list(cds.removed_resources) == [], "old is still routed to"
-    rds = c.recv()
-    assert rds.type_url == ROUTE and names(rds) == ["routes"]
-    c.ack(cds)
+    c.expect_nothing()  # the routes wait for the new cluster: sent now, they would point at nothing
     c.send(ENDPOINT, ["new"], nonce=c.received[1].nonce)  # the new cluster warms
     eds = c.recv()
     assert names(eds) == ["new"]
     assert list(eds.removed_resources) == [], "old's endpoints stay while routes use old"
     c.ack(eds)
+    c.expect_nothing()  # as Envoy: CDS is ACKed once the cluster is warm
+    c.ack(cds)
+    rds = c.recv()
+    assert rds.type_url == ROUTE and names(rds) == ["routes"]
     c.expect_nothing()
     c.ack(rds)
     final = c.recv()
@@ -380,6 +383,65 @@ def test_rule12_delta_push_order(cp, connect):
         route_configuration("routes", "web", prefix="/v2"), http_listener("l0", 10001, "routes"),
     ], version="2"))
     assert [c.recv().type_url for _ in range(4)] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+
+
+def test_rule12_delta_routes_wait_for_a_new_cluster_but_not_after_a_reconnect(cp, connect):
+    web = [cluster("web", type="EDS"), load_assignment("web", [("127.0.0.1", 8080)]), http_listener("l0", 10000, "routes")]
+    cp.set_snapshot(Snapshot([*web, route_configuration("routes", "web")]))
+    c = connect()
+    held = {}
+    for url, sub in ((CLUSTER, []), (ENDPOINT, ["web"]), (LISTENER, []), (ROUTE, ["routes"])):
+        c.send(url, sub)
+        r = c.recv()
+        held[url] = versions(r)
+        c.ack(r)
+    api = [cluster("api", type="EDS"), load_assignment("api", [("127.0.0.1", 9090)])]
+    cp.set_snapshot(Snapshot([*web, *api, route_configuration("routes", routes={"/api": "api", "/": "web"})]))
+    cds = c.recv()
+    assert cds.type_url == CLUSTER and names(cds) == ["api"]
+    c.expect_nothing()  # the routes name api, which the client does not have yet
+    c.send(ENDPOINT, ["api"], nonce=c.received[1].nonce)
+    eds = c.recv()
+    c.ack(eds)
+    c.ack(cds)
+    rds = c.recv()
+    assert rds.type_url == ROUTE
+    c.ack(rds)
+    held[CLUSTER] = {**held[CLUSTER], **versions(cds)}
+    held[ENDPOINT] = {**held[ENDPOINT], **versions(eds)}
+    c.close()
+    # A reconnecting client holds its clusters and endpoints: a route change is not held back.
+    cp.set_snapshot(Snapshot([*web, *api, route_configuration("routes", routes={"/": "api"})]))
+    again = connect()
+    for url, sub in ((CLUSTER, []), (ENDPOINT, ["web", "api"])):
+        again.send(url, sub, initial_versions=held[url])
+    again.send(LISTENER, initial_versions=held[LISTENER])
+    again.send(ROUTE, ["routes"], initial_versions=held[ROUTE])
+    r = again.recv()
+    assert r.type_url == ROUTE and names(r) == ["routes"]
+
+
+def test_rule12_delta_staged_steps_are_served_without_make_before_break(cp, connect):
+    before = Snapshot([
+        cluster("old", type="EDS"), load_assignment("old", [("127.0.0.1", 8080)]),
+        route_configuration("routes", "old"), http_listener("l0", 10000, "routes"),
+    ])
+    after = Snapshot([
+        cluster("new", type="EDS"), load_assignment("new", [("127.0.0.1", 8081)]),
+        route_configuration("routes", "new"), http_listener("l0", 10000, "routes"),
+    ])
+    cp.set_snapshot(before)
+    c = connect()
+    for url, sub in ((CLUSTER, []), (ENDPOINT, ["old"]), (LISTENER, []), (ROUTE, ["routes"])):
+        c.send(url, sub)
+        c.ack(c.recv())
+    clusters_step, routes_step, _ = staged(before, after, ["CDS", "RDS", "EDS"])
+    cp.set_snapshot(clusters_step)
+    cds = c.recv()
+    assert names(cds) == ["new"] and list(cds.removed_resources) == ["old"]  # removed at once
+    cp.set_snapshot(routes_step)
+    rds = c.recv()  # not held back although "new" is not warm
+    assert rds.type_url == ROUTE and names(rds) == ["routes"]
 
 
 def test_two_delta_nodes_are_independent(cp, connect):

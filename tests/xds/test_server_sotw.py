@@ -35,6 +35,7 @@ from labxds import (
     http_listener,
     load_assignment,
     route_configuration,
+    staged,
 )
 from labxds.notebook.tables import status_table, trace_table
 
@@ -554,14 +555,18 @@ def test_rule12_clusters_removed_only_after_routes_moved(cp, connect):
     assert interim.type_url == CLUSTER
     assert interim.version_info == "2+retained"
     assert sorted(names(interim)) == ["new", "old"], "the old cluster stays while routes use it"
+    c.expect_nothing()  # the routes wait for the new cluster: sent now, they would point at nothing
+    # As Envoy does: the new cluster warms (asks for its endpoints), then CDS and EDS are ACKed.
+    c.send(ENDPOINT, ["old", "new"], "1", c.received[1].nonce)
+    eds = c.recv()
+    assert names(eds) == ["new"]
+    c.expect_nothing()  # warm only once ACKed
+    c.ack(eds, ["old", "new"])
+    c.expect_nothing()
+    c.ack(interim)
     rds = c.recv()
     assert rds.type_url == ROUTE and rds.version_info == "2"
     assert resources(rds)["routes"].virtual_hosts[0].routes[0].route.cluster == "new"
-    c.ack(interim)
-    c.send(ENDPOINT, ["old", "new"], "1", c.received[1].nonce)  # the new cluster warms
-    eds = c.recv()
-    assert names(eds) == ["new"]
-    c.ack(eds, ["old", "new"])
     c.expect_nothing()  # routes not ACKed yet: the old cluster must stay
     c.ack(rds, ["routes"])
     final = c.recv()
@@ -570,7 +575,68 @@ def test_rule12_clusters_removed_only_after_routes_moved(cp, connect):
     c.ack(final)
     c.expect_nothing()
     sent = [(t, v) for t, k, v in kinds(cp) if k == "response"]
-    assert sent[-4:] == [("CDS", "2+retained"), ("RDS", "2"), ("EDS", "2"), ("CDS", "2")]
+    assert sent[-4:] == [("CDS", "2+retained"), ("EDS", "2"), ("RDS", "2"), ("CDS", "2")]
+
+
+def test_rule12_routes_to_a_new_cluster_wait_until_it_is_warm(cp, connect):
+    """Routes that name a new cluster go out once the client has ACKed it and its endpoints; routes
+    to clusters it holds, or to none the snapshot has, are not held back."""
+    cp.set_snapshot(web("1"))
+    c = connect()
+    _subscribe_all(c)
+    cp.set_snapshot(Snapshot([
+        cluster("web", type="EDS"), load_assignment("web", [("127.0.0.1", 8080)]),
+        cluster("api", type="EDS"), load_assignment("api", [("127.0.0.1", 9090)]),
+        route_configuration("routes", routes={"/api": "api", "/": "web"}), http_listener("l0", 10000, "routes"),
+    ], version="2"))
+    cds = c.recv()
+    assert cds.type_url == CLUSTER and sorted(names(cds)) == ["api", "web"]
+    lds = c.recv()
+    assert lds.type_url == LISTENER  # the listener names no cluster: it need not wait
+    c.ack(lds)
+    c.expect_nothing()
+    c.send(ENDPOINT, ["web", "api"], c.received[1].version_info, c.received[1].nonce)
+    eds = c.recv()
+    assert sorted(names(eds)) == ["api", "web"]
+    c.ack(cds)  # a client that ACKs before it has the endpoints: still not warm
+    c.expect_nothing()
+    c.ack(eds, ["web", "api"])
+    rds = c.recv()
+    assert rds.type_url == ROUTE and rds.version_info == "2"
+    c.ack(rds, ["routes"])
+    # A route to a cluster the snapshot does not have (one of Envoy's bootstrap) is not held back.
+    cp.set_snapshot(Snapshot([
+        cluster("web", type="EDS"), load_assignment("web", [("127.0.0.1", 8080)]),
+        cluster("api", type="EDS"), load_assignment("api", [("127.0.0.1", 9090)]),
+        route_configuration("routes", routes={"/api": "api", "/": "static_in_bootstrap"}),
+        http_listener("l0", 10000, "routes"),
+    ], version={CLUSTER: "2", ENDPOINT: "2", ROUTE: "3", LISTENER: "2"}, check=False))
+    rds = c.recv()
+    assert rds.type_url == ROUTE and rds.version_info == "3"
+
+
+def test_rule12_staged_steps_are_served_without_make_before_break(cp, connect):
+    """A staged step is sent as it is: its routes do not wait for the new cluster, its removals
+    are not held back (what lesson 9 shows on the real Envoy)."""
+    before = Snapshot([
+        cluster("old", type="EDS"), load_assignment("old", [("127.0.0.1", 8080)]),
+        route_configuration("routes", "old"), http_listener("l0", 10000, "routes"),
+    ], version="1")
+    after = Snapshot([
+        cluster("new", type="EDS"), load_assignment("new", [("127.0.0.1", 8081)]),
+        route_configuration("routes", "new"), http_listener("l0", 10000, "routes"),
+    ], version="2")
+    cp.set_snapshot(before)
+    c = connect()
+    _subscribe_all(c, eds=["old"])
+    clusters, routes, endpoints = staged(before, after, ["CDS", "RDS", "EDS"])
+    assert not clusters.make_before_break and before.make_before_break
+    cp.set_snapshot(clusters)
+    cds = c.recv()
+    assert (cds.type_url, cds.version_info, names(cds)) == (CLUSTER, "2", ["new"])  # old removed at once
+    cp.set_snapshot(routes)
+    rds = c.recv()  # not held back although "new" is not ACKed (warm) yet
+    assert rds.type_url == ROUTE and resources(rds)["routes"].virtual_hosts[0].routes[0].route.cluster == "new"
 
 
 def test_rule12_cluster_only_client_removes_at_once(cp, connect):

@@ -328,3 +328,54 @@ def test_each_entry_knows_what_it_refers_to():
     assert snap.entries(CLUSTER)["example_proxy_cluster"].refs == frozenset()  # LOGICAL_DNS, no EDS
     eds = Snapshot([cluster_pb2.Cluster(name="e", type=cluster_pb2.Cluster.EDS)], check=False)
     assert eds.entries(CLUSTER)["e"].refs == {(ENDPOINT, "e")}
+
+
+# -- staged: out of order on purpose -----------------------------------------------------------
+
+
+def _before_after():
+    from labxds import Snapshot as S
+
+    old = cluster("old", [("127.0.0.1", 8080)], type="STATIC")
+    before = S([old, route_configuration("routes", "old"), http_listener("l0", 10000, "routes")], version="1")
+    after = S([old, cluster("new", type="EDS"), load_assignment("new", [("127.0.0.1", 8081)]),
+               route_configuration("routes", "new"), http_listener("l0", 10000, "routes")], version="2")
+    return before, after
+
+
+def test_staged_brings_one_type_at_a_time_in_the_given_order():
+    from labxds import staged
+
+    before, after = _before_after()
+    routes_first, clusters, endpoints = staged(before, after, ["RDS", "CDS", "EDS"])
+    # Step 1: the new route, which points at a cluster the step does not have: unchecked.
+    assert routes_first.resources(ROUTE)["routes"].virtual_hosts[0].routes[0].route.cluster == "new"
+    assert routes_first.names(CLUSTER) == {"old"} and not routes_first.names(ENDPOINT)
+    assert routes_first.versions == {CLUSTER: "1", LISTENER: "1", ROUTE: "2"}
+    with pytest.raises(ConsistencyError, match="'new'"):
+        routes_first.check()
+    # Step 2: the EDS cluster without its load assignment.
+    assert clusters.names(CLUSTER) == {"old", "new"} and not clusters.names(ENDPOINT)
+    assert clusters.version(CLUSTER) == "2"
+    # The last step holds what `after` holds (the unchanged listener keeps its version label).
+    assert endpoints.names(ENDPOINT) == {"new"}
+    for url in (CLUSTER, ENDPOINT, ROUTE, LISTENER):
+        assert {n: e.version for n, e in endpoints.entries(url).items()} == {n: e.version for n, e in after.entries(url).items()}
+    endpoints.check()
+
+
+def test_staged_refuses_an_order_that_leaves_a_changed_type_out():
+    from labxds import staged
+
+    before, after = _before_after()
+    with pytest.raises(ValueError, match="EDS changes between the two snapshots"):
+        staged(before, after, ["CDS", "RDS"])
+    with pytest.raises(ValueError, match="unknown resource type 'XDS'"):
+        staged(before, after, ["CDS", "EDS", "XDS"])
+    with pytest.raises(ValueError, match="CDS more than once"):
+        staged(before, after, ["CDS", "EDS", "RDS", "cds"])
+    with pytest.raises(TypeError, match="list of types"):
+        staged(before, after, "CDS")
+    # Type URLs work as well as short names; from nothing, every type of `after` is a change.
+    assert len(staged(before, after, [CLUSTER, ENDPOINT, ROUTE])) == 3
+    assert staged(None, after, ["CDS", "EDS", "LDS", "RDS"])[-1].names(LISTENER) == {"l0"}

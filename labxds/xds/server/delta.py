@@ -23,6 +23,7 @@ from ..tracking import REFUSED_KEPT
 from .stream import (
     UNKNOWN,
     Stream,
+    cluster_refs,
     dependencies_asked,
     heartbeat_answered,
     rewarmed_endpoints,
@@ -56,6 +57,7 @@ class _DeltaType:
     nacked: dict[str, dict[str, None]] = field(default_factory=dict)
     nacked_removals: dict[str, dict[str, None]] = field(default_factory=dict)
     system_version: str = ""
+    acked: set[str] = field(default_factory=set)  # names the client has ACKed some version of
     beating: bool = False  # the unanswered response (nonce) is a heartbeat
     beat_due: bool = False  # a heartbeat waits for the type to be idle
 
@@ -76,6 +78,7 @@ class DeltaStream(Stream):
             st.nacked, st.nacked_removals = self.server.delta_refused.setdefault((self.node_id, url), ({}, {}))
             # Rule 13: on reconnect the client says what it holds; only differences are sent.
             st.known.update(req.initial_resource_versions)
+            st.acked.update(req.initial_resource_versions)
             if not req.resource_names_subscribe:
                 st.wildcard = True  # legacy wildcard: a first request naming nothing
         # Rule 13: subscription changes count even when the nonce is stale.
@@ -95,6 +98,7 @@ class DeltaStream(Stream):
             elif name in st.names:
                 st.names.discard(name)
                 st.known.pop(name, None)
+                st.acked.discard(name)
             # unsubscribing a name never subscribed is ignored
         subs, unsubs = list(req.resource_names_subscribe), list(req.resource_names_unsubscribe)
         if not req.response_nonce:
@@ -123,6 +127,11 @@ class DeltaStream(Stream):
             self.trace("received", "NACK", url, st.system_version, req.response_nonce, subs, unsubs,
                        error=req.error_detail.message.strip())
         else:
+            for name, (_, new) in st.pending.items():
+                if new is None:
+                    st.acked.discard(name)
+                else:
+                    st.acked.add(name)
             self.trace("received", "ACK", url, st.system_version, req.response_nonce, subs, unsubs)
         st.pending = {}
 
@@ -152,6 +161,30 @@ class DeltaStream(Stream):
             for url in (LISTENER, ROUTE)
         )
 
+    def _unready(self, snap: Snapshot, names: set[str]) -> set[str]:
+        """Those of ``names`` the client cannot route to yet (rule 12): new clusters in a CDS
+        response it has not ACKed (Envoy ACKs once they have warmed), and EDS ones whose load
+        assignment, which the snapshot has and the client asked for, it has not ACKed. Looks at
+        the named clusters only: a route names few, a snapshot may hold thousands."""
+        cds = self.types.get(CLUSTER)
+        if cds is None or not names:
+            return set()
+        eds = self.types.get(ENDPOINT)
+        available = snap.entries(ENDPOINT)  # a mapping: no set of every name built per call
+        clusters = snap.entries(CLUSTER)
+        unready = set()
+        for name in names:
+            pending = cds.pending.get(name) if cds.outstanding else None
+            if pending is not None and pending[0] is None and pending[1] is not None:
+                unready.add(name)  # new, in a response not ACKed yet
+                continue
+            entry = clusters.get(name)
+            if entry is None or name not in cds.known or eds is None:
+                continue
+            if any(n in available and (eds.wildcard or n in eds.names) and n not in eds.acked for n in entry.needs):
+                unready.add(name)
+        return unready
+
     def respond(self) -> list[bytes]:
         snap = self.snapshot
         if snap is None:
@@ -164,7 +197,11 @@ class DeltaStream(Stream):
             if plan is None:
                 continue
             send, removed = plan
-            if url == CLUSTER and removed and self._routes_pending(snap):
+            if snap.make_before_break and url in (LISTENER, ROUTE) and self._unready(snap, cluster_refs(send)):
+                # Make before break: routes move to a new cluster only once the client has it,
+                # warm; sent earlier, they would answer 503 (NC) until it is.
+                continue
+            if url == CLUSTER and removed and snap.make_before_break and self._routes_pending(snap):
                 removed = []  # Rule 12: remove clusters only after the routes moved away.
                 if not send:
                     continue

@@ -22,6 +22,7 @@ from ..snapshot import Entry, Snapshot
 from .stream import (
     RETAINED,
     Stream,
+    cluster_refs,
     dependencies_asked,
     heartbeat_answered,
     needed_names,
@@ -183,6 +184,28 @@ class SotwStream(Stream):
         needed = needed_names(self.types[LISTENER].sent.values()) if LISTENER in self.types else set()
         return bool(needed) and (rds is None or not (rds.wildcard or needed <= rds.names))
 
+    def _unready(self, snap: Snapshot, names: set[str]) -> set[str]:
+        """Those of ``names`` the client cannot route to yet (rule 12): new clusters whose CDS
+        response it has not ACKed (Envoy ACKs once they have warmed), and EDS ones whose load
+        assignment, which the snapshot has and the client asked for, it has not ACKed. Looks at
+        the named clusters only: a route names few, a snapshot may hold thousands."""
+        cds = self.types.get(CLUSTER)
+        if cds is None or not names:
+            return set()
+        eds = self.types.get(ENDPOINT)
+        available = snap.entries(ENDPOINT)  # a mapping: no set of every name built per call
+        unready = set()
+        for name in names:
+            entry = cds.sent.get(name)
+            if entry is None:
+                continue  # not delivered by this stream (Envoy's bootstrap has it, or nobody does)
+            if name not in cds.held:
+                unready.add(name)
+            elif eds is not None and any(n in available and (eds.wildcard or n in eds.names) and n not in eds.held
+                                         for n in entry.needs):
+                unready.add(name)
+        return unready
+
     def respond(self) -> list[bytes]:
         snap = self.snapshot
         if snap is None:
@@ -195,7 +218,11 @@ class SotwStream(Stream):
             plan = self._plan(url, snap)
             if plan is None:
                 continue
-            if url == CLUSTER and plan.removed and self._routes_pending(snap):
+            if snap.make_before_break and url in (LISTENER, ROUTE) and self._unready(snap, cluster_refs(plan.entries.values())):
+                # Make before break: routes move to a new cluster only once the client has it,
+                # warm; sent earlier, they would answer 503 (NC) until it is.
+                continue
+            if url == CLUSTER and plan.removed and snap.make_before_break and self._routes_pending(snap):
                 # Make before break: keep the clusters being removed until the listeners and
                 # routes that stop using them have been delivered.
                 keep = {n: st.sent[n] for n in plan.removed}

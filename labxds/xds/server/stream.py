@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ..resource_types import (
+    CLUSTER,
     ENDPOINT,
     ROUTE,
 )
@@ -329,6 +330,11 @@ def dependencies_asked(types: Mapping[str, Any], clusters: Iterable[Entry], list
         if needed and (st is None or not (st.wildcard or needed <= st.names)):
             return False
     return True
+
+
+def cluster_refs(entries: Iterable[Entry]) -> set[str]:
+    """The clusters these routes (or listeners, with inline routes or TCP proxies) send traffic to."""
+    return {name for e in entries for url, name in e.refs if url == CLUSTER}
 
 
 def needed_names(entries: Iterable[Entry]) -> set[str]:
