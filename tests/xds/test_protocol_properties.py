@@ -334,10 +334,40 @@ class ProtocolMachine(RuleBasedStateMachine):
             for url, tm in peer.types.items():
                 if not tm.requested or tm.outstanding is not None or not (tm.wildcard or tm.names):
                     continue
+                if url in (LISTENER, ROUTE) and self._waits_for_clusters(peer, url, tm, snap):
+                    continue  # rule 12: held until the clusters they name are warm at the client
                 if self.delta:
                     self._settled_delta(peer, url, tm, snap)
                 else:
                     self._settled_sotw(peer, url, tm, snap)
+
+    def _waits_for_clusters(self, peer: Peer, url: str, tm: TypeModel, snap: Snapshot) -> bool:
+        """Whether the listeners or routes the client should get name a cluster it cannot route to
+        yet: one it subscribes to but has not ACKed at this content, or an EDS cluster whose load
+        assignment (which the snapshot has, and the client asked for) it has not ACKed."""
+        cds, eds = peer.types.get(CLUSTER), peer.types.get(ENDPOINT)
+        if cds is None or not cds.requested:
+            return False
+        wanted = [e for n, e in snap.entries(url).items() if tm.wildcard or n in tm.names]
+        refs = {n for e in wanted for u, n in e.refs if u == CLUSTER}
+        clusters, assignments = snap.entries(CLUSTER), snap.entries(ENDPOINT)
+        in_flight = set(resources(cds.outstanding)) if cds.outstanding is not None else set()
+        for name in refs:
+            if name in in_flight:
+                return True  # in a CDS response the client has not answered yet
+            entry = clusters.get(name)
+            if entry is None or not (cds.wildcard or name in cds.names):
+                continue
+            have = cds.held.get(name)
+            if have != (entry.version if self.delta else entry.message):
+                return True
+            if eds is not None and eds.requested:
+                for need in entry.needs:
+                    if need in assignments and (eds.wildcard or need in eds.names):
+                        held = eds.held.get(need)
+                        if held != (assignments[need].version if self.delta else assignments[need].message):
+                            return True
+        return False
 
     def _settled_sotw(self, peer: Peer, url: str, tm: TypeModel, snap: Snapshot) -> None:
         version = snap.version(url)
