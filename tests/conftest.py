@@ -14,3 +14,12 @@ def cp(request):
     plane = ControlPlane(port=0, **getattr(request, "param", {})).start()
     yield plane
     plane.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Lines tests left for the end of the run (the compose topology's timings)."""
+    lines = getattr(config, "labxds_summary", [])
+    if lines:
+        terminalreporter.write_sep("-", "labxds")
+        for line in lines:
+            terminalreporter.write_line(line)

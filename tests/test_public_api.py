@@ -43,7 +43,8 @@ PUBLIC = {
         "configs_index", "find_envoy", "jq", "learner_bootstrap", "render_bootstrap", "render_tls_bootstrap",
         "run_jq", "validate_bootstrap", "without_client_certificate",
     ],
-    "labxds.lab": ["Announcement", "EchoFleet", "EchoService", "LabRuntime", "format_echo", "send", "start_services"],
+    "labxds.lab": ["Announcement", "EchoFleet", "EchoService", "LabRuntime", "LocalLabOnly", "format_echo",
+                   "local_lab_only", "send", "start_services"],
     "labxds.notebook": [
         "CanarySlider", "Checked", "Dashboard", "Diagram", "ExerciseFailed", "Lab", "SANDBOX_JQ", "StatusPanel",
         "UpstreamToggle", "canary_snapshot", "check", "clusters_table", "config_dump", "configs_index", "curl",

@@ -7,7 +7,17 @@ what a learner's Envoy announces about itself.
 
 from .echo import EchoFleet, EchoService, format_echo, start_services
 from .metadata import Announcement
-from .runtime import LabRuntime
+from .runtime import LabRuntime, LocalLabOnly, local_lab_only
 from .traffic import send
 
-__all__ = ["Announcement", "EchoFleet", "EchoService", "LabRuntime", "format_echo", "send", "start_services"]
+__all__ = [
+    "Announcement",
+    "EchoFleet",
+    "EchoService",
+    "LabRuntime",
+    "LocalLabOnly",
+    "format_echo",
+    "local_lab_only",
+    "send",
+    "start_services",
+]

@@ -28,6 +28,8 @@ __all__ = ["EchoFleet", "EchoService", "format_echo", "start_services"]
 
 SERVED_BY_HEADER = "x-served-by"
 INSTANCE_HEADER = "x-echo-instance"
+# The address (host:port) the request reached: which replica, when replicas share one command.
+ADDRESS_HEADER = "x-echo-address"
 
 
 def _canonical(name: str) -> str:
@@ -97,6 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header(SERVED_BY_HEADER, service.name)
         if service.instance is not None:
             self.send_header(INSTANCE_HEADER, str(service.instance))
+        host, port = self.connection.getsockname()[:2]
+        self.send_header(ADDRESS_HEADER, f"{host}:{port}")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

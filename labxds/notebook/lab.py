@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..lab.runtime import LabRuntime
+from ..lab.traffic import send
 from . import tables
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class Lab(LabRuntime):
 
     def curl(self, n: int = 1, path: str = "/", **kwargs: Any) -> pd.DataFrame:
         """``n`` requests through Envoy's listener, one row each (failures are rows too)."""
-        return tables.curl(self.listener_url, n, path=path, **kwargs)
+        return tables.requests_frame(self.number_instances(send(self.listener_url, n, path=path, **kwargs)))
 
     def clusters(self, *, warming: bool = False) -> pd.DataFrame:
         """The clusters Envoy accepted over CDS (``/config_dump``'s dynamic_active_clusters); with

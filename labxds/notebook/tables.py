@@ -32,6 +32,7 @@ __all__ = [
     "endpoints_table",
     "listeners_table",
     "progress_table",
+    "requests_frame",
     "routes_table",
     "sandbox_endpoint",
     "stats_table",
@@ -77,6 +78,13 @@ def curl(
 
     rows = send(url, n, path=path, headers=headers, include_headers=include_headers, method=method, timeout=timeout,
                 response_headers=response_headers)
+    return requests_frame(rows)
+
+
+def requests_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``send``'s records as curl's table."""
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     df["status"] = df["status"].astype("Int64")
     df["latency_ms"] = df["latency_ms"].astype(float)

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from ..i18n import _
+from ..net.addresses import is_loopback
 from .cache import SnapshotCache  # noqa: E402
 from .server import Authorizer, XdsServer
 from .snapshot import Snapshot
@@ -29,7 +30,6 @@ log = logging.getLogger("labxds")
 _RUNNING: dict[tuple[str, int], ControlPlane] = {}
 _RUNNING_LOCK = threading.Lock()
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 #: Streams a control plane holds at most by default (about 32 KB each: 20,000 are ~640 MB).
 MAX_STREAMS = 20_000
@@ -93,6 +93,7 @@ class ControlPlane:
         heartbeat_interval: float | None = None,
         sotw_heartbeat: str = "resend",
         keepalive: tuple[float, float] | None = (30.0, 20.0),
+        trust_reconnect_versions: bool = True,
         max_streams: int = MAX_STREAMS,
         grpc_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
@@ -104,7 +105,8 @@ class ControlPlane:
         #: (typed in ``labxds.xds.hooks``); runs on the server thread; returns a function removing it.
         self.on = self.tracker.on
         self._xds = XdsServer(self.cache, self.tracker, identifier=identifier, authorize=authorize,
-                              heartbeat_interval=heartbeat_interval, sotw_heartbeat=sotw_heartbeat)
+                              heartbeat_interval=heartbeat_interval, sotw_heartbeat=sotw_heartbeat,
+                              trust_reconnect_versions=trust_reconnect_versions)
         self._credentials = server_credentials
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -137,14 +139,14 @@ class ControlPlane:
             existing = _RUNNING.get((self.host, self._requested_port)) if self._requested_port else None
             if existing is not None and existing.running:
                 return existing
-            if self.host not in _LOOPBACK and self._credentials is None:
+            if not is_loopback(self.host) and self._credentials is None:
                 log.warning(
                     "labxds: the control plane listens on %s, beyond this machine. Anyone who can "
                     "reach it can read every snapshot (secrets included) and pose as any node; "
                     "use TLS and node tokens, or bind 127.0.0.1.",
                     self.host,
                 )
-            elif self.host not in _LOOPBACK and self._xds.authorize is None:
+            elif not is_loopback(self.host) and self._xds.authorize is None:
                 log.warning(
                     "labxds: the control plane listens on %s with TLS but no node authorization: a "
                     "client with a certificate it accepts can pose as any node and read its snapshot; "

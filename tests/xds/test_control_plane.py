@@ -430,3 +430,18 @@ def test_keepalive_must_be_positive_seconds():
         with pytest.raises(ValueError, match="keepalive"):
             ControlPlane(0, keepalive=bad)
     ControlPlane(0, keepalive=None)  # off: TCP's own timeouts
+
+
+def test_any_loopback_address_is_this_machine_only(caplog) -> None:
+    """127.0.0.0/8 is loopback (the compose harness gives each service one): no warning there;
+    every interface gets one."""
+    import logging
+
+    caplog.set_level(logging.WARNING, "labxds")
+    for host in ("127.0.0.2", "::1"):
+        plane = ControlPlane(port=0, host=host).start()
+        plane.stop()
+    assert "beyond this machine" not in caplog.text
+    wide = ControlPlane(port=0, host="0.0.0.0").start()
+    wide.stop()
+    assert "beyond this machine" in caplog.text

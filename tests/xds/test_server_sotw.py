@@ -957,6 +957,32 @@ def test_reconnect_running_the_current_version_gets_nothing_again(cp, connect):
     assert stale.recv().version_info == "2"
 
 
+@pytest.mark.parametrize("cp", [{"trust_reconnect_versions": False}], indirect=True)
+def test_rule16_a_version_from_another_control_plane_is_not_trusted(cp, connect):
+    """An Envoy that outlives its control plane (docker compose: one proxy, a control plane per
+    notebook kernel) reconnects saying version "1"; this server never sent it, and its own "1"
+    may be other content: it is sent, and from then on the label is this server's."""
+    cp.set_snapshot(Snapshot([static("c1"), static("c2")], version="1"))
+    c = connect()
+    c.send(CLUSTER, version="1")  # "1" from a control plane before this one
+    r = c.recv()
+    assert (r.version_info, sorted(names(r))) == ("1", ["c1", "c2"])
+    c.ack(r)
+    c.close()
+    again = connect()
+    again.send(CLUSTER, version="1")  # now it is this server's "1": nothing to send
+    again.expect_nothing()
+
+
+def test_rule16_by_default_a_reconnecting_version_is_trusted(cp, connect):
+    """The default (a control plane restarted on the same snapshot resends nothing): the label
+    is taken at its word."""
+    cp.set_snapshot(Snapshot([static("c1")], version="1"))
+    c = connect()
+    c.send(CLUSTER, version="1")
+    c.expect_nothing()
+
+
 def test_rule15_after_a_nack_the_previous_version_is_sent_again(cp, connect):
     """A NACKed response may be partly applied (Envoy's LDS keeps the valid listeners), so going
     back to the version the client held before is a change to send, not a no-op."""

@@ -54,6 +54,7 @@ _TYPED_SERVICES = (
     ("envoy.service.runtime.v3.RuntimeDiscoveryService", "StreamRuntime", "DeltaRuntime", RUNTIME),
 )
 _ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+ISSUED_KEPT = 16  # SotW versions remembered per node and type: a reconnecting client holds a recent one
 
 
 def _identity(data: bytes) -> bytes:
@@ -72,6 +73,7 @@ class XdsServer:
         authorize: Authorizer | None = None,
         heartbeat_interval: float | None = None,
         sotw_heartbeat: str = "resend",
+        trust_reconnect_versions: bool = True,
     ) -> None:
         self.cache = cache
         self.tracker = tracker
@@ -91,6 +93,7 @@ class XdsServer:
             raise ValueError(f"sotw_heartbeat is 'resend' or 'bare', not {sotw_heartbeat!r}")
         self.sotw_heartbeat = sotw_heartbeat
         self.max_streams: int | None = None  # more streams than this are refused (ControlPlane sets it)
+        self.trust_reconnect_versions = trust_reconnect_versions
         self._control_plane = wire.control_plane(identifier)
         self._stream_ids = itertools.count(1)
         self._streams: set[Stream] = set()
@@ -106,6 +109,11 @@ class XdsServer:
         # (rule 12) when the next version removes some of them (found by the protocol's state
         # machine: reconnect, NACK, then a cluster removed before the route that used it moved).
         self.sotw_acked: dict[tuple[str, str], tuple[str, dict[str, Entry]]] = {}
+        # SotW: per node and type, the last versions this server sent. Without
+        # trust_reconnect_versions, a reconnecting client's version is taken as current only if
+        # it is one of these: a label the client got from a control plane that ran before this one
+        # may name other content (rule 16).
+        self.sotw_issued: dict[tuple[str, str], dict[str, None]] = {}
         tracker.on_forget(self._forget)
 
     def _forget(self, node_id: str) -> None:
@@ -114,6 +122,20 @@ class XdsServer:
             del self.delta_refused[key]
         for key in [k for k in self.sotw_acked if k[0] == node_id]:
             del self.sotw_acked[key]
+        for key in [k for k in self.sotw_issued if k[0] == node_id]:
+            del self.sotw_issued[key]
+
+    def issued(self, node_id: str, url: str, version: str) -> None:
+        """Remember that ``version`` of ``url`` went to ``node_id`` (the last few per node and type)."""
+        recent = self.sotw_issued.setdefault((node_id, url), {})
+        recent.pop(version, None)
+        recent[version] = None
+        while len(recent) > ISSUED_KEPT:
+            del recent[next(iter(recent))]
+
+    def adopts(self, node_id: str, url: str, version: str) -> bool:
+        """Whether a reconnecting client that says it runs ``version`` is believed (rule 16)."""
+        return self.trust_reconnect_versions or version in self.sotw_issued.get((node_id, url), ())
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         def sotw(type_url: str | None) -> grpc.RpcMethodHandler:

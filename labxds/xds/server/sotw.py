@@ -87,7 +87,8 @@ class SotwStream(Stream):
             st.sent = {n: e for n, e in st.sent.items() if n in st.names}
             st.held = {n: e for n, e in st.held.items() if n in st.names}
         if not req.response_nonce or not st.nonce:
-            # A client that reconnects says which version it runs; _plan adopts it if current.
+            # A client that reconnects says which version it runs; _plan adopts it if current
+            # and one this server sent it (rule 16).
             st.client_version = req.version_info
             known = self.server.sotw_acked.get((self.node_id or "", url)) if first and req.version_info else None
             if known is not None and known[0] == req.version_info:
@@ -150,7 +151,8 @@ class SotwStream(Stream):
             return None  # Rule 8: unsubscribed from everything of this type
         version = snap.version(url)
         chosen = self._choose(st, snap)
-        if st.sent_version is None and st.client_version and st.client_version == version and not st.unsure:
+        if (st.sent_version is None and st.client_version and st.client_version == version and not st.unsure
+                and self.server.adopts(self.node_id or "", url, version)):
             st.sent = st.held = chosen
             st.sent_version = st.held_version = version
             self.server.tracker.resumed(self.node_id or "", url, version)
@@ -238,6 +240,7 @@ class SotwStream(Stream):
             st.nonce, st.outstanding, st.unsure = nonce, True, False
             st.beat_due = False  # the response carries every resource of the type, TTLs included
             st.sent, st.sent_version = plan.entries, plan.version
+            self.server.issued(self.node_id or "", url, plan.version)
             if self.fragile_ttl and url in (ROUTE, ENDPOINT) and any(e.ttl for e in plan.entries.values()):
                 self.fragile_ttl = False  # said once per stream
                 log.warning(
