@@ -4,6 +4,7 @@
 #   make lab-zh  the same, in Chinese: JupyterLab's interface and the course in 简体中文 (notebooks/zh-CN)
 #   make test    set up .venv if needed, then the whole test suite (PYTEST_ARGS="-k foo" to narrow)
 #   make test-install  also install labxds[notebook] into a clean environment (slow)
+#   make fuzz    the protocol's state machine and the bad-input fuzzers, thousands of examples (~20 min)
 #   make venv    only the set-up: .venv with requirements.txt and labxds (editable), and
 #                JupyterHub's proxy (configurable-http-proxy, from npm) when node and npm are there
 #   make clean   remove .venv and caches
@@ -30,7 +31,7 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help lab lab-zh test test-install i18n venv clean
+.PHONY: help lab lab-zh test test-install fuzz i18n venv clean
 
 help:
 	@sed -n '3,10s/^# *//p' $(firstword $(MAKEFILE_LIST))
@@ -96,6 +97,12 @@ i18n: $(STAMP)
 # The slow half of tests/test_packaging.py: labxds[notebook] (JupyterLab) into a clean environment.
 test-install: $(STAMP)
 	LABXDS_TEST_NOTEBOOK_EXTRA=1 $(IN_VENV) $(BIN)/python -m pytest tests/test_packaging.py $(PYTEST_ARGS)
+
+# The same tests as make test runs a bounded number of, with thousands of examples each.
+FUZZ_TESTS := tests/xds/test_protocol_properties.py tests/xds/test_wire_fuzz.py tests/files/test_file_fuzz.py \
+              tests/classroom/test_desk_bad_input.py
+fuzz: $(STAMP)
+	LABXDS_FUZZ=1 $(IN_VENV) $(BIN)/python -m pytest -p no:cacheprovider --timeout=0 -s $(FUZZ_TESTS) $(PYTEST_ARGS)
 
 lab: $(STAMP) $(CHP)
 	@test -d notebooks || { echo "notebooks/ is missing: run make lab from the labxds repository" >&2; exit 1; }

@@ -47,7 +47,7 @@ CLUSTER_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 STREAMS_PER_CHANNEL = int(os.environ.get("LABXDS_BENCH_PER_CHANNEL", "100"))
 CLUSTERS = 10
-OPEN_TIMEOUT = 10.0  # seconds a new stream may wait for its first response before the client retries it
+OPEN_TIMEOUT = float(os.environ.get("LABXDS_BENCH_OPEN_TIMEOUT", "120"))  # seconds a new stream waits for its first response before the client retries it (Envoy waits; a short timeout makes a retry storm of its own)
 RAMP_PAUSE = float(os.environ.get("LABXDS_BENCH_RAMP", "0.05"))  # seconds between channels while the client opens its streams
 
 
@@ -290,6 +290,12 @@ def run_n(n: int, pushes: int, node_mode: str, profile: bool = False) -> dict[st
         cpu_idle0 = proc_cpu_seconds()
         time.sleep(2.0)
         out["idle_cpu_fraction"] = (proc_cpu_seconds() - cpu_idle0) / 2.0
+        gc_mode = os.environ.get("LABXDS_BENCH_GC", "")
+        if gc_mode == "freeze":  # what-if: the streams' objects out of the cyclic collector's sight
+            gc.freeze()
+        elif gc_mode == "off":
+            gc.disable()
+        out["gc"] = gc_mode or "default"
 
         trials = []
         snaps = [snap_b, snap_a]
@@ -349,6 +355,8 @@ def run_n(n: int, pushes: int, node_mode: str, profile: bool = False) -> dict[st
     finally:
         client.close()
         cp.stop()
+        gc.enable()
+        gc.unfreeze()
     return out
 
 

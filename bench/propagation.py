@@ -80,12 +80,19 @@ class Mode:
 
 
 class LabxdsMode(Mode):
-    def __init__(self, delta: bool, ports: dict[str, int], cp: ControlPlane) -> None:
-        self.name = f"labxds {'Delta' if delta else 'SotW'}"
+    """``build``: what a user's ``lab.push(resources)`` does, inside the timed region: the snapshot is
+    built from the resources, pushed, and the call returns once Envoy ACKed it (``wait=True``, the
+    default); only then does the user look. Otherwise the snapshot is built beforehand and the push
+    does not wait (the control plane's own part, the figure the older tables give)."""
+
+    def __init__(self, delta: bool, ports: dict[str, int], cp: ControlPlane, build: bool = False) -> None:
+        self.name = f"labxds {'Delta' if delta else 'SotW'}" + (" (as lab.push: build, push, wait)" if build else "")
         self.delta = delta
+        self.build = build
         self.cp = cp
-        self.node = f"bench-prop-{'delta' if delta else 'sotw'}"
+        self.node = f"bench-prop-{'delta' if delta else 'sotw'}{'-build' if build else ''}"
         self.listener_port = free_port()
+        self.ports = ports
         self.snaps = {
             svc: Snapshot(sandbox_resources("127.0.0.1", port, listener_port=self.listener_port))
             for svc, port in ports.items()
@@ -116,6 +123,10 @@ class LabxdsMode(Mode):
         self.marks = {}
         self._since = time.time()
         self.sent_at = time.perf_counter()
+        if self.build:  # the user's push: resources in, a snapshot built, pushed, the ACK awaited
+            self.snaps[target] = Snapshot(sandbox_resources("127.0.0.1", self.ports[target], listener_port=self.listener_port))
+            self.cp.push(self.snaps[target], node=self.node, wait=True, timeout=10)
+            return
         self.cp.push(self.snaps[target], node=self.node, wait=False)
 
     def settle(self, target: str) -> None:
@@ -361,7 +372,12 @@ def main() -> int:
         help="also run serve rows with parts of the work removed (bench/serve_whatif.py), e.g. "
         "'bound;loop,nolog;bound,loop,nolog'; written to propagation_whatif.json",
     )
+    parser.add_argument("--gap", type=float, default=GAP, help=f"seconds of pause after each switch (default {GAP})")
+    parser.add_argument("--user-view", action="store_true",
+                        help="also rows that time what lab.push(resources) does: build, push, wait for the ACK")
+    parser.add_argument("--tag", default="", help="results go to propagation_TAG.json, kept out of the report")
     args = parser.parse_args()
+    gap = args.gap
     switches = args.switches or (30 if args.quick else 200)
     block = 10
 
@@ -370,6 +386,8 @@ def main() -> int:
     ports = {name: svc.port for name, svc in services.items()}
     cp = ControlPlane(port=0).start()
     modes: list[Mode] = [LabxdsMode(False, ports, cp), LabxdsMode(True, ports, cp), FloorMode(ports)]
+    if args.user_view:
+        modes[2:2] = [LabxdsMode(False, ports, cp, build=True), LabxdsMode(True, ports, cp, build=True)]
     snapshot_files = (ROOT / "labxds" / "files").is_dir()
     if snapshot_files:
         modes += [SnapshotFileMode(ports, split=True), SnapshotFileMode(ports, split=False)]
@@ -403,7 +421,7 @@ def main() -> int:
                 measure_switch(m, probe, target)
                 m.settle(target)
                 current[m.name] = target
-                time.sleep(GAP)
+                time.sleep(gap)
         done = 0
         while done < switches:
             n = min(block, switches - done)
@@ -417,7 +435,7 @@ def main() -> int:
                         rec.update(m.marks)
                     records[m.name].append(rec)
                     current[m.name] = target
-                    time.sleep(GAP)
+                    time.sleep(gap)
             done += n
             print(f"  {done}/{switches} switches per mode", flush=True)
     finally:
@@ -459,10 +477,12 @@ def main() -> int:
             ratios[name] = {"p50": entry["seconds"]["p50"] / floor,
                             "p99": entry["seconds"]["p99"] / results["floor (Envoy filesystem)"]["seconds"]["p99"]}
             print(f"{name:28s} / floor: p50 x{ratios[name]['p50']:.2f}  p99 x{ratios[name]['p99']:.2f}")
-    write_result("propagation_whatif" if args.what_if else "propagation", {
+    name = "propagation_whatif" if args.what_if else "propagation" + (f"_{args.tag}" if args.tag else "")
+    write_result(name, {
         "machine": info,
         "switches_per_mode": switches,
-        "gap_s": GAP,
+        "gap_s": gap,
+        "user_view": args.user_view,
         "wall_s": time.monotonic() - started,
         "modes": results,
         "ratio_to_floor": ratios,
@@ -470,7 +490,7 @@ def main() -> int:
         "snapshot_files_available": snapshot_files,
         "probe": "process",
     }, args.quick)
-    if not args.no_report and not args.what_if:
+    if not args.no_report and not args.what_if and not args.tag:
         regenerate_docs()
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import ssl
 from collections.abc import Mapping
 from dataclasses import replace
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+from ..net.budget import DEFAULT_BUDGET, BudgetExceeded, InputBudget, check_data
 from ..net.http_server import HttpServer
 from ..tls import TOKEN_HEADER
 from ..xds.snapshot import Snapshot
@@ -48,9 +50,21 @@ class DeskWorkshop(Protocol):
 
     def push(self, spec: Any, to: Any, *, wait: bool = True, timeout: float = 10.0) -> Any: ...
 
-__all__ = ["Desk", "DeskWorkshop", "LearnerSession", "handle_desk_request"]
+__all__ = ["DESK_BUDGET", "Desk", "DeskWorkshop", "LearnerSession", "MAX_PUSH_TIMEOUT", "handle_desk_request"]
 
 log = logging.getLogger("labxds")
+
+#: What one request to the desk may hold: the engine's budget of values and depth, and a body of
+#: at most 4 MiB (a learner's snapshot is a few kilobytes).
+DESK_BUDGET = InputBudget(max_bytes=4 << 20, max_values=DEFAULT_BUDGET.max_values, max_depth=DEFAULT_BUDGET.max_depth)
+#: The longest a learner's push may wait for their Envoy, in seconds: a desk thread waits that long.
+MAX_PUSH_TIMEOUT = 120.0
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        super().__init__(reason)
 
 
 # --------------------------------------------------------------------------- the desk (HTTP)
@@ -96,6 +110,8 @@ class _DeskHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -103,9 +119,36 @@ class _DeskHandler(BaseHTTPRequestHandler):
         self._reply(*handle_desk_request(self.workshop, "GET", self.path, self.headers, b""))
 
     def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            raw = self._body()
+        except _BadRequest as exc:
+            self.close_connection = True  # what is left of a refused body is not a next request
+            return self._reply(exc.status, {"error": str(exc)})
+        except OSError as exc:  # the body never came (the socket's timeout)
+            self.close_connection = True
+            return self._reply(400, {"error": f"the body did not arrive: {exc}"})
+        try:
+            self._reply(*handle_desk_request(self.workshop, "POST", self.path, self.headers, raw))
+        except Exception as exc:  # a bug: answer in words rather than drop the connection
+            log.exception("the workshop desk failed on POST %s", self.path)
+            self.close_connection = True
+            self._reply(500, {"error": f"the desk failed: {type(exc).__name__}: {exc}"})
+
+    def _body(self) -> bytes:
+        """The request's body, read only if its announced length is a length within DESK_BUDGET."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            raise _BadRequest(411, "send the body with a Content-Length, not chunked")
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():  # negative, not a number, several values
+            raise _BadRequest(400, f"Content-Length must be a whole number of bytes, not {text[:40]!r}")
+        length = int(text)
+        if length > DESK_BUDGET.max_bytes:
+            raise _BadRequest(413, f"the body is {length:,} bytes; the desk takes at most {DESK_BUDGET.max_bytes:,}")
+        self.connection.settimeout(30)  # a body announced but never sent does not hold a thread for ever
         raw = self.rfile.read(length) if length else b""
-        self._reply(*handle_desk_request(self.workshop, "POST", self.path, self.headers, raw))
+        if len(raw) < length:
+            raise _BadRequest(400, f"the body ended after {len(raw):,} of the {length:,} bytes announced")
+        return raw
 
 
 def handle_desk_request(ws: DeskWorkshop, method: str, path: str, headers: Any,
@@ -124,18 +167,26 @@ def handle_desk_request(ws: DeskWorkshop, method: str, path: str, headers: Any,
     if ws.token_required and not ws.authorize(name, {TOKEN_HEADER: headers.get(TOKEN_HEADER) or ""}):
         return 403, {"error": f"not authorized as {name!r}: send your own {TOKEN_HEADER}"}
     try:
-        data = json.loads(raw or b"{}")
-    except ValueError:
-        return 400, {"error": "the body is not JSON"}
+        data = _json_body(raw)
+    except _BadRequest as exc:
+        return exc.status, {"error": str(exc)}
     if action == "result":
         try:
             result = ws.record(CheckResult.from_dict(data, learner=name))
         except (KeyError, TypeError, ValueError) as exc:
             return 400, {"error": f"not a check result: {exc}"}
         return 200, result.to_dict()
+    wait = data.get("wait", True)
+    if not isinstance(wait, bool):
+        return 400, {"error": f"wait must be true or false, not {wait!r}"}
+    timeout = data.get("timeout", 10)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or not 0 < timeout <= MAX_PUSH_TIMEOUT:
+        return 400, {"error": f"timeout must be a number of seconds above 0 and at most {MAX_PUSH_TIMEOUT:g}, "
+                              f"not {str(timeout)[:40]}"}
     try:
         snap = decode_snapshot(data)
-        ws.push(snap, name, wait=bool(data.get("wait", True)), timeout=float(data.get("timeout", 10)))
+        ws.push(snap, name, wait=wait, timeout=float(timeout))
     except PushRejected as exc:
         return 409, {"rejected": {f"{n} {url}": text for (n, url), text in exc.errors.items()}}
     except PushTimeout as exc:
@@ -143,6 +194,25 @@ def handle_desk_request(ws: DeskWorkshop, method: str, path: str, headers: Any,
     except ValueError as exc:  # ResourceError, ConsistencyError
         return 400, {"error": str(exc)}
     return 200, {"versions": snap.versions}
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object within DESK_BUDGET; _BadRequest says what is wrong."""
+    if len(raw) > DESK_BUDGET.max_bytes:
+        raise _BadRequest(413, f"the body is {len(raw):,} bytes; the desk takes at most {DESK_BUDGET.max_bytes:,}")
+    try:
+        data = json.loads(raw or b"{}")
+    except RecursionError:
+        raise _BadRequest(400, f"the body nests deeper than {DESK_BUDGET.max_depth} levels") from None
+    except ValueError:
+        raise _BadRequest(400, "the body is not JSON") from None
+    try:
+        check_data(data, DESK_BUDGET)
+    except BudgetExceeded as exc:
+        raise _BadRequest(400, f"the body is refused: {exc}") from None
+    if not isinstance(data, dict):
+        raise _BadRequest(400, f"the body must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 class LearnerSession:

@@ -65,13 +65,20 @@ def decode_snapshot(data: Mapping[str, Any]) -> Snapshot:
     from ..xds.resource_types import message_class
 
     messages = []
-    for i, item in enumerate(data.get("resources") or []):
+    items = data.get("resources") or []
+    if not isinstance(items, list):
+        raise ResourceError(f"resources must be a list, not {type(items).__name__}", where="the body")
+    for i, item in enumerate(items):
         try:
             cls = message_class(str(item["type_url"]))
             messages.append(cls.FromString(base64.b64decode(item["value"])))
         except Exception as exc:
             raise ResourceError(f"cannot decode: {exc}", where=f"resource #{i}") from None
-    return Snapshot(messages, version=data.get("version"))
+    version = data.get("version")
+    if version is not None and not isinstance(version, (str, dict)):
+        raise ResourceError(f"version must be a string or an object of type URL -> version, not {version!r}",
+                            where="the body")
+    return Snapshot(messages, version=version)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +24,9 @@ from ..files.parse import PathLike
 __all__ = ["add_parser", "run", "serve"]
 
 log = logging.getLogger("labxds.snapshot_files")
+
+#: Seconds a stop (SIGTERM, SIGINT) may take before the process ends without finishing it.
+STOP_DEADLINE = 10.0
 
 
 # --------------------------------------------------------------------------- serve
@@ -67,9 +72,19 @@ def serve(
     path_list = [Path(p) for p in paths]
     stop = threading.Event()
     previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():  # asked twice: stop now
+            os._exit(128 + signum)
+        stop.set()
+        # Stop whatever the watcher is doing: if the clean stop has not finished in time (a thread
+        # stuck in a long C call holding the GIL, a hung join), faulthandler's own C thread prints
+        # where each thread is and ends the process.
+        faulthandler.dump_traceback_later(STOP_DEADLINE, exit=True)
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, on_signal)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s labxds: %(message)s", "%H:%M:%S"))
     labxds_log = logging.getLogger("labxds")
@@ -132,3 +147,4 @@ def serve(
         labxds_log.setLevel(saved_level)
         for number, old in previous.items():
             signal.signal(number, old)
+        faulthandler.cancel_dump_traceback_later()

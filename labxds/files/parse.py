@@ -17,6 +17,7 @@ from typing import Any, Union
 import yaml
 from google.protobuf import duration_pb2
 
+from ..net.budget import DEFAULT_BUDGET, BudgetExceeded, InputBudget, check_data, expanded_size
 from ..xds import envoy_text, lenient, resource_types
 from ..xds.messages import (
     ResourceError,
@@ -136,18 +137,28 @@ class _File:
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, budget: InputBudget = DEFAULT_BUDGET) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
+            budget.check_bytes(os.fstat(fd).st_size, "the file")
             chunks = []
+            size = 0
             while chunk := os.read(fd, 1 << 20):
+                size += len(chunk)
+                budget.check_bytes(size, "the file")  # it grew while being read
                 chunks.append(chunk)
         finally:
             os.close(fd)
-        return b"".join(chunks).decode("utf-8")
+        raw = b"".join(chunks)
+        return raw.decode("utf-8")
+    except BudgetExceeded as exc:
+        raise SnapshotFileError(path, f"refused: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise SnapshotFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SnapshotFileError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start}, column {column})",
+                                line=line) from None
     except IsADirectoryError:
         raise SnapshotFileError(path, "is a directory, not a snapshot file") from None
     except FileNotFoundError:
@@ -156,9 +167,51 @@ def _read_text(path: Path) -> str:
         raise SnapshotFileError(path, f"cannot read it: {exc.strerror or exc}") from None
 
 
-def _parse_yaml(path: Path, text: str) -> _File:
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_yaml_budget(path: Path, node: yaml.Node | None, budget: InputBudget) -> None:
+    """Refuse a composed YAML tree whose aliases expand past ``budget``, before it is constructed."""
+    if node is None:
+        return
+    try:
+        expanded_size(node, _yaml_children, budget)
+    except BudgetExceeded as exc:
+        at = exc.where if isinstance(exc.where, yaml.Node) else node
+        line = at.start_mark.line + 1
+        if exc.what == "cycle":
+            reason = f"an alias names the mapping or list it is in (anchored at line {line}): the value would never end"
+        else:
+            reason = (f"refused: {exc} (through the value anchored at line {line}); YAML aliases are expanded "
+                      "before a snapshot is built, so a few lines can stand for millions of values")
+        raise SnapshotFileError(path, reason, line=line) from None
+
+
+def _parse_yaml(path: Path, text: str, budget: InputBudget = DEFAULT_BUDGET) -> _File:
     try:
         doc = envoy_text.load_yaml(text)  # as Envoy reads it; a tag never builds a Python object
+        if "&" in text:
+            # Anchors: an alias is the anchored value again, shared, not copied, so loading is
+            # cheap; walking it is not (9 aliases of 9 aliases 8 deep: 43 million values). Measure
+            # the expansion before anything walks it.
+            try:
+                check_data(doc.data, budget)
+            except BudgetExceeded:
+                _check_yaml_budget(path, yaml.compose(text, Loader=_SAFE_LOADER), budget)  # to name the line
+                raise
+    except BudgetExceeded as exc:
+        raise SnapshotFileError(path, f"refused: {exc}; YAML aliases are expanded before a snapshot is built, "
+                                "so a few lines can stand for millions of values") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        shown = f"#x{char:04x}" if isinstance(char, int) else f"#x{ord(char):04x}" if isinstance(char, str) and len(char) == 1 else repr(char)
+        raise SnapshotFileError(path, f"not valid YAML: {exc.reason} ({shown})", line=line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -176,6 +229,8 @@ def _parse_json(path: Path, text: str) -> _File:
         data = envoy_text.load_json(text) if text.strip() else None
     except envoy_text.JsonSyntaxError as exc:
         raise SnapshotFileError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    except RecursionError:
+        raise SnapshotFileError(path, "refused: it nests too deeply to parse") from None
     return _File(path, data, text)
 
 

@@ -41,8 +41,9 @@ class SnapshotCache:
 
     def get(self, node_id: str) -> Snapshot | None:
         """The snapshot ``node_id`` should run (its own, else the default)."""
-        with self._lock:
-            return self._nodes.get(node_id, self._default)
+        # Without the lock: two reference reads, each atomic in CPython; every stream asks on
+        # every round. A reader that sees the old snapshot is woken again by set().
+        return self._nodes.get(node_id, self._default)
 
     def own(self, node_id: str) -> Snapshot | None:
         """``node_id``'s own snapshot; None when it follows the default."""

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -23,13 +23,20 @@ from .server import Authorizer, XdsServer
 from .snapshot import Snapshot
 from .tracking import NodeStatus, Tracker
 
-__all__ = ["ControlPlane", "PortInUseError"]
+__all__ = ["MAX_REQUEST_BYTES", "MAX_STREAMS", "ControlPlane", "PortInUseError"]
 
 log = logging.getLogger("labxds")
 
 _RUNNING: dict[tuple[str, int], ControlPlane] = {}
 _RUNNING_LOCK = threading.Lock()
 
+
+#: Streams a control plane holds at most by default (about 32 KB each: 20,000 are ~640 MB).
+MAX_STREAMS = 20_000
+#: A DiscoveryRequest's share of the input budget (labxds.net.budget): bytes (gRPC refuses a larger
+#: message with RESOURCE_EXHAUSTED; 100,000 resource names of 40 characters are 4.4 MB). Its depth
+#: is bounded by protobuf's own limit of 100 (DecodeError: INVALID_ARGUMENT), its values by bytes.
+MAX_REQUEST_BYTES = 16 << 20
 
 
 class PortInUseError(OSError):
@@ -64,6 +71,10 @@ class ControlPlane:
     Disconnected nodes keep their status and trace (``trace_size`` events each) until more than
     ``keep_disconnected`` of them are gone; then the longest gone are forgotten.
 
+    At most ``max_streams`` streams are held at once; one more is refused with RESOURCE_EXHAUSTED
+    and the reason, and so is a burst of new streams larger than that. ``grpc_options`` are added
+    to gRPC's server options (later ones win).
+
     ``start()`` returns once the port is bound. Starting a second ControlPlane on a host and port
     this process already serves returns the running one, so re-running a notebook cell is safe.
     """
@@ -83,6 +94,8 @@ class ControlPlane:
         sotw_heartbeat: str = "resend",
         keepalive: tuple[float, float] | None = (30.0, 20.0),
         trust_reconnect_versions: bool = True,
+        max_streams: int = MAX_STREAMS,
+        grpc_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.host = host
         self.port = port
@@ -102,6 +115,10 @@ class ControlPlane:
         if keepalive is not None and not (keepalive[0] > 0 and keepalive[1] > 0):
             raise ValueError(f"keepalive is (interval, timeout) in positive seconds, not {keepalive!r}")
         self._keepalive = keepalive
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be 1 or more, not {max_streams!r}")
+        self._xds.max_streams = max_streams
+        self._grpc_options = list(grpc_options)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -175,10 +192,17 @@ class ControlPlane:
         # so_reuseport would let a second server bind the same port silently.
         options = [
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # A fleet reconnecting at once (a control-plane restart) opens thousands of streams in
+            # a second. gRPC queues the calls the server has not picked up yet and refuses them
+            # (RESOURCE_EXHAUSTED "Too many pending requests") past 1,000 at random and past 3,000
+            # always; grpc.aio clients see that as "INTERNAL: Internal error from Core". The
+            # queue may hold as many streams as the server takes; beyond, the handler refuses.
+            ("grpc.server.max_pending_requests", self._xds.max_streams),
+            ("grpc.server.max_pending_requests_hard_limit", self._xds.max_streams),
         ]
         if self._keepalive is not None:
             # Ping every client and drop its connection when a ping goes unanswered: a client that
@@ -190,7 +214,7 @@ class ControlPlane:
                 ("grpc.http2.max_pings_without_data", 0),  # idle ADS streams carry no data for long
                 ("grpc.http2.ping_timeout_ms", max(1, int(timeout * 1000))),
             ]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options + self._grpc_options)
         server.add_generic_rpc_handlers(self._xds.handlers())
         target = f"{self.host}:{self._requested_port}" if ":" not in self.host else f"[{self.host}]:{self._requested_port}"
         try:

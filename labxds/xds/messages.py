@@ -196,6 +196,13 @@ def _from_dict(data: Mapping[str, Any], where: str) -> message.Message:
         raise ResourceError(f'a nested "@type": {exc}', where=label) from None
     except json_format.ParseError as exc:
         raise ResourceError(_explain_parse_error(str(exc)), where=label) from None
+    except RecursionError:
+        raise ResourceError("nested too deeply", where=label) from None
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        # json_format trips over some wrong kinds of value instead of saying so (a list as a
+        # nested "@type": 'list' object has no attribute 'split'); found by fuzzing snapshot files.
+        raise ResourceError(f"a value of the wrong kind somewhere in it ({type(exc).__name__}: {exc}); "
+                            'is a nested "@type" or a field that holds a message something else?', where=label) from None
     return msg
 
 

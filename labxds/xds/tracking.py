@@ -36,6 +36,10 @@ __all__ = ["NodeStatus", "PushRejected", "PushTimeout", "Tracker", "TypeStatus"]
 
 log = logging.getLogger("labxds")
 
+#: NACKed versions remembered per node and type (rule 4 holds for each of them).
+REFUSED_KEPT = 32
+
+
 def remover(callbacks: list[Any], callback: Any) -> Callable[[], None]:
     """A function that unregisters ``callback``; calling it again does nothing (widgets and
     workshops unhook on close and on stop, in either order)."""
@@ -83,6 +87,9 @@ class TypeStatus:
     nacked_version: str | None = None
     nack_error: str | None = None
     nacked_at: float | None = None
+    #: Versions this node NACKed -> Envoy's error (the last REFUSED_KEPT, oldest first): never
+    #: sent to it again (rule 4).
+    refused: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -229,37 +236,65 @@ class Tracker:
     def settled(self, node_id: str, stream: int, snapshot: object | None) -> None:
         """A stream says it has nothing left to send and everything sent is acknowledged."""
         with self._cond:
-            streams = self._settled.setdefault(node_id, {})
-            if snapshot is None:
-                streams.pop(stream, None)
-            else:
-                streams[stream] = snapshot
-            self._changed(node_id)
+            self._settle(node_id, stream, snapshot)
+
+    def _settle(self, node_id: str, stream: int, snapshot: object | None) -> None:
+        streams = self._settled.get(node_id)
+        if snapshot is None:
+            if streams is None or streams.pop(stream, None) is None:
+                return  # it was not settled and is not now: nobody needs to look again
+        else:
+            if streams is None:
+                streams = self._settled[node_id] = {}
+            if streams.get(stream) is snapshot:
+                return  # settled on the same snapshot as before: nothing changed
+            streams[stream] = snapshot
+        self._changed(node_id)
 
     def _changed(self, node_id: str) -> None:
-        for dirty in self._waiters:
-            dirty.add(node_id)
-        self._cond.notify_all()
+        if self._waiters:  # only a waiting push looks at changes
+            for dirty in self._waiters:
+                dirty.add(node_id)
+            self._cond.notify_all()
 
     # -- protocol events --------------------------------------------------------------------
 
     def record(self, event: TraceEvent) -> None:
         with self._cond:
-            node = self._nodes.setdefault(event.node, NodeStatus(event.node))
-            node.last_seen = event.time
-            st = node.type(event.type_url)
-            if event.kind == "response":
-                st.sent_version, st.sent_at = event.version, event.time
-            elif event.kind == "ACK":
-                st.acked_version, st.acked_at = event.version, event.time
-            elif event.kind == "NACK":
-                st.nacked_version, st.nack_error, st.nacked_at = event.version, event.error, event.time
-            q = self._trace.get(event.node)
-            if q is None:
-                q = self._trace[event.node] = deque(maxlen=self._trace_size)
-            q.append(event)
-            if event.kind == "NACK":  # a waiting push fails now; other events settle through settled()
-                self._changed(event.node)
+            self._record(event)
+
+    def commit(self, node_id: str, stream: int, events: list[TraceEvent], snapshot: object | None) -> None:
+        """A stream's round: its trace events and whether it settled (see settled()), under one
+        acquisition of the lock rather than one per event (a push to 10,000 streams)."""
+        with self._cond:
+            for event in events:
+                self._record(event)
+            self._settle(node_id, stream, snapshot)
+
+    def _record(self, event: TraceEvent) -> None:
+        node = self._nodes.get(event.node)
+        if node is None:
+            node = self._nodes[event.node] = NodeStatus(event.node)
+        node.last_seen = event.time
+        st = node.type(event.type_url)
+        kind = event.kind
+        if kind == "response":
+            st.sent_version, st.sent_at = event.version, event.time
+        elif kind == "ACK":
+            st.acked_version, st.acked_at = event.version, event.time
+        elif kind == "NACK":
+            st.nacked_version, st.nack_error, st.nacked_at = event.version, event.error, event.time
+            refused = st.refused
+            refused.pop(event.version, None)
+            refused[event.version] = event.error
+            while len(refused) > REFUSED_KEPT:
+                del refused[next(iter(refused))]
+        q = self._trace.get(event.node)
+        if q is None:
+            q = self._trace[event.node] = deque(maxlen=self._trace_size)
+        q.append(event)
+        if kind == "NACK":  # a waiting push fails now; other events settle through settled()
+            self._changed(event.node)
 
     def resumed(self, node_id: str, type_url: str, version: str) -> None:
         """``node_id`` reconnected holding ``version``, the one it is to run, so nothing is sent:
@@ -273,10 +308,19 @@ class Tracker:
             self._changed(node_id)
 
     def nacked_version(self, node_id: str, type_url: str) -> str | None:
-        with self._cond:
-            node = self._nodes.get(node_id)
-            st = node.types.get(type_url) if node else None
-            return st.nacked_version if st else None
+        """The version of ``type_url`` that ``node_id`` NACKed last (None if none)."""
+        # Read without the lock: one reference read each, atomic in CPython, and asked by every
+        # stream on every round.
+        node = self._nodes.get(node_id)
+        st = node.types.get(type_url) if node is not None else None
+        return st.nacked_version if st is not None else None
+
+    def has_refused(self, node_id: str, type_url: str, version: str) -> bool:
+        """Whether ``node_id`` NACKed ``version`` of ``type_url`` (one of its last REFUSED_KEPT NACKed
+        versions): rule 4, that version is never sent to it again. Lock-free, as nacked_version."""
+        node = self._nodes.get(node_id)
+        st = node.types.get(type_url) if node is not None else None
+        return st is not None and version in st.refused
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -364,8 +408,9 @@ class Tracker:
                         node = self._nodes.get(node_id)
                         if node is not None:
                             for url, st in node.types.items():
-                                if _rejects(st, versions.get(url), since):
-                                    errors[(node_id, url)] = st.nack_error or ""
+                                version = versions.get(url)
+                                if _rejects(st, version, since):
+                                    errors[(node_id, url)] = st.refused.get(version or "", st.nack_error or "")
                         if current(node_id) is not snapshot or self._node_settled(node_id, snapshot):
                             remaining.discard(node_id)
                     dirty.clear()
@@ -398,24 +443,30 @@ class Tracker:
             node = self._nodes.get(node_id)
             if node is None:
                 return {}
-            return {url: st.nack_error or "" for url, st in node.types.items()
-                    if _refuses(st, versions.get(url))}  # fmt: skip
+            return {url: st.refused.get(versions.get(url) or "", st.nack_error or "")
+                    for url, st in node.types.items() if _refuses(st, versions.get(url))}  # fmt: skip
 
     def wait_connected(self, node_id: str | None, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
-                connected = sorted(n for n, s in self._nodes.items() if s.streams > 0)
-                if node_id is None and connected:
-                    return connected[0]
-                if node_id is not None and node_id in connected:
-                    return node_id
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    who = f"node {node_id!r}" if node_id else "no node"
-                    raise TimeoutError(f"{who} connected within {timeout:g}s" if node_id is None
-                                       else f"{who} did not connect within {timeout:g}s")
-                self._cond.wait(left)
+            changes: set[str] = set()  # registered as a waiter: streams opening notify
+            self._waiters.append(changes)
+            try:
+                while True:
+                    connected = sorted(n for n, s in self._nodes.items() if s.streams > 0)
+                    if node_id is None and connected:
+                        return connected[0]
+                    if node_id is not None and node_id in connected:
+                        return node_id
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        who = f"node {node_id!r}" if node_id else "no node"
+                        raise TimeoutError(f"{who} connected within {timeout:g}s" if node_id is None
+                                           else f"{who} did not connect within {timeout:g}s")
+                    changes.clear()
+                    self._cond.wait(left)
+            finally:
+                self._waiters.remove(changes)
 
     def _node_settled(self, node_id: str, snapshot: object) -> bool:
         node = self._nodes.get(node_id)
@@ -431,11 +482,12 @@ def _is_version_of(sent: str, version: str | None) -> bool:
 
 
 def _refuses(st: TypeStatus, version: str | None) -> bool:
-    """Whether the node's last word on exactly ``version`` is a NACK (an interim version's NACK
-    is about another state: see test_an_earlier_nack_of_the_interim_version_does_not_reject)."""
-    if version is None or st.nacked_version != version or st.nacked_at is None:
+    """Whether the node refused exactly ``version`` and has not run it since (an interim version's
+    NACK is about another state: see test_an_earlier_nack_of_the_interim_version_does_not_reject)."""
+    if version is None or version not in st.refused:
         return False
-    return not (st.acked_version == version and st.acked_at is not None and st.acked_at >= st.nacked_at)
+    return not (st.acked_version == version and st.acked_at is not None and st.nacked_at is not None
+                and st.acked_at >= st.nacked_at)
 
 
 def _rejects(st: TypeStatus, version: str | None, since: float) -> bool:

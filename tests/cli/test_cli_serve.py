@@ -218,6 +218,58 @@ def test_serve_refuses_to_start_on_bad_tls_files(tmp_path):
     assert run.returncode == 2 and "--tie-node-ids needs --tls" in run.stderr
 
 
+def _alias_bomb(depth: int = 8, width: int = 9) -> str:
+    """About 1 KB of YAML: each anchor a list of ``width`` aliases of the one before (9^8 values)."""
+    lines = ['a0: &a0 ["lol"]']
+    for i in range(1, depth + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    lines += [
+        "resources:",
+        '- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster',
+        "  name: bomb",
+        "  metadata: {filter_metadata: {x: {v: *a%d}}}" % depth,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once_the_last_good_snapshot_stays_and_sigterm_stops(tmp_path, serve_proc):
+    """Issue 17: anchors and aliases 8 deep x 9 made serve spin at 100 % CPU, grow past 700 MB and
+    ignore SIGTERM. Now the expansion is measured before it happens and refused."""
+    import grpc
+    from xds_client import ads_once
+
+    write_sandbox(tmp_path, version="1")
+    serve = serve_proc(tmp_path)
+    port = serve.serving_port()
+    bomb = _alias_bomb()
+    assert len(bomb) < 1024
+    t0 = time.monotonic()
+    atomic_write(tmp_path / "zz-bomb.yaml", bomb)
+    reported = serve.wait_stderr(r"zz-bomb\.yaml", timeout=10)
+    took = time.monotonic() - t0
+    print(f"\nalias bomb refused {took * 1000:.0f} ms after it was saved")
+    assert "refused: it expands to more than 5,000,000 values" in reported and "still serving" in reported
+    assert re.search(r"zz-bomb\.yaml:\d+: ", reported)  # file and line
+    assert took < 5
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = ads_once(channel, "after-the-bomb")
+    assert response.version_info == "1"  # the last good snapshot
+    t0 = time.monotonic()
+    assert serve.stop(signal.SIGTERM, timeout=15) == 0
+    assert time.monotonic() - t0 < 5
+
+
+def test_an_alias_bomb_at_startup_exits_2_at_once(tmp_path, serve_proc):
+    (tmp_path / "bomb.yaml").write_text(_alias_bomb())
+    t0 = time.monotonic()
+    serve = serve_proc(tmp_path)
+    assert serve.proc.wait(20) == 2
+    assert time.monotonic() - t0 < 10
+    time.sleep(0.1)
+    text = "\n".join(serve.stderr)
+    assert f"{tmp_path / 'bomb.yaml'}:" in text and "expands to more than" in text
+
+
 DYNAMIC_CONFIG_FS = REPO / "examples" / "dynamic-config-fs"
 
 

@@ -245,3 +245,14 @@ def test_unknown_nested_type_is_named_as_the_nested_one():
     text = str(info.value)
     assert "nested" in text and "HttpConnectionManagerx" in text
     assert f"@type {LISTENER!r}" not in text, "the listener's own @type is fine"
+
+
+def test_a_list_as_a_nested_type_is_a_resource_error_not_a_crash():
+    """Found by fuzzing snapshot files: protobuf's json_format raised AttributeError ('list'
+    object has no attribute 'split') for a nested "@type" that is a list; it escaped as a crash."""
+    listener = {
+        "@type": LISTENER, "name": "l0",
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {"@type": ["x"]}}]}],
+    }
+    with pytest.raises(ResourceError, match="wrong kind"):
+        to_message(listener, where="resource #0")

@@ -196,6 +196,45 @@ def test_rule13_nack_is_per_resource_and_never_resent(cp, connect):
     assert resources(r)["a"].virtual_hosts[0].routes[0].route.cluster == "z"
 
 
+def test_rule04_every_refused_version_of_a_resource_stays_refused(cp, connect):
+    """Found by the protocol's state machine (test_protocol_properties.py): a resource NACKed at
+    version y, then at z, then back to y's content, was sent at y again (only the last refused
+    version of each resource was remembered)."""
+    cp.set_snapshot(routes(("a", "x")))
+    c = connect()
+    c.send(ROUTE, ["a"])
+    c.ack(c.recv())
+    cp.set_snapshot(routes(("a", "y")))
+    c.nack(c.recv(), "y is bad")
+    connect.sync()
+    cp.set_snapshot(routes(("a", "z")))
+    c.nack(c.recv(), "z is bad")
+    connect.sync()
+    cp.set_snapshot(routes(("a", "y")))
+    c.expect_nothing()
+    cp.set_snapshot(routes(("a", "w")))
+    assert resources(c.recv())["a"].virtual_hosts[0].routes[0].route.cluster == "w"
+
+
+def test_rule13_a_resubscribed_resource_that_is_gone_is_removed(cp, connect):
+    """Found by the protocol's state machine: a client re-subscribes to a cluster it holds while
+    a response removing it is unanswered; the server forgot the client held it, so once the
+    snapshot no longer had it, its removal was never sent and the client kept it for good."""
+    cp.set_snapshot(clusters("c0", "c1"))
+    c = connect()
+    c.send(CLUSTER)  # wildcard
+    c.ack(c.recv())
+    cp.set_snapshot(clusters("c1", "c2"))
+    pending = c.recv()
+    assert names(pending) == ["c2"] and list(pending.removed_resources) == ["c0"]
+    c.send(CLUSTER, subscribe=["c2"])  # re-subscribed before answering
+    connect.sync()
+    cp.set_snapshot(clusters("c0", "c1"))
+    c.ack(pending)  # the client now holds c1 and c2
+    r = c.recv()
+    assert names(r) == ["c0"] and list(r.removed_resources) == ["c2"]
+
+
 def test_rule13_nack_of_a_removal_restores_it(cp, connect):
     cp.set_snapshot(clusters("a", "b"))
     c = connect()

@@ -196,6 +196,53 @@ def test_rule04_nacked_version_is_not_resent(cp, connect):
     assert sent == ["1", "2", "3"]
 
 
+def test_rule04_every_nacked_version_stays_refused_not_only_the_last(cp, connect):
+    """NACK version 2, NACK version 3, then the snapshot goes back to version 2's content: it used
+    to be sent again, because only the last NACKed version was remembered."""
+    cp.set_snapshot(web("1"))
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    cp.set_snapshot(web("2", timeout=2))
+    c.nack(c.recv(), "two is bad", last_good="1")
+    connect.sync()
+    cp.set_snapshot(web("3", timeout=3))
+    c.nack(c.recv(), "three is bad", last_good="1")
+    connect.sync()
+    cp.set_snapshot(web("2", timeout=2))
+    c.expect_nothing()
+    cp.set_snapshot(web("4", timeout=4))
+    assert c.recv().version_info == "4"
+    sent = [v for t, k, v in kinds(cp) if t == "CDS" and k == "response"]
+    assert sent == ["1", "2", "3", "4"]
+
+
+def test_rule12_a_reconnecting_client_keeps_its_clusters_until_its_routes_moved(cp, connect):
+    """Found by the protocol's state machine: a client reconnects saying it runs the clusters and
+    routes it last ACKed; meanwhile a cluster went and the route moved away from it. The new
+    stream asked for CDS first and got the cluster removed while the client's route still used it.
+    The server now remembers what the node last ACKed, and keeps the cluster until the route moved."""
+    old = Snapshot([static("c0"), static("c1"), route_configuration("r0", "c0")])
+    cp.set_snapshot(old)
+    c = connect()
+    c.ack(c.subscribe(CLUSTER))
+    c.ack(c.subscribe(ROUTE, ["r0"]))
+    connect.sync()
+    c.close()
+    new = Snapshot([static("c1"), route_configuration("r0", "c1")])
+    cp.set_snapshot(new)
+    again = connect()
+    again.send(CLUSTER, version=old.version(CLUSTER))
+    kept = again.recv()
+    assert kept.version_info == new.version(CLUSTER) + "+retained" and sorted(names(kept)) == ["c0", "c1"]
+    again.ack(kept)
+    again.send(ROUTE, ["r0"], version=old.version(ROUTE))
+    moved = again.recv()
+    assert resources(moved)["r0"].virtual_hosts[0].routes[0].route.cluster == "c1"
+    again.ack(moved, ["r0"])
+    final = again.recv()
+    assert final.version_info == new.version(CLUSTER) and names(final) == ["c1"]
+
+
 def test_rule04_nacked_version_not_resent_after_reconnect(cp, connect):
     cp.set_snapshot(web("1"))
     c = connect()

@@ -159,12 +159,26 @@ def test_wait_applied_raises_push_rejected_with_the_nack_text():
 
 def test_old_nacks_do_not_reject_a_new_push():
     tr = Tracker()
-    snap = _snap("5")
+    snap = _snap("6")
     tr.stream_opened("a", "c", "ua")
     tr.record(_ev("NACK", version="5", error="old", t=time.time() - 10))
     tr.record(_ev("NACK", version="4", error="other version"))
     with pytest.raises(PushTimeout):
         tr.wait_applied(snap, ["a"], 0.1, time.time() - 1, lambda n: snap)
+
+
+def test_every_refused_version_is_remembered_not_only_the_last():
+    """Rule 4 for each version a node NACKed, not only the last: NACK v1, NACK v2, back to v1's
+    content, and v1 used to be sent again. The push says so with v1's own error."""
+    tr = Tracker()
+    tr.stream_opened("a", "c", "ua")
+    tr.record(_ev("NACK", version="5", error="five is bad", t=time.time() - 10))
+    tr.record(_ev("NACK", version="4", error="four is bad"))
+    assert tr.has_refused("a", CLUSTER, "5") and tr.has_refused("a", CLUSTER, "4")
+    assert not tr.has_refused("a", CLUSTER, "6")
+    snap = _snap("5")
+    with pytest.raises(PushRejected, match="five is bad"):
+        tr.wait_applied(snap, ["a"], 1, time.time(), lambda n: snap)
 
 
 def test_an_earlier_nack_of_exactly_this_version_rejects_a_repush():

@@ -19,6 +19,7 @@ from ..resource_types import (
     order_key,
 )
 from ..snapshot import Entry, Snapshot
+from ..tracking import REFUSED_KEPT
 from .stream import (
     UNKNOWN,
     Stream,
@@ -33,6 +34,15 @@ __all__ = ["DeltaStream"]
 log = logging.getLogger("labxds")
 
 
+def _remember(refused: dict[str, dict[str, None]], name: str, version: str) -> None:
+    """Add ``version`` to what the node refused of ``name``, keeping the last REFUSED_KEPT."""
+    versions = refused.setdefault(name, {})
+    versions.pop(version, None)
+    versions[version] = None
+    while len(versions) > REFUSED_KEPT:
+        del versions[next(iter(versions))]
+
+
 @dataclass
 class _DeltaType:
     url: str
@@ -42,8 +52,10 @@ class _DeltaType:
     nonce: str = ""
     outstanding: bool = False
     pending: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-    nacked: dict[str, str] = field(default_factory=dict)  # name -> version the client refused
-    nacked_removals: dict[str, str] = field(default_factory=dict)  # name -> system version
+    # Rule 4, per resource: name -> the versions the node refused (the last REFUSED_KEPT), and
+    # name -> the system versions at which it refused the resource's removal.
+    nacked: dict[str, dict[str, None]] = field(default_factory=dict)
+    nacked_removals: dict[str, dict[str, None]] = field(default_factory=dict)
     system_version: str = ""
     acked: set[str] = field(default_factory=set)  # names the client has ACKed some version of
     beating: bool = False  # the unanswered response (nonce) is a heartbeat
@@ -74,8 +86,11 @@ class DeltaStream(Stream):
             if name == "*":
                 st.wildcard = True
             else:
-                if not first or name not in req.initial_resource_versions:
-                    st.known.pop(name, None)  # a re-subscribed resource is sent again
+                if (not first or name not in req.initial_resource_versions) and name in st.known:
+                    # A re-subscribed resource is sent again. The client still holds it: if it is
+                    # gone from the snapshot, its removal is announced (forgetting it, as this
+                    # did, left the client holding a removed cluster for good).
+                    st.known[name] = UNKNOWN
                 st.names.add(name)
         for name in req.resource_names_unsubscribe:
             if name == "*":
@@ -103,12 +118,12 @@ class DeltaStream(Stream):
                     # version the client runs is unknown, so any other version (a rollback
                     # included) is sent, and a later removal is announced.
                     st.known[name] = UNKNOWN
-                    st.nacked[name] = new
+                    _remember(st.nacked, name, new)
                 else:
                     if old is not None:
                         st.known[name] = old
                     # Rule 4 holds for removals too: the refused removal waits for a new version.
-                    st.nacked_removals[name] = st.system_version
+                    _remember(st.nacked_removals, name, st.system_version)
             self.trace("received", "NACK", url, st.system_version, req.response_nonce, subs, unsubs,
                        error=req.error_detail.message.strip())
         else:
@@ -129,11 +144,12 @@ class DeltaStream(Stream):
             candidates: Iterable[Entry] = entries.values()
         else:
             candidates = (entries[n] for n in sorted(st.names) if n in entries)
-        send = [e for e in candidates if st.known.get(e.name) != e.version and st.nacked.get(e.name) != e.version]
+        nacked = st.nacked
+        send = [e for e in candidates if st.known.get(e.name) != e.version and e.version not in nacked.get(e.name, ())]
         version = snap.version(url)
         removed = [
             n for n in st.known
-            if n not in entries and (st.wildcard or n in st.names) and st.nacked_removals.get(n) != version
+            if n not in entries and (st.wildcard or n in st.names) and version not in st.nacked_removals.get(n, ())
         ] if url not in REMOVED_WITH_PARENT else []
         if not send and not removed:
             return None

@@ -34,6 +34,7 @@ from ..resource_types import (
     RUNTIME,
     SECRET,
 )
+from ..snapshot import Entry
 from ..tracking import Tracker
 from .delta import DeltaStream
 from .sotw import SotwStream
@@ -91,6 +92,7 @@ class XdsServer:
         if sotw_heartbeat not in ("resend", "bare"):
             raise ValueError(f"sotw_heartbeat is 'resend' or 'bare', not {sotw_heartbeat!r}")
         self.sotw_heartbeat = sotw_heartbeat
+        self.max_streams: int | None = None  # more streams than this are refused (ControlPlane sets it)
         self.trust_reconnect_versions = trust_reconnect_versions
         self._control_plane = wire.control_plane(identifier)
         self._stream_ids = itertools.count(1)
@@ -101,7 +103,12 @@ class XdsServer:
         self._to_wake: list[Stream] = []
         # Delta: per node and type, the resource versions and removals the node refused. They
         # outlive the stream, so a reconnect does not bring a NACKed version back (rule 4).
-        self.delta_refused: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}
+        self.delta_refused: dict[tuple[str, str], tuple[dict[str, dict[str, None]], dict[str, dict[str, None]]]] = {}
+        # SotW: per node and type, the version it last ACKed and what that response held. A client
+        # that reconnects says which version it runs; knowing its resources keeps make-before-break
+        # (rule 12) when the next version removes some of them (found by the protocol's state
+        # machine: reconnect, NACK, then a cluster removed before the route that used it moved).
+        self.sotw_acked: dict[tuple[str, str], tuple[str, dict[str, Entry]]] = {}
         # SotW: per node and type, the last versions this server sent. Without
         # trust_reconnect_versions, a reconnecting client's version is taken as current only if
         # it is one of these: a label the client got from a control plane that ran before this one
@@ -113,6 +120,8 @@ class XdsServer:
         """The tracker forgot a long-disconnected node: so does the server."""
         for key in [k for k in self.delta_refused if k[0] == node_id]:
             del self.delta_refused[key]
+        for key in [k for k in self.sotw_acked if k[0] == node_id]:
+            del self.sotw_acked[key]
         for key in [k for k in self.sotw_issued if k[0] == node_id]:
             del self.sotw_issued[key]
 
@@ -181,6 +190,13 @@ class XdsServer:
             stream.queue_wake()
 
     async def _serve(self, kind: type[Stream], requests: AsyncIterator[Any], context: Any, type_url: str | None) -> None:
+        if self.max_streams is not None and len(self._streams) >= self.max_streams:
+            log.warning("labxds refused a stream: %d streams open, the most it holds", len(self._streams))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this control plane holds at most {self.max_streams} streams and has {len(self._streams)} open: "
+                "retry later, or raise ControlPlane(max_streams=...)",
+            )
         stream = kind(self, next(self._stream_ids), context, type_url)
         self._streams.add(stream)
         try:

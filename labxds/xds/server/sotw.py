@@ -90,6 +90,12 @@ class SotwStream(Stream):
             # A client that reconnects says which version it runs; _plan adopts it if current
             # and one this server sent it (rule 16).
             st.client_version = req.version_info
+            known = self.server.sotw_acked.get((self.node_id or "", url)) if first and req.version_info else None
+            if known is not None and known[0] == req.version_info:
+                # The version this node last ACKed: what it holds is known, current or not.
+                held = known[1] if st.wildcard else {n: e for n, e in known[1].items() if n in st.names}
+                st.sent = st.held = held
+                st.sent_version = st.held_version = req.version_info
             self.trace("received", "request", url, req.version_info, "", req.resource_names)
             return
         if st.beating:
@@ -106,6 +112,8 @@ class SotwStream(Stream):
                        req.resource_names, error=req.error_detail.message.strip())
         else:
             st.held, st.held_version = st.sent, st.sent_version
+            if st.held_version is not None:
+                self.server.sotw_acked[(self.node_id or "", url)] = (st.held_version, st.held)
             self.trace("received", "ACK", url, req.version_info, req.response_nonce, req.resource_names)
 
     @staticmethod
@@ -132,7 +140,7 @@ class SotwStream(Stream):
 
     def _refused(self, url: str, version: str) -> bool:
         # Rule 4: never send a version this node NACKed; wait for a newer one.
-        return self.server.tracker.nacked_version(self.node_id or "", url) == version
+        return self.server.tracker.has_refused(self.node_id or "", url, version)
 
     def _plan(self, url: str, snap: Snapshot) -> _Plan | None:
         """What this type should send now, or None if the client has (or refused) it all."""
@@ -168,6 +176,12 @@ class SotwStream(Stream):
             st = self.types.get(url)
             if st is not None and (st.outstanding or self._plan(url, snap) is not None):
                 return True
+            if st is None:
+                # Not asked for on this stream (yet: a reconnecting client asks for CDS first), but
+                # the node ACKed listeners or routes earlier that this snapshot changes.
+                known = self.server.sotw_acked.get((self.node_id or "", url))
+                if known is not None and known[0] != snap.version(url):
+                    return True
         rds = self.types.get(ROUTE)
         needed = needed_names(self.types[LISTENER].sent.values()) if LISTENER in self.types else set()
         return bool(needed) and (rds is None or not (rds.wildcard or needed <= rds.names))

@@ -111,6 +111,9 @@ class Stream:
         self.ttl = False  # the client supports resource TTLs (rule 14)
         self.fragile_ttl = False  # ... and is an Envoy known to crash when an RDS/EDS TTL runs out
         self._beat_timer: asyncio.TimerHandle | None = None
+        # This round's trace events, handed to the tracker with the round's outcome under one
+        # acquisition of its lock (a NACK is recorded at once: rule 4 reads it in the same round).
+        self._events: list[TraceEvent] = []
 
     # Called by the cache from any thread.
     def wake(self) -> None:
@@ -186,11 +189,18 @@ class Stream:
                 if self.ttl:
                     responses += self.heartbeats()
                     self._arm_heartbeats()
+                # Before the writes, so the trace shows a response before the client can answer it.
+                # A round that sends something leaves it unanswered: not settled either way.
+                events, self._events = self._events, []
+                tracker.commit(self.node_id, self.id, events, self.snapshot if self.is_settled() else None)
                 for response in responses:
                     await self.context.write(response)
-                tracker.settled(self.node_id, self.id, self.snapshot if self.is_settled() else None)
         finally:
             reader.cancel()
+            if self._events:
+                for event in self._events:
+                    tracker.record(event)
+                self._events = []
             if self._beat_timer is not None:
                 self._beat_timer.cancel()
             if self._unwatch is not None:
@@ -246,10 +256,12 @@ class Stream:
     def trace(self, direction: str, kind: str, url: str, version: str, nonce: str,
               resources: Iterable[str], removed: Iterable[str] = (), error: str = "") -> None:
         assert self.node_id is not None
-        self.server.tracker.record(TraceEvent(
-            time.time(), self.node_id, self.id, direction, kind, url, version, nonce,
-            tuple(resources), tuple(removed), error,
-        ))
+        event = TraceEvent(time.time(), self.node_id, self.id, direction, kind, url, version, nonce,
+                           tuple(resources), tuple(removed), error)
+        if kind == "NACK":
+            self.server.tracker.record(event)
+        else:
+            self._events.append(event)
 
     def next_nonce(self) -> str:
         self._nonce += 1
