@@ -168,8 +168,8 @@ def _target(where: Any, learner: str | None = None) -> Target:
 
 def _served(url: str, n: int, path: str) -> list[str]:
     """Who answered each of ``n`` requests through the learner's listener."""
-    return [str(r["served_by"]) if r["served_by"] else f"({r['error'] or _('no answer')})"
-            for r in send(url, n, path=path)]
+    nobody = _("no answer")
+    return [str(r["served_by"]) if r["served_by"] else f"({r['error'] or nobody})" for r in send(url, n, path=path)]
 
 
 def _routes_or_fail(admin: Any) -> list[dict[str, Any]]:

@@ -73,16 +73,20 @@ class Checked(CheckResult):
         title = f" {html.escape(self.title)}" if self.title else ""
         body = html.escape(self.detail)
         if self.hint and not self.passed:
-            body += f'<br><b>{html.escape(_("Hint:"))}</b> {html.escape(self.hint)}'
+            label = _("Hint:")
+            body += f"<br><b>{html.escape(label)}</b> {html.escape(self.hint)}"
         if self._verdict():
             body += f"<br><i>{html.escape(self._verdict())}</i>"
         return (f'<div style="border-left:4px solid {color};padding:2px 8px;margin:4px 0">'
                 f'<b style="color:{color}">{self.symbol} {html.escape(self.exercise)}{title}</b><br>{body}</div>')  # fmt: skip
 
     def __repr__(self) -> str:
-        text = f"{self.symbol} {self.exercise} {self.title}".rstrip() + (f": {self.detail}" if self.detail else "")
+        text = f"{self.symbol} {self.exercise} {self.title}".rstrip()
+        if self.detail:
+            text = _("{head}: {detail}").format(head=text, detail=self.detail)
         if self.hint and not self.passed:
-            text += f"\n  {_('Hint:')} {self.hint}"
+            label = _("Hint:")
+            text += f"\n  {label} {self.hint}"
         if self._verdict():
             text += f"\n  ({self._verdict()})"
         return text

@@ -413,7 +413,7 @@ def _sequence(lab: Any, since: float | int | None, *, last: int, node: str | Non
         y -= 0.42
     shown = _(title) if title else _("The xDS conversation (from the control plane's trace)")
     ax.text(0.15, height - 0.15, shown, fontsize=9, va="top", color=COLORS["request"])
-    return Diagram(_png(fig), title or "sequence", rows=rows, skipped=skipped)
+    return Diagram(_png(fig), shown if title else "sequence", rows=rows, skipped=skipped)
 
 
 def _reason(error: str) -> str:
