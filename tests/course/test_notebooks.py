@@ -120,6 +120,7 @@ def _kernel_env(**extra: str) -> dict[str, str]:
         "LABXDS_MODE": "local",
         "LABXDS_STRICT_CHECKS": "1",  # an exercise's check that fails on its solution fails the run
         "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+        "LABXDS_LANG": "en",  # the English notebooks in English, whatever JupyterLab's language here
         **extra,
     })  # fmt: skip
     return env
