@@ -7,6 +7,7 @@ notebook-ready. pandas is imported inside the functions so importing the package
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from ..envoy.config_dump import (
     route_rows,
     sandbox_endpoint,
 )
-from ..i18n import N_, _
+from ..i18n import N_, _, explain
 from ..lab.traffic import send
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "clusters_table",
+    "column_label",
     "curl",
     "endpoints_table",
     "listeners_table",
@@ -166,11 +168,17 @@ _LABELS = {
     "stream": N_("stream"), "direction": N_("direction"), "kind": N_("kind"), "version": N_("version"),
     "nonce": N_("nonce"), "resources": N_("resources"), "removed": N_("removed"), "value": N_("value"),
     "learner": N_("learner"), "exercise": N_("exercise"), "passed": N_("passed"), "detail": N_("detail"),
-    "hint": N_("hint"), "at": N_("at"),
+    "hint": N_("hint"), "at": N_("at"), "flags": N_("response flags"), "confirmed": N_("confirmed"),
+    "evidence": N_("control plane's evidence"), "connected": N_("connected"), "snapshot": N_("snapshot"),
+    "last_nack": N_("last NACK"), "nack_open": N_("NACK open"), "nack_at": N_("NACKed at"),
+    "progress": N_("progress"),
 }  # fmt: skip
 
+#: Columns whose values may be Envoy's own words: ``styled`` adds what the common ones mean.
+_ENVOY_WORDS = ("flags", "error_state", "nack_error", "last_nack")
 
-def _header(column: str) -> str:
+
+def column_label(column: str) -> str:
     """latency_ms -> "latency (ms)", x_request_id -> "x request id", in the learner's language."""
     for suffix, unit in _UNITS.items():
         if column.endswith(suffix):
@@ -198,11 +206,29 @@ def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) 
     import pandas as pd
 
     times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
-    headers = {c: _header(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
+    headers = {c: column_label(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
     view = df.rename(columns=headers)
     styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
     if times:
         styler = styler.format(_time_of_day, subset=[headers[c] for c in times])
+    notes = _explanations(df)
+    if notes:
+        caption = (html.escape(caption) + "<br>" if caption else "") + "<br>".join(
+            f'<span style="font-size:smaller;font-weight:normal">{html.escape(note)}</span>' for note in notes)
     if caption:
         styler = styler.set_caption(caption)
     return styler
+
+
+def _explanations(df: pd.DataFrame) -> list[str]:
+    """What Envoy's words in the table mean (response flags, NACK texts), in the learner's
+    language: Envoy's own texts stay in the cells as Envoy wrote them."""
+    notes: list[str] = []
+    for column in _ENVOY_WORDS:
+        if column not in df.columns:
+            continue
+        for value in df[column].dropna().unique():
+            meaning = explain(str(value))
+            if meaning and meaning not in notes:
+                notes.append(meaning)
+    return notes
