@@ -179,6 +179,11 @@ _LABELS = {
     "evidence": N_("control plane's evidence"), "connected": N_("connected"), "snapshot": N_("snapshot"),
     "last_nack": N_("last NACK"), "nack_open": N_("NACK open"), "nack_at": N_("NACKed at"),
     "progress": N_("progress"),
+    # the columns of lessons 6-9's own tables
+    "count": N_("count"), "protocol": N_("protocol"), "control plane": N_("control plane"),
+    "Envoy admin": N_("Envoy admin"), "bootstrap api_type": N_("bootstrap api_type"),
+    "resource": N_("resource"), "push": N_("push"), "resources carried": N_("resources carried"),
+    "clusters Envoy holds": N_("clusters Envoy holds"), "canary": N_("canary"), "failed": N_("failed"),
 }  # fmt: skip
 
 #: Columns whose values may be Envoy's own words: ``styled`` adds what the common ones mean.
@@ -205,16 +210,21 @@ def _time_of_day(value: Any) -> str:
     return value.strftime("%H:%M:%S.%f")[:-3]
 
 
-def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) -> Styler:
+def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, **values: Any) -> Styler:
     """A notebook-ready view: no index, units in headers, blanks instead of NaN.
 
     Timestamps (all UTC in labxds's tables) show as the time of day to the millisecond, with
-    "(UTC)" in their header.
+    "(UTC)" in their header. The caption is shown in the learner's language; ``values`` fill its
+    {placeholders} after translation (``styled(df, "the conversation for version {version}",
+    version=v)``), so a lesson's code stays the same in every language.
     """
     import pandas as pd
 
     if caption:  # the lessons' captions are in the catalogue (labxds/i18n/notebooks.py): shown translated
         caption = _(caption)
+        if values:
+            caption = caption.format(**values)
+
     times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
     headers = {c: column_label(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
     view = df.rename(columns=headers)

@@ -41,7 +41,7 @@ WORDS = {
     },
     "zh-CN": {
         "objectives": "**学习目标：**", "prerequisites": "**前置知识：**", "time": "**时长：**",
-        "minutes": r"\*\*时长：\*\*约 (\d+) 分钟", "recap": "## 小结", "under_the_hood": "**实现细节。**",
+        "minutes": r"\*\*时长：\*\*\s*约\s*(\d+)\s*分钟", "recap": "## 小结", "under_the_hood": "**实现细节。**",
         "implementation": ("event loop", "asyncio", "grpc.aio", "事件循环"),
     },
 }  # fmt: skip

@@ -28,10 +28,6 @@ ENGLISH = [p.name for p in zh_twins.english_notebooks()]
 #: English notebooks without their Chinese twin yet (helper zh-b: 06-09, then 10-14 and the
 #: workshop's). Take a name off when its twin lands; never add one back.
 PENDING: set[str] = {
-    "06_protocol.ipynb",
-    "07_sotw_vs_delta.ipynb",
-    "08_traffic_shifting.ipynb",
-    "09_ordering_and_warming.ipynb",
     "10_zero_downtime.ipynb",
     "11_resilience.ipynb",
     "12_proxyless_grpc.ipynb",
