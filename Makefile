@@ -110,14 +110,16 @@ lab: $(STAMP) $(CHP)
 	$(IN_VENV) $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
 
 # The Chinese course: JupyterLab's interface in Chinese (its own settings directory, so an English
-# `make lab` is not changed) and LABXDS_LANG for what the package prints.
+# `make lab` is not changed) and LABXDS_LANG for what the package prints. It serves notebooks/ and
+# opens notebooks/zh-CN/, so a Chinese lesson's link to an English one (a twin still being
+# translated) opens too.
 ZH_SETTINGS := .labxds/jupyterlab-zh/user-settings
 lab-zh: $(STAMP)
 	@test -d notebooks/zh-CN || { echo "notebooks/zh-CN/ is missing: run make lab-zh from the labxds repository" >&2; exit 1; }
 	@mkdir -p $(ZH_SETTINGS)/@jupyterlab/translation-extension
 	@echo '{"locale": "zh_CN"}' > $(ZH_SETTINGS)/@jupyterlab/translation-extension/plugin.jupyterlab-settings
-	@echo "在 notebooks/zh-CN/ 上启动中文界面的 JupyterLab：打开下面打印的 http://127.0.0.1:$(LAB_PORT)/lab?token=... 地址（按 Ctrl-C 停止）。"
-	$(IN_VENV) LABXDS_LANG=zh_CN JUPYTERLAB_SETTINGS_DIR="$(abspath $(ZH_SETTINGS))" $(BIN)/jupyter lab --notebook-dir=notebooks/zh-CN --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
+	@echo "启动中文界面的 JupyterLab，打开中文课程 notebooks/zh-CN/：在浏览器中打开下面打印的 http://127.0.0.1:$(LAB_PORT)/lab?token=... 地址（按 Ctrl-C 停止）。"
+	$(IN_VENV) LABXDS_LANG=zh_CN JUPYTERLAB_SETTINGS_DIR="$(abspath $(ZH_SETTINGS))" $(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.preferred_dir="$(abspath notebooks/zh-CN)" --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(LAB_ROOT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

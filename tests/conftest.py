@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from labxds import ControlPlane
+
+
+# The tests speak English unless one asks for Chinese (set_language, or LABXDS_LANG in a child's
+# environment): a developer's own LABXDS_LANG, or JupyterLab's interface in Chinese (which labxds
+# follows), must not turn the English tests' messages into Chinese.
+os.environ["LABXDS_LANG"] = "en"
 
 
 @pytest.fixture

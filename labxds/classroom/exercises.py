@@ -26,6 +26,7 @@ from typing import Any
 
 from ..envoy import EnvoyAdmin
 from ..envoy.config_dump import listener_rows, route_rows
+from ..i18n import N_, _
 from ..lab.traffic import send
 from ..xds.builders import SANDBOX_LISTENER, SANDBOX_ROUTE
 from ..xds.resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
@@ -75,25 +76,25 @@ class CheckResult:
         return self.passed and self.confirmed is False
 
     def __str__(self) -> str:
-        mark = "PASS" if self.passed else "FAIL"
+        mark = _("PASS") if self.passed else _("FAIL")
         text = f"{mark} {self.exercise} ({self.learner})"
         if self.detail:
             text += f": {self.detail}"
         if self.hint and not self.passed:
-            text += f"\nhint: {self.hint}"
+            text += "\n" + _("hint: {hint}").format(hint=self.hint)
         if self.evidence:
-            text += f"\ncontrol plane: {self.evidence}"
+            text += "\n" + _("control plane: {evidence}").format(evidence=self.evidence)
         return text
 
     def _repr_html_(self) -> str:
         import html
 
         color = "#1a7f37" if self.passed else "#cf222e"
-        hint = f"<br><b>hint:</b> {html.escape(self.hint)}" if self.hint and not self.passed else ""
+        hint = f"<br><b>{html.escape(_('hint'))}:</b> {html.escape(self.hint)}" if self.hint and not self.passed else ""
         if self.evidence:
-            hint += f"<br><b>control plane {self.mark}:</b> {html.escape(self.evidence)}"
+            hint += f"<br><b>{html.escape(_('control plane'))} {self.mark}:</b> {html.escape(self.evidence)}"
         return (f'<div style="border-left:4px solid {color};padding-left:8px"><b style="color:{color}">'
-                f'{"PASS" if self.passed else "FAIL"}</b> {html.escape(self.exercise)} '
+                f'{html.escape(_("PASS") if self.passed else _("FAIL"))}</b> {html.escape(self.exercise)} '
                 f"({html.escape(self.learner)}): {html.escape(self.detail)}{hint}</div>")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,8 +144,8 @@ class Target:
         """The learner's lab with a control plane of its own: what a course check pushes to."""
         lab = self.lab
         if lab is None or getattr(lab, "remote", None) is not None or getattr(lab, "control_plane", None) is None:
-            raise Fail("this check needs your own lab (labxds.Lab().start()), with its control plane",
-                       "run the lesson's first cell: lab = labxds.Lab().start()")
+            raise Fail(_("this check needs your own lab (labxds.Lab().start()), with its control plane"),
+                       _("run the lesson's first cell: lab = labxds.Lab().start()"))
         return lab
 
 
@@ -154,26 +155,27 @@ def _target(where: Any, learner: str | None = None) -> Target:
         return where
     if isinstance(where, Learner):
         if not where.admin_url:
-            raise ValueError(f"learner {where.name!r} announced no admin URL: run the check on their machine")
+            raise ValueError(_("learner '{name}' announced no admin URL: run the check on their machine").format(
+                name=where.name))
         return Target(learner or where.name, where.admin_url, where.listener_url)
     if isinstance(where, tuple) and len(where) == 2:
         return Target(learner or "learner", str(where[0]), str(where[1]))
     if hasattr(where, "admin_url") and hasattr(where, "listener_url"):
         return Target(learner or getattr(where, "node_id", None) or "learner", where.admin_url, where.listener_url,
                       lab=where)
-    raise TypeError(f"cannot check {where!r}: pass a Lab, a Learner or (admin_url, listener_url)")
+    raise TypeError(_("cannot check {where}: pass a Lab, a Learner or (admin_url, listener_url)").format(where=repr(where)))
 
 
 def _served(url: str, n: int, path: str) -> list[str]:
     """Who answered each of ``n`` requests through the learner's listener."""
-    return [str(r["served_by"]) if r["served_by"] else f"({r['error'] or 'no answer'})"
-            for r in send(url, n, path=path)]
+    nobody = _("no answer")
+    return [str(r["served_by"]) if r["served_by"] else f"({r['error'] or nobody})" for r in send(url, n, path=path)]
 
 
 def _routes_or_fail(admin: Any) -> list[dict[str, Any]]:
     rows = route_rows(admin)
     if not rows:
-        raise Fail("Envoy has no routes", "push a snapshot whose listener_0 uses a route configuration (local_route)")
+        raise Fail(_("Envoy has no routes"), _("push a snapshot whose listener_0 uses a route configuration (local_route)"))
     return rows
 
 
@@ -181,18 +183,18 @@ def _check_route_api(t: Target) -> str:
     with EnvoyAdmin(t.admin_url) as admin:
         table = _routes_or_fail(admin)
     if not any("prefix /api" in str(r["match"]) for r in table):
-        raise Fail("Envoy has no route matching the prefix /api",
-                   "add a route for the prefix /api to service2, e.g. routes({'/api': 'service2', '/': 'service1'})")
+        raise Fail(_("Envoy has no route matching the prefix /api"),
+                   _("add a route for the prefix /api to service2, e.g. routes({'/api': 'service2', '/': 'service1'})"))
     api = _served(t.listener_url, 4, "/api")
     if set(api) != {"service2"}:
-        raise Fail(f"GET /api was served by {', '.join(sorted(set(api)))}",
-                   "Envoy takes the first route that matches: put the /api route before the catch-all '/' "
-                   "route, and point it at the cluster of service2")
+        raise Fail(_("GET {path} was served by {who}").format(path="/api", who=", ".join(sorted(set(api)))),
+                   _("Envoy takes the first route that matches: put the /api route before the catch-all '/' "
+                     "route, and point it at the cluster of service2"))
     root = _served(t.listener_url, 2, "/")
     if set(root) != {"service1"}:
-        raise Fail(f"GET / was served by {', '.join(sorted(set(root)))}",
-                   "everything that is not /api should still go to service1 (a '/' route after /api)")
-    return "GET /api -> service2, GET / -> service1"
+        raise Fail(_("GET {path} was served by {who}").format(path="/", who=", ".join(sorted(set(root)))),
+                   _("everything that is not /api should still go to service1 (a '/' route after /api)"))
+    return _("GET /api -> service2, GET / -> service1")
 
 
 def _check_canary(t: Target) -> str:
@@ -200,22 +202,25 @@ def _check_canary(t: Target) -> str:
         table = _routes_or_fail(admin)
     splits = [str(r["cluster"]) for r in table if "%" in str(r["cluster"])]
     if not splits:
-        raise Fail(f"no route splits traffic (routes go to {', '.join(str(r['cluster']) for r in table)})",
-                   "a canary is one route with weighted clusters: canary({'service1': 90, 'service2': 10})")
+        raise Fail(_("no route splits traffic (routes go to {where})").format(
+            where=", ".join(str(r["cluster"]) for r in table)),
+            _("a canary is one route with weighted clusters: canary({'service1': 90, 'service2': 10})"))
     wanted = {"service1": 90.0, "service2": 10.0}
     parsed = [dict((part.rsplit(" ", 1)[0], float(part.rsplit(" ", 1)[1].rstrip("%"))) for part in s.split(", "))
               for s in splits]  # fmt: skip
     if not any(p.keys() == wanted.keys() and all(abs(p[k] - v) < 0.5 for k, v in wanted.items()) for p in parsed):
-        raise Fail(f"the route splits {splits[0]}",
-                   "send 90% to service1 and 10% to service2: weights={'service1': 90, 'service2': 10}")
+        raise Fail(_("the route splits {split}").format(split=splits[0]),
+                   _("send 90% to service1 and 10% to service2: weights={'service1': 90, 'service2': 10}"))
     served = _served(t.listener_url, 200, "/")
     share = served.count("service2") / len(served)
     others = sorted(set(served) - {"service1", "service2"})
     if others or not 0.03 <= share <= 0.22:
-        raise Fail(f"of 200 requests {share:.0%} reached service2" + (f", others: {others}" if others else ""),
-                   "the configuration says 90/10 but traffic does not follow it: is the split on the route "
-                   "that matches '/', and do both clusters have endpoints?")
-    return f"route splits 90/10; 200 requests: {share:.0%} to service2"
+        detail = _("of 200 requests {pct} reached service2").format(pct=f"{share:.0%}")
+        if others:
+            detail += _(", others: {others}").format(others=", ".join(others))
+        raise Fail(detail, _("the configuration says 90/10 but traffic does not follow it: is the split on the route "
+                             "that matches '/', and do both clusters have endpoints?"))
+    return _("route splits 90/10; 200 requests: {pct} to service2").format(pct=f"{share:.0%}")
 
 
 def _check_fix_nack(t: Target) -> str:
@@ -224,16 +229,18 @@ def _check_fix_nack(t: Target) -> str:
     errors = [r for r in mine if r["state"] == "error"]
     if errors:
         text = str(errors[0]["error_state"]).strip().splitlines()
-        raise Fail(f"Envoy rejected the last {SANDBOX_LISTENER}: {text[-1].lstrip(': ') if text else ''}",
-                   "read Envoy's error (in the dashboard or lab.listeners()): the HTTP connection manager "
-                   "needs a non-empty stat_prefix; push a fixed listener_0")
+        raise Fail(_("Envoy rejected the last {name}: {words}").format(
+            name=SANDBOX_LISTENER, words=text[-1].lstrip(": ") if text else ""),
+            _("read Envoy's error (in the dashboard or lab.listeners()): the HTTP connection manager "
+              "needs a non-empty stat_prefix; push a fixed listener_0"))
     if not any(r["state"] == "active" for r in mine):
-        raise Fail(f"Envoy has no active {SANDBOX_LISTENER}", "push a snapshot with a valid listener_0")
+        raise Fail(_("Envoy has no active {name}").format(name=SANDBOX_LISTENER),
+                   _("push a snapshot with a valid listener_0"))
     served = _served(t.listener_url, 2, "/")
     if not set(served) <= {"service1", "service2"}:
-        raise Fail(f"GET / answered {', '.join(sorted(set(served)))}",
-                   "listener_0 is accepted but requests fail: check its route configuration and clusters")
-    return f"{SANDBOX_LISTENER} accepted and serving ({served[0]})"
+        raise Fail(_("GET / answered {who}").format(who=", ".join(sorted(set(served)))),
+                   _("listener_0 is accepted but requests fail: check its route configuration and clusters"))
+    return _("{name} accepted and serving ({who})").format(name=SANDBOX_LISTENER, who=served[0])
 
 
 # -- what the control plane can confirm -----------------------------------------------------
@@ -261,9 +268,10 @@ def _route_target(config: Any, path: str) -> str | dict[str, float]:
             elif kind == "path":
                 hit = path == route.match.path
             else:
-                raise _CannotTell(f"a route matches by {kind}, which the control plane does not evaluate")
+                raise _CannotTell(_("a route matches by {kind}, which the control plane does not evaluate").format(
+                    kind=kind))
             if route.match.headers or route.match.query_parameters:
-                raise _CannotTell("a route matches on headers or query parameters")
+                raise _CannotTell(_("a route matches on headers or query parameters"))
             if not hit:
                 continue
             action = route.route
@@ -272,9 +280,9 @@ def _route_target(config: Any, path: str) -> str | dict[str, float]:
             if action.WhichOneof("cluster_specifier") == "weighted_clusters":
                 total = sum(c.weight.value for c in action.weighted_clusters.clusters) or 1
                 return {c.name: 100.0 * c.weight.value / total for c in action.weighted_clusters.clusters}
-            raise _CannotTell(f"the route for {path} is not a route to a cluster")
-        raise Fail(f"no route matches {path}", "")
-    raise Fail("the route configuration has no virtual host for every domain ('*')", "")
+            raise _CannotTell(_("the route for {path} is not a route to a cluster").format(path=path))
+        raise Fail(_("no route matches {path}").format(path=path), "")
+    raise Fail(_("the route configuration has no virtual host for every domain ('*')"), "")
 
 
 def _service_of(snapshot: Any, learner: Learner, cluster_name: str) -> str:
@@ -296,7 +304,7 @@ def _service_of(snapshot: Any, learner: Learner, cluster_name: str) -> str:
 def _routes_config(snapshot: Any) -> Any:
     config = snapshot.resources(ROUTE).get(SANDBOX_ROUTE)
     if config is None:
-        raise Fail(f"there is no route configuration {SANDBOX_ROUTE}", "")
+        raise Fail(_("there is no route configuration {name}").format(name=SANDBOX_ROUTE), "")
     return config
 
 
@@ -306,34 +314,35 @@ def _config_route_api(snapshot: Any, learner: Learner) -> str:
         target = _route_target(config, path)
         went = _describe_target(snapshot, learner, target)
         if went != wanted:
-            raise Fail(f"{path} goes to {went}", "")
-    return "sends /api to service2 and / to service1"
+            raise Fail(_("{path} goes to {where}").format(path=path, where=went), "")
+    return _("sends /api to service2 and / to service1")
 
 
 def _describe_target(snapshot: Any, learner: Learner, target: str | dict[str, float]) -> str:
     if isinstance(target, str):
         return _service_of(snapshot, learner, target)
-    return "a split: " + ", ".join(f"{_service_of(snapshot, learner, n)} {w:g}%" for n, w in target.items())
+    return _("a split: {shares}").format(
+        shares=", ".join(f"{_service_of(snapshot, learner, n)} {w:g}%" for n, w in target.items()))
 
 
 def _config_canary(snapshot: Any, learner: Learner) -> str:
     target = _route_target(_routes_config(snapshot), "/")
     if not isinstance(target, dict):
-        raise Fail(f"/ goes to {_describe_target(snapshot, learner, target)} alone, not split", "")
+        raise Fail(_("/ goes to {where} alone, not split").format(where=_describe_target(snapshot, learner, target)), "")
     shares: dict[str, float] = {}
     for name, share in target.items():
         service = _service_of(snapshot, learner, name)
         shares[service] = shares.get(service, 0.0) + share
     if not (abs(shares.get("service1", 0) - 90) < 0.5 and abs(shares.get("service2", 0) - 10) < 0.5):
         split = ", ".join(f"{k} {v:g}%" for k, v in sorted(shares.items()))
-        raise Fail(f"/ is split {split}", "")
-    return "splits / 90% to service1, 10% to service2"
+        raise Fail(_("/ is split {split}").format(split=split), "")
+    return _("splits / 90% to service1, 10% to service2")
 
 
 def _config_fix_nack(snapshot: Any, learner: Learner) -> str:
     if SANDBOX_LISTENER not in snapshot.resources(LISTENER):
-        raise Fail(f"there is no {SANDBOX_LISTENER}", "")
-    return f"has a {SANDBOX_LISTENER} (the refusal is over)"
+        raise Fail(_("there is no {name}").format(name=SANDBOX_LISTENER), "")
+    return _("has a {name} (the refusal is over)").format(name=SANDBOX_LISTENER)
 
 
 @dataclass(frozen=True)
@@ -384,28 +393,30 @@ class Exercise:
         ACKed a snapshot that does what the exercise asks, (False, why) when the snapshot does
         not or Envoy refused it, (None, why) when it cannot tell (Envoy away, not ACKed yet)."""
         if self.config_fn is None:
-            return None, "this exercise has no configuration the control plane can judge"
+            return None, _("this exercise has no configuration the control plane can judge")
         tracker = control_plane.tracker
         status = tracker.node(learner.name)
         if status is None or status.streams == 0:
-            return None, "the learner's Envoy is not connected to the control plane"
+            return None, _("the learner's Envoy is not connected to the control plane")
         snapshot = control_plane.snapshot(learner.name)
         if snapshot is None:
-            return None, "the control plane serves this learner no snapshot"
+            return None, _("the control plane serves this learner no snapshot")
         refused = tracker.refused(learner.name, snapshot)
         if refused:
             url, error = sorted(refused.items())[0]
             lines = [line for line in error.strip().splitlines() if line.strip()]
-            return False, f"Envoy refused the {short_name(url)} it was sent: {lines[-1].strip() if lines else 'NACK'}"
+            return False, _("Envoy refused the {type} it was sent: {words}").format(
+                type=short_name(url), words=lines[-1].strip() if lines else "NACK")
         if not tracker.applied(learner.name, snapshot):
-            return None, "the learner's Envoy has not ACKed its current snapshot yet"
+            return None, _("the learner's Envoy has not ACKed its current snapshot yet")
         for url in self.config_types:  # applied covers what Envoy asked for: did it ask for these?
             if status is None or url not in status.types or status.types[url].acked_version is None:
-                return None, f"the learner's Envoy never ACKed any {short_name(url)}: it does not use one"
+                return None, _("the learner's Envoy never ACKed any {type}: it does not use one").format(
+                    type=short_name(url))
         try:
-            return True, "Envoy ACKed a configuration that " + self.config_fn(snapshot, learner)
+            return True, _("Envoy ACKed a configuration that {does}").format(does=self.config_fn(snapshot, learner))
         except Fail as fail:
-            return False, f"in the configuration Envoy ACKed, {fail.detail}"
+            return False, _("in the configuration Envoy ACKed, {detail}").format(detail=fail.detail)
         except _CannotTell as exc:
             return None, str(exc)
 
@@ -415,16 +426,16 @@ class Exercise:
         try:
             target = _target(where, learner)
         except (TypeError, ValueError) as exc:
-            return CheckResult(self.key, learner or "learner", False, "check your own lab: check(key, lab, ...)", str(exc))
+            return CheckResult(self.key, learner or "learner", False, _("check your own lab: check(key, lab, ...)"), str(exc))
         try:
             detail = self.check_fn(target, *answers)
         except Fail as fail:
             return CheckResult(self.key, target.learner, False, fail.hint, fail.detail)
         except Exception as exc:  # Envoy unreachable, an answer the check did not foresee, ...
             return CheckResult(self.key, target.learner, False,
-                               "is your Envoy running, and its admin interface reachable? If it is, compare "
-                               "your answer's type and fields with the task.",
-                               f"could not check: {type(exc).__name__}: {exc}")  # fmt: skip
+                               _("is your Envoy running, and its admin interface reachable? If it is, compare "
+                                 "your answer's type and fields with the task."),
+                               _("could not check: {error}").format(error=f"{type(exc).__name__}: {exc}"))  # fmt: skip
         return CheckResult(self.key, target.learner, True, "", str(detail))
 
 
@@ -432,8 +443,8 @@ EXERCISES: dict[str, Exercise] = {
     e.key: e
     for e in (
         Exercise(
-            "route-api", "Send /api to service2",
-            "Requests to /api (and below) must be served by service2; everything else by service1.",
+            "route-api", N_("Send /api to service2"),
+            N_("Requests to /api (and below) must be served by service2; everything else by service1."),
             _check_route_api, start=sandbox("service1"),
             placeholder="pushed = None  # your routes, pushed to your Envoy: me.push(routes({...}))",
             solution='pushed = me.push(routes({"/api": "service2", "/": "service1"}))',
@@ -442,8 +453,8 @@ EXERCISES: dict[str, Exercise] = {
             config_fn=_config_route_api, config_types=(ROUTE,),
         ),
         Exercise(
-            "canary", "A 90/10 canary",
-            "Send 90% of the traffic to service1 and 10% to service2.",
+            "canary", N_("A 90/10 canary"),
+            N_("Send 90% of the traffic to service1 and 10% to service2."),
             _check_canary, start=routes({"/": "service1"}),
             placeholder="pushed = None  # a 90/10 split, pushed to your Envoy: me.push(canary({...}))",
             solution='pushed = me.push(canary({"service1": 90, "service2": 10}))',
@@ -452,9 +463,9 @@ EXERCISES: dict[str, Exercise] = {
             config_fn=_config_canary, config_types=(ROUTE,),
         ),
         Exercise(
-            "fix-nack", "Fix this NACKed listener",
-            "The instructor pushed a listener_0 that Envoy refused (a NACK). Read Envoy's error and push a "
-            "listener_0 it accepts.",
+            "fix-nack", N_("Fix this NACKed listener"),
+            N_("The instructor pushed a listener_0 that Envoy refused (a NACK). Read Envoy's error and push a "
+               "listener_0 it accepts."),
             _check_fix_nack, start=broken_listener(),
             placeholder="pushed = None  # a listener_0 Envoy accepts, pushed with me.push(...)",
             solution='pushed = me.push(sandbox("service1"))',
@@ -491,7 +502,8 @@ def exercise(key: str) -> Exercise:
     except KeyError:
         lesson = key.split(".", 1)[0]
         near = [k for k in _REGISTRY if k.split(".", 1)[0] == lesson] or sorted(_REGISTRY, key=_order)
-        raise KeyError(f"no exercise {key!r}; there are: {', '.join(sorted(near, key=_order))}") from None
+        raise KeyError(_("no exercise '{key}'; there are: {keys}").format(
+            key=key, keys=", ".join(sorted(near, key=_order)))) from None
 
 
 def course_exercises(lesson: int | None = None) -> list[Exercise]:

@@ -17,6 +17,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from ..i18n import N_, _
+
 __all__ = ["CONFIG_SECTIONS", "JqError", "configs_index", "jq", "run_jq"]
 
 _TOKEN = re.compile(r'\s*(?:\.\s*"((?:[^"\\]|\\.)*)"|\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*(-?\d+)?\s*\]|\[\s*"((?:[^"\\]|\\.)*)"\s*\]|(\.))')
@@ -37,7 +39,8 @@ def _steps(path: str) -> list[tuple[str, Any]]:
     while pos < len(path):
         m = _TOKEN.match(path, pos)
         if m is None or m.end() == pos:
-            raise JqError(f"cannot read the jq path {path!r} at {path[pos:]!r}: use .field, .\"field\", [n], [] and |")
+            raise JqError(_('cannot read the jq path {path} at {rest}: use .field, ."field", [n], [] and |').format(
+                path=repr(path), rest=repr(path[pos:])))
         quoted, bare, index, bracketed, dot = m.groups()
         if quoted is not None or bracketed is not None:
             steps.append(("field", json.loads(f'"{quoted if quoted is not None else bracketed}"')))
@@ -105,7 +108,7 @@ def _function(value: Any, name: str) -> Any:
         if isinstance(value, (int, float)):
             return abs(value)
         raise JqError(f"{_jq_type(value)} has no length")
-    raise JqError(f"this small jq knows keys and length, not {name!r}")
+    raise JqError(_("this small jq knows keys and length, not {name}").format(name=repr(name)))
 
 
 def jq(data: Any, path: str) -> Any:
@@ -133,16 +136,17 @@ def run_jq(data: Any, path: str, *, timeout: float = 10.0) -> str | None:
     return done.stdout
 
 
-#: What each section of /config_dump holds, by the last part of its "@type".
+#: What each section of /config_dump holds, by the last part of its "@type" (in English;
+#: ``configs_index`` says it in the learner's language).
 CONFIG_SECTIONS = {
-    "BootstrapConfigDump": "the bootstrap Envoy started with (envoy.yaml): node, admin, static clusters, where ADS is",
-    "ClustersConfigDump": "clusters: static ones from the bootstrap, dynamic ones from CDS (active and warming)",
-    "EndpointsConfigDump": "endpoints of every cluster (only with ?include_eds)",
-    "ListenersConfigDump": "listeners from LDS: active, warming, draining, and rejected updates (error_state)",
-    "ScopedRoutesConfigDump": "scoped route configurations (Envoy lists it once it has an HTTP listener)",
-    "RoutesConfigDump": "route configurations: inline ones and those from RDS",
-    "SecretsConfigDump": "TLS certificates and keys: static ones and those from SDS",
-    "EcdsConfigDump": "filter configurations from the extension config discovery service (ECDS)",
+    "BootstrapConfigDump": N_("the bootstrap Envoy started with (envoy.yaml): node, admin, static clusters, where ADS is"),
+    "ClustersConfigDump": N_("clusters: static ones from the bootstrap, dynamic ones from CDS (active and warming)"),
+    "EndpointsConfigDump": N_("endpoints of every cluster (only with ?include_eds)"),
+    "ListenersConfigDump": N_("listeners from LDS: active, warming, draining, and rejected updates (error_state)"),
+    "ScopedRoutesConfigDump": N_("scoped route configurations (Envoy lists it once it has an HTTP listener)"),
+    "RoutesConfigDump": N_("route configurations: inline ones and those from RDS"),
+    "SecretsConfigDump": N_("TLS certificates and keys: static ones and those from SDS"),
+    "EcdsConfigDump": N_("filter configurations from the extension config discovery service (ECDS)"),
 }
 
 
@@ -156,8 +160,8 @@ def configs_index(dump: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows.append({
             "index": i,
             "type": kind,
-            "holds": CONFIG_SECTIONS.get(kind, ""),
-            "lists": ", ".join(lists) or "(empty)",
+            "holds": _(CONFIG_SECTIONS[kind]) if kind in CONFIG_SECTIONS else "",
+            "lists": ", ".join(lists) or _("(empty)"),
             "jq": f".configs[{i}]",
         })  # fmt: skip
     return rows

@@ -120,15 +120,42 @@ _ENVOY_TEXTS: tuple[tuple[re.Pattern[str], str], ...] = (
      N_("A route names a cluster Envoy does not have: push the cluster first, or fix the name.")),
     (re.compile(r"cannot bind|Address already in use|bind\(\)", re.I),
      N_("The listener's port is already taken on this machine (by Envoy's admin port or another program).")),
-    (re.compile(r"Proto constraint validation failed", re.I),
-     N_("A field breaks a rule of Envoy's API (for example a value out of range or a required field left empty)."
-        )),
     (re.compile(r"no healthy upstream", re.I),
      N_("The cluster has no endpoint Envoy considers healthy: check the endpoints and their health checks.")),
     (re.compile(r"upstream connect error|connection refused", re.I),
      N_("Envoy could not connect to the upstream: is the service running, on that address and port?")),
+    (re.compile(r"has duplicate address", re.I),
+     N_("Two listeners want the same address and port: give the new listener a port of its own "
+        "(lab.spare_port() gives one).")),
     (re.compile(r"duplicate (listener|cluster|route)", re.I),
      N_("Two resources of one type have the same name in one update: names must be unique.")),
+    (re.compile(r"Invalid duration|Expected positive duration", re.I),
+     N_("A duration (a timeout, say) is negative: Envoy refuses it, and the whole update of that type with it.")),
+    (re.compile(r"Sum of weights in the weighted_cluster", re.I),
+     N_("The weights of a weighted_clusters route add up to 0: give at least one cluster a positive weight.")),
+    (re.compile(r"\"path_specifier\", reason: is required", re.I),
+     N_("A route's match needs a path: a prefix, a path or a safe_regex (\"prefix\": \"/\" matches every request).")),
+    (re.compile(r"Only a single wildcard domain", re.I),
+     N_("Two virtual hosts of one route configuration both claim every domain (\"*\"): only one may.")),
+    (re.compile(r"Didn't find a registered implementation", re.I),
+     N_("A filter or extension names a type this Envoy does not know: check the name and the typed_config's @type.")),
+    # the general case, after the particular ones above
+    (re.compile(r"Proto constraint validation failed", re.I),
+     N_("A field breaks a rule of Envoy's API (for example a value out of range or a required field left empty)."
+        )),
+    # Envoy's response flags (%RESPONSE_FLAGS%, the course's x-lab-response-flags header): upper case, whole.
+    (re.compile(r"(?<![\w-])NC(?![\w-])"),
+     N_("Response flag NC (no cluster): the route names a cluster Envoy does not have, or one still warming; "
+        "Envoy answers 503 itself.")),
+    (re.compile(r"(?<![\w-])UH(?![\w-])"),
+     N_("Response flag UH (no healthy upstream): the cluster exists but has no healthy endpoint, for example no "
+        "endpoints at all; Envoy answers 503 itself.")),
+    (re.compile(r"(?<![\w-])NR(?![\w-])"),
+     N_("Response flag NR (no route): no route matches the request, or the listener has no route configuration "
+        "yet; Envoy answers 404 itself.")),
+    (re.compile(r"(?<![\w-])UF(?![\w-])"),
+     N_("Response flag UF (upstream connection failure): Envoy could not connect to the endpoint it picked; "
+        "Envoy answers 503 itself.")),
 )
 
 

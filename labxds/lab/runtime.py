@@ -362,7 +362,8 @@ class LabRuntime:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {'running' if self.running else 'stopped'}: {self.listener_url} admin {self.admin_url}>"
+        said = _("running") if self.running else _("stopped")
+        return f"<{type(self).__name__} {said}: {self.listener_url} admin {self.admin_url}>"
 
     # -- where things are -------------------------------------------------------------------
 
@@ -419,23 +420,25 @@ class LabRuntime:
     def where(self) -> list[dict[str, Any]]:
         """What runs where: component, address, detail."""
         cp_row = (
-            {"component": "control plane (ADS)", "address": self.remote, "detail": "the instructor's"}
+            {"component": _("control plane (ADS)"), "address": self.remote, "detail": _("the instructor's")}
             if self.remote is not None
-            else {"component": "control plane (ADS)", "address": self.cp.address, "detail": "SotW and Delta, this kernel"}
+            else {"component": _("control plane (ADS)"), "address": self.cp.address,
+                  "detail": _("SotW and Delta, this kernel")}
         )
         rows = [
             cp_row,
-            {"component": "Envoy admin", "address": self.admin_url, "detail": f"node {self.node_id}"},
-            {"component": "Envoy listener", "address": self.listener_url, "detail": "listener_0, once pushed"},
+            {"component": _("Envoy admin"), "address": self.admin_url, "detail": _("node {node}").format(node=self.node_id)},
+            {"component": _("Envoy listener"), "address": self.listener_url, "detail": _("listener_0, once pushed")},
         ]
         for name in self.service_counts:
             for i, (host, port) in enumerate(self.endpoints(name)):
                 if self.mode.docker:  # the name the lab uses, the replica's own address beside it
                     upstream = "{}:{}".format(*self.upstream(name))
                     rows.append({"component": f"{name} #{i + 1}", "address": upstream,
-                                 "detail": f"echo service (compose service, {host})"})  # fmt: skip
+                                 "detail": _("echo service (compose service, {host})").format(host=host)})
                 else:
-                    rows.append({"component": f"{name} #{i + 1}", "address": f"{host}:{port}", "detail": "echo service"})
+                    rows.append({"component": f"{name} #{i + 1}", "address": f"{host}:{port}",
+                                 "detail": _("echo service")})
         return rows
 
     def spare_port(self, n: int = 1) -> int:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..classroom.exercises import CheckResult, Exercise
 from ..classroom.exercises import exercise as find_exercise
 from ..classroom.exercises import course_exercises
+from ..i18n import N_, _
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,24 +64,29 @@ class Checked(CheckResult):
         """What the workshop's control plane says of a reported result (empty outside a workshop)."""
         if not self.evidence:
             return ""
-        word = {True: "confirms", False: "contradicts", None: "cannot tell"}[self.confirmed]
-        return f"control plane {word}: {self.evidence}"
+        said = {True: N_("control plane confirms: {evidence}"), False: N_("control plane contradicts: {evidence}"),
+                None: N_("control plane cannot tell: {evidence}")}[self.confirmed]
+        return _(said).format(evidence=self.evidence)
 
     def _repr_html_(self) -> str:
         color = {"✓": "#1a7f37", "✗": "#cf222e", "⚠": "#9a6700"}[self.symbol]
         title = f" {html.escape(self.title)}" if self.title else ""
         body = html.escape(self.detail)
         if self.hint and not self.passed:
-            body += f'<br><b>Hint:</b> {html.escape(self.hint)}'
+            label = _("Hint:")
+            body += f"<br><b>{html.escape(label)}</b> {html.escape(self.hint)}"
         if self._verdict():
             body += f"<br><i>{html.escape(self._verdict())}</i>"
         return (f'<div style="border-left:4px solid {color};padding:2px 8px;margin:4px 0">'
                 f'<b style="color:{color}">{self.symbol} {html.escape(self.exercise)}{title}</b><br>{body}</div>')  # fmt: skip
 
     def __repr__(self) -> str:
-        text = f"{self.symbol} {self.exercise} {self.title}".rstrip() + (f": {self.detail}" if self.detail else "")
+        text = f"{self.symbol} {self.exercise} {self.title}".rstrip()
+        if self.detail:
+            text = _("{head}: {detail}").format(head=text, detail=self.detail)
         if self.hint and not self.passed:
-            text += f"\n  Hint: {self.hint}"
+            label = _("Hint:")
+            text += f"\n  {label} {self.hint}"
         if self._verdict():
             text += f"\n  ({self._verdict()})"
         return text
@@ -126,14 +132,14 @@ def check(key: str, lab: Any, *answers: Any) -> Checked:
     try:
         ex = find_exercise(key)
     except KeyError as exc:
-        result = Checked(key, _learner(lab), False, "check('2.1', lab, answer): the key is the exercise's number",
+        result = Checked(key, _learner(lab), False, _("check('2.1', lab, answer): the key is the exercise's number"),
                          str(exc.args[0]))  # fmt: skip
     else:
         if hasattr(lab, "report") and hasattr(lab, "lab"):  # a workshop's LearnerSession: check and report
             raw = lab.check(key)
         else:
             raw = ex.check(lab, *answers)
-        result = Checked(**asdict(raw), title=ex.title)
+        result = Checked(**asdict(raw), title=_(ex.title))
     ip = _ipython()
     if ip is not None:
         result = Checked(**{**asdict(result), "shown_in": ip.execution_count})
@@ -179,7 +185,8 @@ def solve(key: str, lab: Any, ns: dict[str, Any] | None = None) -> Any:
         ns.update({k: v for k, v in namespace(lab).items() if k == "labxds"})
     if ip is not None:
         markdown = importlib.import_module("IPython.display").Markdown
-        _show(markdown(f"**Solution of {key}, {ex.title}:**\n\n```python\n{ex.solution}\n```"))
+        heading = _("Solution of {key}, {title}:").format(key=key, title=_(ex.title))
+        _show(markdown(f"**{heading}**\n\n```python\n{ex.solution}\n```"))
     run_code(ex.solution, ns, where=f"<{key} solution>")
     values = answers_of(ex, ns)
     check(key, lab, *values)
@@ -187,8 +194,8 @@ def solve(key: str, lab: Any, ns: dict[str, Any] | None = None) -> Any:
 
 
 def exercises(lesson: int | None = None) -> pd.DataFrame:
-    """The course's exercises (one lesson's with ``lesson``): key, title, task."""
+    """The course's exercises (one lesson's with ``lesson``): key, title, task, in the learner's language."""
     import pandas as pd
 
-    rows = [{"key": e.key, "title": e.title, "task": e.task} for e in course_exercises(lesson)]
+    rows = [{"key": e.key, "title": _(e.title), "task": _(e.task)} for e in course_exercises(lesson)]
     return pd.DataFrame(rows, columns=["key", "title", "task"])

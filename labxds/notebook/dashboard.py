@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..i18n import _
+from ..i18n import N_, _
 from ..xds.resource_types import order_key, short_name
 from ..xds.tracking import PushRejected, PushTimeout
+from .tables import column_label
 from .widgets import LoopRefresher
 
 if TYPE_CHECKING:
@@ -53,14 +54,14 @@ def _by(column: str, ascending: bool = True) -> Callable[[pd.DataFrame], pd.Data
     return sort
 
 
-#: Sort choices: label -> function of the frame.
+#: Sort choices: label (English; the dropdown shows it in the learner's language) -> function of the frame.
 SORTS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
-    "learner": _by("learner"),
-    "connected since": _by("connected_since"),
-    "last seen": _by("last_seen", ascending=False),
-    "last NACK": lambda df: df.sort_values(["nack_open", "nack_at", "learner"], ascending=[False, False, True],
+    N_("learner"): _by("learner"),
+    N_("connected since"): _by("connected_since"),
+    N_("last seen"): _by("last_seen", ascending=False),
+    N_("last NACK"): lambda df: df.sort_values(["nack_open", "nack_at", "learner"], ascending=[False, False, True],
                                            na_position="last", kind="stable"),
-    "progress": lambda df: df.sort_values(["passed", "learner"], ascending=[False, True], kind="stable"),
+    N_("progress"): lambda df: df.sort_values(["passed", "learner"], ascending=[False, True], kind="stable"),
 }
 
 
@@ -105,7 +106,8 @@ class Dashboard:
         self.refresh_threads: set[int] = set()  # which threads redrew (tests check: only the kernel's)
         self.last_push: dict[str, Any] | None = None
         self.header = widgets.HTML()
-        self.sort = widgets.Dropdown(options=list(SORTS), value="learner", description=_("sort by"))
+        self.sort = widgets.Dropdown(options=[(_(label), label) for label in SORTS], value="learner",
+                                     description=_("sort by"))
         self.refresh_button = widgets.Button(description=_("refresh"), icon="refresh", layout=widgets.Layout(width="110px"))
         self.table = widgets.HTML()
         self.learners = widgets.SelectMultiple(options=[], description=_("learners"), rows=6)
@@ -184,6 +186,7 @@ class Dashboard:
         for t in TYPES:
             view[t] = view[t].map(lambda v: _clip(v, 8))
         view["last_nack"] = view["last_nack"].map(lambda v: _clip_middle(_one_line(v), 40, 110))
+        view = view.rename(columns={c: column_label(str(c)) for c in view.columns})
         body = view.to_html(index=False, escape=True, na_rep="", classes="labxds-dashboard", border=0)
         # one line per learner, however narrow the output area (JupyterLab's is): scroll sideways
         style = ("<style>.labxds-dashboard td,.labxds-dashboard th{padding:2px 8px;text-align:left;"
@@ -209,10 +212,11 @@ class Dashboard:
             self.snapshots.options = prepared
             if current in prepared:
                 self.snapshots.value = current
-        state = f"serving {html.escape(cp.address)}" if cp.running else "<b style='color:#cf222e'>STOPPED</b>"
+        state = (html.escape(_("serving {address}").format(address=cp.address)) if cp.running
+                 else f"<b style='color:#cf222e'>{html.escape(_('STOPPED'))}</b>")
         open_nacks = int(df["nack_open"].sum()) if not df.empty else 0
-        self.header.value = (f"control plane {state} | {int(df['connected'].sum()) if not df.empty else 0}"
-                             f"/{len(df)} learners connected | {open_nacks} open NACK(s)")  # fmt: skip
+        self.header.value = _("control plane {state} | {connected}/{n} learners connected | {nacks} open NACK(s)").format(
+            state=state, connected=int(df["connected"].sum()) if not df.empty else 0, n=len(df), nacks=open_nacks)
         self.table.value = self._table_html(df)
         self.refreshes += 1
 
@@ -222,7 +226,7 @@ class Dashboard:
         choice = self.snapshots.value
         outcome: dict[str, Any] = {"snapshot": choice, "learners": names, "ok": False, "error": None}
         if not names or choice is None:
-            outcome["error"] = "choose learners and a snapshot first"
+            outcome["error"] = _("choose learners and a snapshot first")
         else:
             try:
                 self.workshop.push(choice, names)
@@ -235,7 +239,7 @@ class Dashboard:
                 outcome["error"] = str(exc)
         self.last_push = outcome
         if outcome["ok"]:
-            text = f"pushed {html.escape(str(choice))} to {html.escape(', '.join(names))}: ACKed"
+            text = html.escape(_("pushed {snapshot} to {learners}: ACKed").format(snapshot=choice, learners=", ".join(names)))
             self.message.value = f"<span style='color:#1a7f37'>{text}</span>"
         else:
             self.message.value = f"<span style='color:#cf222e'>{html.escape(str(outcome['error']))}</span>"
@@ -256,7 +260,8 @@ class Dashboard:
         """Redraw after every workshop event, on ``loop`` (default: the kernel's running loop)."""
         if self.live:
             return
-        self._refresher.attach(loop, "create the dashboard in a notebook cell, pass loop=, or live=False and call refresh()")
+        self._refresher.attach(loop, _("create the dashboard in a notebook cell, pass loop=, or live=False and call "
+                                       "refresh()"))
         self._unhook = self.workshop.on_change(self._poke)
 
     def stop_live(self) -> None:

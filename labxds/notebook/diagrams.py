@@ -9,17 +9,28 @@ ACKs and NACKs, the control plane's responses, each with its type, version and n
 Both return a :class:`Diagram`, which a notebook shows as a PNG image (any notebook viewer shows
 it, GitHub's included) and which keeps what it drew (``.boxes``, ``.arrows``, ``.rows``), so
 tests can hold the drawing to the lab. matplotlib draws off-screen (no pyplot, no GUI).
+
+Labels are in the learner's language (:mod:`labxds.i18n`). Chinese needs a font with Han
+characters: the Noto Sans CJK font that requirements.txt installs (``noto-cjk-sans-otc``), or one
+the system has (Noto CJK, WenQuanYi, Source Han); without any, the labels stay in English rather
+than draw empty boxes.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..envoy.config_dump import endpoint_rows, listener_rows
+from ..i18n import N_, language
+from ..i18n import _ as translate
 
 __all__ = ["Arrow", "Box", "Diagram", "Message", "sequence", "sequence_model", "topology", "topology_model"]
 
@@ -77,21 +88,25 @@ class Message:
 
     @property
     def label(self) -> str:
-        parts = [f"{self.type} {self.kind}"]
+        parts = [_("{type} {kind}").format(type=self.type, kind=_(_KINDS.get(self.kind, self.kind)))]
         if self.version:
-            parts.append(f"version {self.version}")
+            parts.append(_("version {version}").format(version=self.version))
         elif self.kind == "request":
-            parts.append("no version yet")
+            parts.append(_("no version yet"))
         if self.nonce:
-            parts.append(f"nonce {self.nonce}")
+            parts.append(_("nonce {nonce}").format(nonce=self.nonce))
         text = " · ".join(parts)
         if self.resources and self.direction == "sent":
             text += f"  [{_short(self.resources, 48)}]"
         elif self.resources and self.kind == "request":
-            text += f"  (asks for {_short(self.resources, 40)})"
+            text += "  " + _("(asks for {names})").format(names=_short(self.resources, 40))
         if self.removed:
-            text += f"  removed: {_short(self.removed, 30)}"
+            text += "  " + _("removed: {names}").format(names=_short(self.removed, 30))
         return text
+
+
+#: The kinds of trace rows, as a label says them.
+_KINDS = {"request": N_("request"), "response": N_("response"), "ACK": N_("ACK"), "NACK": N_("NACK")}
 
 
 @dataclass
@@ -119,6 +134,61 @@ class Diagram:
 
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+#: Font families with Han characters, as fontconfig or the fonts' packages name them.
+_HAN_FAMILIES = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
+                 "Noto Sans CJK JP", "Droid Sans Fallback")
+
+
+@functools.cache
+def han_font() -> str | None:
+    """The family of a font with Han characters that matplotlib can use, or None.
+
+    The ``noto-cjk-sans-otc`` package's font is added to matplotlib's list first (it is not in
+    the system's fonts); otherwise a system font fontconfig knows.
+    """
+    from matplotlib import font_manager
+
+    try:
+        import noto_cjk_sans_otc  # type: ignore[import-not-found,unused-ignore]
+
+        font_manager.fontManager.addfont(str(noto_cjk_sans_otc.FONT_PATH))
+    except (ImportError, OSError, RuntimeError):
+        pass
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    return next((family for family in _HAN_FAMILIES if family in have), None)
+
+
+def _(message: str) -> str:
+    """``message`` in the learner's language, if the drawing can show it: English when the
+    language needs Han characters and no font has them."""
+    if language() != "en" and han_font() is None:
+        return message
+    return translate(message)
+
+
+@contextmanager
+def _fonts() -> Iterator[None]:
+    """matplotlib's fonts for the drawing: its usual one, then a Han font for Chinese labels.
+
+    The Han font has no bold face: matplotlib would log that it draws bold labels in its regular
+    weight (on stderr, in the notebook); that is expected, so it is not logged.
+    """
+    family = han_font() if language() != "en" else None
+    if family is None:
+        yield
+        return
+    import matplotlib
+
+    log = logging.getLogger("matplotlib.font_manager")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with matplotlib.rc_context({"font.family": ["DejaVu Sans", family]}):
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def _figure(width: float, height: float) -> Any:
@@ -169,22 +239,22 @@ def topology_model(lab: Any) -> tuple[list[Box], list[Arrow]]:
     except Exception:  # Envoy gone, or not started: draw what is known
         pass
     boxes = [
-        Box("you", "you (this notebook)", "curl, /config_dump", 0.3, 3.2),
-        Box("cp", "control plane (ADS)", f"{'the instructor' if remote else 'this kernel'} · {cp_address}", 0.3, 0.3,
-            active=bool(remote) or (control_plane is not None and control_plane.running)),
-        Box("envoy", "Envoy", f"node {node}", 4.1, 0.8, w=3.2, h=3.8, active=running),
-        Box("admin", "admin interface", lab.admin_url.split("//", 1)[-1], 4.4, 3.05, active=running),
+        Box("you", _("you (this notebook)"), "curl, /config_dump", 0.3, 3.2),
+        Box("cp", _("control plane (ADS)"), (_("the instructor") if remote else _("this kernel")) + f" · {cp_address}",
+            0.3, 0.3, active=bool(remote) or (control_plane is not None and control_plane.running)),
+        Box("envoy", "Envoy", _("node {node}").format(node=node), 4.1, 0.8, w=3.2, h=3.8, active=running),
+        Box("admin", _("admin interface"), lab.admin_url.split("//", 1)[-1], 4.4, 3.05, active=running),
     ]
     if listeners:
         text = ", ".join(f"{r['name']} :{r['port']}" for r in listeners)
-        boxes.append(Box("listener", "listeners", _short(text, 34), 4.4, 1.6))
+        boxes.append(Box("listener", _("listeners"), _short(text, 34), 4.4, 1.6))
     else:
-        boxes.append(Box("listener", "listener", f"none yet (port {lab.listener_port} closed)", 4.4, 1.6,
-                         active=False))
+        boxes.append(Box("listener", _("listener"), _("none yet (port {port} closed)").format(port=lab.listener_port),
+                         4.4, 1.6, active=False))
     arrows = [
-        Arrow("you", "admin", "HTTP: admin API", active=running),
-        Arrow("you", "listener", "HTTP requests", active=bool(listeners)),
-        Arrow("envoy", "cp", "ADS stream (gRPC): Envoy connects" if connected else "ADS: not connected",
+        Arrow("you", "admin", _("HTTP: admin API"), active=running),
+        Arrow("you", "listener", _("HTTP requests"), active=bool(listeners)),
+        Arrow("envoy", "cp", _("ADS stream (gRPC): Envoy connects") if connected else _("ADS: not connected"),
               active=connected, color=COLORS["edge"] if connected else COLORS["NACK"]),
     ]
     services = _services_of(lab)
@@ -228,6 +298,11 @@ def _ends(arrow: Arrow, by_key: dict[str, Box]) -> tuple[tuple[float, float], tu
 
 def topology(lab: Any) -> Diagram:
     """The lab's processes, ports and connections, drawn from the running lab (a PNG image)."""
+    with _fonts():
+        return _topology(lab)
+
+
+def _topology(lab: Any) -> Diagram:
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     boxes, arrows = topology_model(lab)
@@ -254,7 +329,7 @@ def topology(lab: Any) -> Diagram:
             mx, my = start[0] + (end[0] - start[0]) * at, start[1] + (end[1] - start[1]) * at
             ax.text(mx, my + 0.06, arrow.label, ha="center", va="bottom", fontsize=8, color=color,
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.9})
-    title = f"The lab at {time.strftime('%H:%M:%S')}: solid = working now, dashed = not (yet)"
+    title = _("The lab at {time}: solid = working now, dashed = not (yet)").format(time=time.strftime("%H:%M:%S"))
     ax.text(0.3, 4.75, title, fontsize=9, color=COLORS["request"])
     return Diagram(_png(fig), "topology", boxes=boxes, arrows=arrows)
 
@@ -289,7 +364,13 @@ def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node
 
     Arrows right: Envoy's requests (grey), ACKs (green), NACKs (red, with Envoy's reason);
     arrows left: the control plane's responses (blue). A dashed line marks a new ADS stream.
+    ``title`` is shown in the learner's language when the catalogue has it (the lessons' titles).
     """
+    with _fonts():
+        return _sequence(lab, since, last=last, node=node, title=title)
+
+
+def _sequence(lab: Any, since: float | int | None, *, last: int, node: str | None, title: str | None) -> Diagram:
     rows, skipped = sequence_model(lab, since, last=last, node=node)
     node = node or getattr(lab, "node_id", None) or "?"
     height = 1.7 + 0.42 * max(1, len(rows)) + 0.25 * sum(1 for r in rows if r.kind == "NACK")
@@ -298,7 +379,7 @@ def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node
     ax.set_ylim(0, height)
     left, right = 2.2, 8.8
     top = height - 0.85
-    for x, name in ((left, f"Envoy (node {node})"), (right, "control plane (ADS)")):
+    for x, name in ((left, _("Envoy (node {node})").format(node=node)), (right, _("control plane (ADS)"))):
         ax.text(x, top + 0.2, name, ha="center", va="bottom", fontsize=11, fontweight="bold",
                 bbox={"facecolor": COLORS["box"], "edgecolor": COLORS["edge"], "boxstyle": "round,pad=0.3"})
         ax.plot([x, x], [0.2, top], color=COLORS["off"], linewidth=1, linestyle=(0, (2, 2)))
@@ -306,16 +387,16 @@ def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node
     start = rows[0].time if rows else 0.0
     stream = None
     if skipped:
-        ax.text(5.5, y + 0.15, f"... {skipped} earlier messages not shown", ha="center", fontsize=8,
+        ax.text(5.5, y + 0.15, _("... {n} earlier messages not shown").format(n=skipped), ha="center", fontsize=8,
                 color=COLORS["off"])
         y -= 0.3
     if not rows:
-        ax.text(5.5, y, "no xDS messages in this part of the trace", ha="center", fontsize=10, color=COLORS["off"])
+        ax.text(5.5, y, _("no xDS messages in this part of the trace"), ha="center", fontsize=10, color=COLORS["off"])
     for row in rows:
         if row.stream != stream:
             if stream is not None:
                 ax.plot([0.3, 10.7], [y + 0.22, y + 0.22], color=COLORS["stale"], linewidth=0.8, linestyle="--")
-            ax.text(10.75, y + 0.24, f"stream {row.stream}", ha="right", va="bottom", fontsize=7,
+            ax.text(10.75, y + 0.24, _("stream {n}").format(n=row.stream), ha="right", va="bottom", fontsize=7,
                     color=COLORS["stale"])
             stream = row.stream
         color = COLORS.get(row.kind, COLORS["request"])
@@ -330,9 +411,9 @@ def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node
                     style="italic")
             y -= 0.25
         y -= 0.42
-    ax.text(0.15, height - 0.15, title or "The xDS conversation (from the control plane's trace)", fontsize=9,
-            va="top", color=COLORS["request"])
-    return Diagram(_png(fig), title or "sequence", rows=rows, skipped=skipped)
+    shown = _(title) if title else _("The xDS conversation (from the control plane's trace)")
+    ax.text(0.15, height - 0.15, shown, fontsize=9, va="top", color=COLORS["request"])
+    return Diagram(_png(fig), shown if title else "sequence", rows=rows, skipped=skipped)
 
 
 def _reason(error: str) -> str:

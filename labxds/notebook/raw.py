@@ -15,6 +15,7 @@ from typing import Any
 
 from ..envoy import as_admin
 from ..envoy.jq import CONFIG_SECTIONS, JqError, configs_index, jq, run_jq
+from ..i18n import _
 from ..lab.traffic import exchange
 
 __all__ = [
@@ -84,7 +85,7 @@ def json_text(data: Any, max_lines: int | None = None) -> str:
     text = json.dumps(data, indent=2, ensure_ascii=False)
     lines = text.splitlines()
     if max_lines is not None and len(lines) > max_lines:
-        text = "\n".join(lines[:max_lines]) + f"\n... ({len(lines) - max_lines} more lines)"
+        text = "\n".join(lines[:max_lines]) + "\n... " + _("({n} more lines)").format(n=len(lines) - max_lines)
     return text
 
 

@@ -7,6 +7,7 @@ notebook-ready. pandas is imported inside the functions so importing the package
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from ..envoy.config_dump import (
     route_rows,
     sandbox_endpoint,
 )
-from ..i18n import N_, _
+from ..i18n import N_, _, explain
 from ..lab.traffic import send
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "clusters_table",
+    "column_label",
     "curl",
     "endpoints_table",
     "listeners_table",
@@ -151,6 +153,13 @@ def stats_table(admin: Any, filter: str | None = None, *, nonzero: bool = False)
 
 _UNITS = {"_ms": "ms", "_s": "s", "_bytes": "bytes", "_pct": "%"}
 
+#: Columns of the lessons' own tables (lab.where(), configs_index, the toggle's history, lesson 5's
+#: split), shown as words like those of _LABELS below.
+_LESSON_LABELS = {
+    "component": N_("component"), "index": N_("index"), "holds": N_("holds"), "lists": N_("lists"),
+    "upstream": N_("upstream"), "requests": N_("requests"), "policy": N_("policy"),
+}  # fmt: skip
+
 
 #: Column names shown as words in the learner's language (the frames keep their names for code).
 _LABELS = {
@@ -166,17 +175,29 @@ _LABELS = {
     "stream": N_("stream"), "direction": N_("direction"), "kind": N_("kind"), "version": N_("version"),
     "nonce": N_("nonce"), "resources": N_("resources"), "removed": N_("removed"), "value": N_("value"),
     "learner": N_("learner"), "exercise": N_("exercise"), "passed": N_("passed"), "detail": N_("detail"),
-    "hint": N_("hint"), "at": N_("at"),
+    "hint": N_("hint"), "at": N_("at"), "flags": N_("response flags"), "confirmed": N_("confirmed"),
+    "evidence": N_("control plane's evidence"), "connected": N_("connected"), "snapshot": N_("snapshot"),
+    "last_nack": N_("last NACK"), "nack_open": N_("NACK open"), "nack_at": N_("NACKed at"),
+    "progress": N_("progress"),
+    # the columns of lessons 6-9's own tables
+    "count": N_("count"), "protocol": N_("protocol"), "control plane": N_("control plane"),
+    "Envoy admin": N_("Envoy admin"), "bootstrap api_type": N_("bootstrap api_type"),
+    "resource": N_("resource"), "push": N_("push"), "resources carried": N_("resources carried"),
+    "clusters Envoy holds": N_("clusters Envoy holds"), "canary": N_("canary"), "failed": N_("failed"),
 }  # fmt: skip
 
+#: Columns whose values may be Envoy's own words: ``styled`` adds what the common ones mean.
+_ENVOY_WORDS = ("flags", "error_state", "nack_error", "last_nack")
 
-def _header(column: str) -> str:
+
+def column_label(column: str) -> str:
     """latency_ms -> "latency (ms)", x_request_id -> "x request id", in the learner's language."""
     for suffix, unit in _UNITS.items():
         if column.endswith(suffix):
             base = column.removesuffix(suffix)
             return f"{_(_LABELS[base]) if base in _LABELS else base.replace('_', ' ')} ({unit})"
-    return _(_LABELS[column]) if column in _LABELS else column.replace("_", " ")
+    label = _LABELS.get(column) or _LESSON_LABELS.get(column)
+    return _(label) if label else column.replace("_", " ")
 
 
 def _time_of_day(value: Any) -> str:
@@ -189,20 +210,45 @@ def _time_of_day(value: Any) -> str:
     return value.strftime("%H:%M:%S.%f")[:-3]
 
 
-def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1) -> Styler:
+def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, **values: Any) -> Styler:
     """A notebook-ready view: no index, units in headers, blanks instead of NaN.
 
     Timestamps (all UTC in labxds's tables) show as the time of day to the millisecond, with
-    "(UTC)" in their header.
+    "(UTC)" in their header. The caption is shown in the learner's language; ``values`` fill its
+    {placeholders} after translation (``styled(df, "the conversation for version {version}",
+    version=v)``), so a lesson's code stays the same in every language.
     """
     import pandas as pd
 
+    if caption:  # the lessons' captions are in the catalogue (labxds/i18n/notebooks.py): shown translated
+        caption = _(caption)
+        if values:
+            caption = caption.format(**values)
+
     times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
-    headers = {c: _header(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
+    headers = {c: column_label(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
     view = df.rename(columns=headers)
     styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
     if times:
         styler = styler.format(_time_of_day, subset=[headers[c] for c in times])
+    notes = _explanations(df)
+    if notes:
+        caption = (html.escape(caption) + "<br>" if caption else "") + "<br>".join(
+            f'<span style="font-size:smaller;font-weight:normal">{html.escape(note)}</span>' for note in notes)
     if caption:
         styler = styler.set_caption(caption)
     return styler
+
+
+def _explanations(df: pd.DataFrame) -> list[str]:
+    """What Envoy's words in the table mean (response flags, NACK texts), in the learner's
+    language: Envoy's own texts stay in the cells as Envoy wrote them."""
+    notes: list[str] = []
+    for column in _ENVOY_WORDS:
+        if column not in df.columns:
+            continue
+        for value in df[column].dropna().unique():
+            meaning = explain(str(value))
+            if meaning and meaning not in notes:
+                notes.append(meaning)
+    return notes

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..i18n import _
+from ..i18n import _, explain
 from ..xds.builders import (
     SANDBOX_CLUSTER,
     SANDBOX_LISTENER,
@@ -97,6 +97,13 @@ def _message(text: str, *, error: bool = False) -> str:
     return f'<div style="color:{color};font-family:monospace;white-space:pre-wrap">{html.escape(text)}</div>'
 
 
+def _not_applied(version: str, exc: Exception) -> str:
+    """A refused or unanswered push: Envoy's words, and what the common ones mean."""
+    text = _("version {version} not applied: {error}").format(version=version, error=exc)
+    meaning = explain(str(exc)) if isinstance(exc, PushRejected) else None
+    return f"{text}\n{meaning}" if meaning else text
+
+
 def _counts_html(counts: Mapping[str, int], total: int) -> str:
     """Horizontal CSS bars: readable without matplotlib and without a widget frontend."""
     rows = []
@@ -107,7 +114,8 @@ def _counts_html(counts: Mapping[str, int], total: int) -> str:
             f'<td style="width:300px"><div style="background:#4c72b0;height:12px;width:{pct:.1f}%"></div></td>'
             f'<td style="padding-left:8px;text-align:right">{count} ({pct:.0f} %)</td></tr>'
         )
-    return f'<table><caption>observed split over {total} requests</caption>{"".join(rows)}</table>'
+    caption = html.escape(_("observed split over {n} requests").format(n=total))
+    return f'<table><caption>{caption}</caption>{"".join(rows)}</table>'
 
 
 class _Displayed:
@@ -144,7 +152,7 @@ class UpstreamToggle(_Displayed):
         self.history: list[dict[str, Any]] = []
         self.buttons = widgets.ToggleButtons(
             options=list(choices), value=self._current(choices), description=_("upstream"),
-            tooltips=[f"send the sandbox's traffic to {c}" for c in choices],
+            tooltips=[_("send the sandbox's traffic to {upstream}").format(upstream=c) for c in choices],
         )  # fmt: skip
         self.status = widgets.HTML()
         self.table = widgets.HTML()
@@ -152,9 +160,10 @@ class UpstreamToggle(_Displayed):
         self.widget.add_class(self.css_class)
         self.buttons.observe(self._on_change, names="value")
         if self.buttons.value is None:
-            self.status.value = _message("Envoy has no sandbox snapshot from this lab yet: pick an upstream.")
+            self.status.value = _message(_("Envoy has no sandbox snapshot from this lab yet: pick an upstream."))
         else:
-            self.status.value = _message(f"serving {self.buttons.value} (pick the other one to push)")
+            self.status.value = _message(_("serving {upstream} (pick the other one to push)").format(
+                upstream=self.buttons.value))
 
     @property
     def value(self) -> str | None:
@@ -192,14 +201,14 @@ class UpstreamToggle(_Displayed):
     def push(self, upstream: str) -> bool:
         """Push the sandbox snapshot for ``upstream``, wait for the ACK, show the result."""
         version = next_version(self.lab)
-        self.status.value = _message(f"pushing version {version} ({upstream}) ...")
+        self.status.value = _message(_("pushing version {version} ({upstream}) ...").format(version=version, upstream=upstream))
         started = time.perf_counter()
         try:
             self.lab.push(self.lab.sandbox_snapshot(upstream, version=version))
         except (PushRejected, PushTimeout) as exc:
             self.last_error = exc
             self.history.append({"upstream": upstream, "version": version, "acked": False, "error": str(exc)})
-            self.status.value = _message(f"version {version} not applied: {exc}", error=True)
+            self.status.value = _message(_not_applied(version, exc), error=True)
             return False
         took_ms = (time.perf_counter() - started) * 1000
         self.last_error = None
@@ -207,10 +216,12 @@ class UpstreamToggle(_Displayed):
         self.served = self.lab.curl(self.requests)
         self.history.append({"upstream": upstream, "version": version, "acked": True, "error": None})
         per_type = ", ".join(f"{t} {v}" for t, v in acked_versions(self.lab).items())
-        self.status.value = _message(f"Envoy ACKed version {self.acked_version} in {took_ms:.0f} ms ({per_type})")
+        self.status.value = _message(_("Envoy ACKed version {version} in {ms} ms ({per_type})").format(
+            version=self.acked_version, ms=f"{took_ms:.0f}", per_type=per_type))
         self.table.value = _table_html(
             self.served[[c for c in _CURL_COLUMNS if c in self.served]],
-            f"{self.requests} requests to {self.lab.listener_url} after version {version}",
+            _("{n} requests to {url} after version {version}").format(
+                n=self.requests, url=self.lab.listener_url, version=version),
         )
         return True
 
@@ -227,7 +238,7 @@ def canary_snapshot(
     lab) and the compose service names.
     """
     if not 0 <= weight <= 100:
-        raise ValueError(f"canary weight {weight} is not a percentage (0-100)")
+        raise ValueError(_("canary weight {weight} is not a percentage (0-100)").format(weight=weight))
     return Snapshot(
         [
             cluster(stable, lab.endpoints(stable), type=cluster_type),
@@ -281,12 +292,13 @@ class CanarySlider(_Displayed):
 
     def push(self, weight: int) -> bool:
         version = next_version(self.lab)
-        self.status.value = _message(f"pushing version {version}: {self.canary} {weight} % ...")
+        self.status.value = _message(_("pushing version {version}: {canary} {weight} % ...").format(
+            version=version, canary=self.canary, weight=weight))
         try:
             self.lab.push(canary_snapshot(self.lab, self.stable, self.canary, weight, version))
         except (PushRejected, PushTimeout) as exc:
             self.last_error = exc
-            self.status.value = _message(f"version {version} not applied: {exc}", error=True)
+            self.status.value = _message(_not_applied(version, exc), error=True)
             return False
         self.last_error = None
         self.acked_version = newest_acked(self.lab)
@@ -298,7 +310,9 @@ class CanarySlider(_Displayed):
         self.counts = counts
         self.history.append({"weight": weight, "version": version, **counts})
         self.status.value = _message(
-            f"Envoy ACKed version {self.acked_version}: route {self.stable} {100 - weight} % / {self.canary} {weight} %"
+            _("Envoy ACKed version {version}: route {stable} {stable_weight} % / {canary} {weight} %").format(
+                version=self.acked_version, stable=self.stable, stable_weight=100 - weight, canary=self.canary,
+                weight=weight)
         )
         self.chart.value = _counts_html(counts, self.requests)
         return True
@@ -390,15 +404,16 @@ class StatusPanel(_Displayed):
     def refresh(self) -> None:
         cp = self.control_plane
         nodes = cp.tracker.connected()
-        state = f"serving {cp.address}" if cp.running else "STOPPED"
+        state = _("serving {address}").format(address=cp.address) if cp.running else _("STOPPED")
         self.header.value = _message(
-            f"control plane {state} | {len(nodes)} node(s) connected: {', '.join(nodes) or '-'}", error=not cp.running
+            _("control plane {state} | {n} node(s) connected: {nodes}").format(
+                state=state, n=len(nodes), nodes=", ".join(nodes) or "-"), error=not cp.running
         )
         frame = self.frame()
-        html_table = _table_html(frame, "per node and type: versions sent, ACKed and NACKed")
+        html_table = _table_html(frame, _("per node and type: versions sent, ACKed and NACKed"))
         nack = self.last_nack
         if nack is not None:
-            html_table += _message(f"last NACK: {nack['node']} {nack['type']} v{nack['version']}: {nack['error']}", error=True)
+            html_table += _message(_("last NACK: {node} {type} v{version}: {error}").format(**nack), error=True)
         self.table.value = html_table
         self.refreshes += 1
 
@@ -416,7 +431,7 @@ class StatusPanel(_Displayed):
         """Redraw after every stream and protocol event, on ``loop`` (default: the running one)."""
         if self.live:
             return
-        self._refresher.attach(loop, "create the panel in a notebook cell (or pass loop=)")
+        self._refresher.attach(loop, _("create the panel in a notebook cell (or pass loop=)"))
         for event in ("stream_open", "stream_close", "request", "response"):
             self._unhook.append(self.control_plane.on(event, self._refresher.poke))
 
@@ -449,7 +464,7 @@ class LoopRefresher:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                raise RuntimeError(f"live refresh needs the kernel's asyncio loop: {hint}") from None
+                raise RuntimeError(_("live refresh needs the kernel's asyncio loop: {hint}").format(hint=hint)) from None
         self.loop = loop
 
     def poke(self, *_: Any) -> None:

@@ -42,7 +42,7 @@ class ConsistencyError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("inconsistent snapshot: " + "; ".join(problems))
+        super().__init__(_("inconsistent snapshot: {problems}").format(problems="; ".join(problems)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,23 +376,24 @@ class Snapshot:
         routes = self.names(ROUTE)
         for name, c in self.resources(CLUSTER).items():
             if _is_eds(c) and _eds_name(c) not in endpoints:
-                problems.append(
-                    f"EDS cluster {name!r} has no ClusterLoadAssignment named {_eds_name(c)!r}"
-                )
+                problems.append(_("EDS cluster {name} has no ClusterLoadAssignment named {wanted}").format(
+                    name=repr(name), wanted=repr(_eds_name(c))))
         for lname, listener in self.resources(LISTENER).items():
             for hcm in _connection_managers(listener):
                 if hcm.HasField("rds") and hcm.rds.route_config_name not in routes:
                     problems.append(
-                        f"listener {lname!r} uses route configuration {hcm.rds.route_config_name!r}, "
-                        "which the snapshot does not have"
+                        _("listener {name} uses route configuration {route}, which the snapshot does not have").format(
+                            name=repr(lname), route=repr(hcm.rds.route_config_name))
                     )
                 if hcm.HasField("route_config"):
-                    problems.extend(_missing_clusters(hcm.route_config, clusters, f"listener {lname!r}"))
+                    problems.extend(_missing_clusters(hcm.route_config, clusters,
+                                                      _("listener {name}").format(name=repr(lname))))
             for cluster in _tcp_proxy_clusters(listener):
                 if cluster not in clusters:
-                    problems.append(f"listener {lname!r} proxies TCP to cluster {cluster!r}, which the snapshot does not have")
+                    problems.append(_("listener {name} proxies TCP to cluster {cluster}, which the snapshot does not have").format(
+                        name=repr(lname), cluster=repr(cluster)))
         for rname, rc in self.resources(ROUTE).items():
-            problems.extend(_missing_clusters(rc, clusters, f"route configuration {rname!r}"))
+            problems.extend(_missing_clusters(rc, clusters, _("route configuration {name}").format(name=repr(rname))))
         if problems:
             raise ConsistencyError(problems)
 
@@ -460,9 +461,9 @@ def _missing_clusters(rc: Any, clusters: frozenset[str], owner: str) -> list[str
             for target in targets:
                 if target not in clusters:
                     missing.append(
-                        f"{owner} routes virtual host {vh.name!r} to cluster {target!r}, "
-                        "which the snapshot does not have (a cluster defined in Envoy's bootstrap "
-                        "needs check=False)"
+                        _("{owner} routes virtual host {host} to cluster {cluster}, which the snapshot does not have "
+                          "(a cluster defined in Envoy's bootstrap needs check=False)").format(
+                            owner=owner, host=repr(vh.name), cluster=repr(target))
                     )
     return missing
 

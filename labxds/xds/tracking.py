@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from ..i18n import _, explain
 from .hooks import (
     EVENTS,
     Event,
@@ -55,7 +56,11 @@ class PushRejected(RuntimeError):
 
     def __init__(self, errors: dict[tuple[str, str], str]) -> None:
         self.errors = errors
-        lines = [f"{node} rejected {short_name(url)}: {text}" for (node, url), text in errors.items()]
+        lines = []
+        for (node, url), text in errors.items():
+            line = _("{node} rejected {type}: {error}").format(node=node, type=short_name(url), error=text)
+            meaning = explain(text)  # Envoy's words stay; what the common ones mean, in the learner's language
+            lines.append(f"{line}\n→ {meaning}" if meaning else line)
         super().__init__("; ".join(lines))
 
 
@@ -65,7 +70,8 @@ class PushTimeout(TimeoutError):
     def __init__(self, missing: list[str], timeout: float) -> None:
         self.missing = missing
         super().__init__(
-            f"after {timeout:g}s these nodes had not acknowledged the snapshot: {', '.join(missing)}"
+            _("after {timeout}s these nodes had not acknowledged the snapshot: {nodes}").format(
+                timeout=f"{timeout:g}", nodes=", ".join(missing))
         )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "INSTRUCTOR_STDERR",
     "LESSON_4",
     "Dashboard",
+    "lab_text",
     "Toggle",
     "envoy_versions",
     "learners_table",
@@ -60,20 +61,35 @@ def _table_rows(table: Any) -> list[dict[str, str]]:
     )
 
 
+def lab_text(message: str, locale: str = "en") -> str:
+    """One of labxds's messages as the lab shows it in ``locale`` (the kernel's LABXDS_LANG)."""
+    from labxds.i18n import _, set_language
+
+    set_language(locale)
+    try:
+        return _(message)
+    finally:
+        set_language(None)
+
+
 # --------------------------------------------------------------------------- lesson 4
 
-LESSON_4 = "04_upstream_toggle.ipynb"
+LESSON_4 = "04_upstream_toggle.ipynb"  # in notebooks/ and, the Chinese edition's, in notebooks/zh-CN/
+#: What the toggle says after Envoy's ACK (labxds/notebook/widgets.py), in English.
+ACKED = "Envoy ACKed version {version} in {ms} ms ({per_type})"
 
 
 @dataclass
 class Toggle:
-    """Lesson 4's UpstreamToggle as drawn: the buttons, the status line, the curl table."""
+    """Lesson 4's UpstreamToggle as drawn: the buttons, the status line, the curl table, in the
+    lab's language (``locale``)."""
 
     box: Any  # the widget's locator
+    locale: str = "en"
 
     @classmethod
     def find(cls, nb: NotebookPage) -> Toggle:
-        return cls(nb.panel.locator(".labxds-upstream-toggle"))
+        return cls(nb.panel.locator(".labxds-upstream-toggle"), nb.server.locale)
 
     def button(self, upstream: str) -> Any:
         return self.box.get_by_role("button", name=upstream, exact=True)
@@ -85,15 +101,20 @@ class Toggle:
         return self.box.locator(".widget-html").first.inner_text()
 
     def acked_version(self) -> str | None:
-        match = re.search(r"Envoy ACKed version (\S+)", self.status())
-        return match.group(1) if match else None
+        """The version the status line says Envoy ACKed (its sentence in the lab's language)."""
+        said = re.escape(lab_text(ACKED, self.locale))
+        pattern = said.replace(r"\{version\}", r"(?P<version>[^\s（(]+)")
+        pattern = re.sub(r"\\\{\w+\\\}", ".*?", pattern)
+        match = re.search(pattern, self.status())
+        return match.group("version") if match else None
 
     def served_by(self) -> list[str]:
         """The "served by" column of the table the toggle shows after its push."""
         table = self.box.locator("table")
         if not table.count():
             return []
-        return [r.get("served by", "") for r in _table_rows(table.first)]
+        header = lab_text("served by", self.locale)
+        return [r.get(header, "") for r in _table_rows(table.first)]
 
     def state(self) -> dict[str, Any]:
         """What the toggle shows, for failure messages."""

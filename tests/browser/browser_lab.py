@@ -8,6 +8,7 @@ that nbclient cannot (widgets drawn, error outputs, table rows that wrap, consol
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -61,7 +62,29 @@ __all__ = [
     "NotebookPage",
     "Screenshots",
     "free_ports",
+    "han_fonts_env",
 ]
+
+
+def han_fonts_env(workdir: Path) -> dict[str, str]:
+    """The environment for a Chromium that draws Chinese: fontconfig's own configuration plus the
+    Noto Sans CJK font requirements.txt installs (noto-cjk-sans-otc), so the screenshots of the
+    Chinese edition show its characters without any system font package."""
+    env = dict(os.environ)
+    try:
+        import noto_cjk_sans_otc
+    except ImportError:
+        return env
+    conf = workdir / "fonts.conf"
+    conf.write_text(
+        '<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "fonts.dtd">\n<fontconfig>\n'
+        '  <include ignore_missing="yes">/etc/fonts/fonts.conf</include>\n'
+        f"  <dir>{Path(str(noto_cjk_sans_otc.FONT_PATH)).parent}</dir>\n"
+        f"  <cachedir>{workdir / 'fontconfig-cache'}</cachedir>\n</fontconfig>\n",
+        encoding="utf-8",
+    )
+    env["FONTCONFIG_FILE"] = str(conf)
+    return env
 
 
 def free_ports(n: int) -> list[int]:
@@ -81,23 +104,36 @@ def free_ports(n: int) -> list[int]:
 # --------------------------------------------------------------------------- the server
 
 
-def make_lab_command(port: int) -> tuple[dict[str, str], list[str]]:
-    """`make lab`'s own command line for ``port`` (read with ``make -n``): its variable
-    assignments and its argv. Read from the Makefile, so the test starts JupyterLab exactly as
-    a learner does, and follows any change to `make lab`'s flags."""
+def make_lab_command(port: int, target: str = "lab") -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """`make lab`'s (or `make lab-zh`'s) own command line for ``port`` (read with ``make -n``): its
+    variable assignments, its argv, and the JupyterLab settings the recipe writes first (path under
+    the settings directory -> content; `make lab-zh` writes the interface's language). Read from the
+    Makefile, so the test starts JupyterLab exactly as a learner does, and follows any change to the
+    target's flags."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
     out = subprocess.run(
-        ["make", "-n", "-C", str(REPO), "lab", f"LAB_PORT={port}", f"VENV={sys.prefix}"],
+        ["make", "-n", "-C", str(REPO), target, f"LAB_PORT={port}", f"VENV={sys.prefix}"],
         capture_output=True, text=True, timeout=30, env=env, check=True,
     ).stdout  # fmt: skip
     line = next((ln for ln in out.splitlines() if re.search(r"\bjupyter lab\b", ln)), None)
-    assert line, f"`make -n lab` shows no `jupyter lab` command:\n{out}"
+    assert line, f"`make -n {target}` shows no `jupyter lab` command:\n{out}"
     words = shlex.split(line)
     assignments: dict[str, str] = {}
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         name, _, value = words.pop(0).partition("=")
         assignments[name] = value.replace(f"${name}", os.environ.get(name, ""))
-    return assignments, words
+    settings = {}
+    for written in re.finditer(r"echo '(\{.*?\})' > \S*?user-settings/(\S+)", out):
+        settings[written[2]] = written[1]
+    return assignments, words, settings
+
+
+#: JupyterLab's interface texts in Chinese, from the pinned language pack (requirements.txt).
+def _language_pack() -> dict[str, list[str]]:
+    import jupyterlab_language_pack_zh_CN
+
+    path = Path(jupyterlab_language_pack_zh_CN.__file__).parent / "locale" / "zh_CN" / "LC_MESSAGES" / "jupyterlab.json"
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -112,21 +148,40 @@ class JupyterLabServer:
     """
 
     workdir: Path
+    target: str = "lab"  # or "lab-zh": the Chinese course, with JupyterLab's interface in Chinese
     port: int = 0
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    root_dir: Path | None = None  # the copy's folder JupyterLab serves (notebooks/)
+    course: str = ""  # the folder the target opens under it ("zh-CN" for lab-zh)
+    notebook_dir: Path | None = None  # the lessons' folder: root_dir / course
+    locale: str = "en"  # the interface's language, as the target's settings set it
 
     def start(self, timeout: float = 90.0) -> JupyterLabServer:
         shutil.copytree(REPO / "notebooks", self.workdir / "notebooks",
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints"))  # fmt: skip
         self.port, xds, admin, listener = free_ports(4)
         self.ports = {"xds": xds, "admin": admin, "listener": listener}
-        assignments, argv = make_lab_command(self.port)
-        env = dict(os.environ)
+        assignments, argv, settings = make_lab_command(self.port, self.target)
+        served = next((a.split("=", 1)[1] for a in argv if a.startswith("--notebook-dir=")), "notebooks")
+        self.root_dir = self.workdir / served
+        # the folder the file browser opens (lab-zh: notebooks/zh-CN, an absolute path): the copy's
+        for i, arg in enumerate(argv):
+            if arg.startswith("--ServerApp.preferred_dir="):
+                preferred = Path(arg.split("=", 1)[1]).relative_to(REPO / served)
+                self.course = preferred.as_posix()
+                argv[i] = f"--ServerApp.preferred_dir={self.root_dir / preferred}"
+        self.notebook_dir = self.root_dir / self.course
+        env = {k: v for k, v in os.environ.items() if k != "LABXDS_LANG"}
         env.update(assignments)
         jupyter = self.workdir / "jupyter"
+        for relative, content in settings.items():  # what the target writes before it starts JupyterLab
+            written = jupyter / "lab-settings" / relative
+            written.parent.mkdir(parents=True, exist_ok=True)
+            written.write_text(content, encoding="utf-8")
+            self.locale = json.loads(content).get("locale", self.locale)
         tmp = self.workdir / "tmp"  # Envoy's work dirs go here and are removed with it
         tmp.mkdir()
         env.update({
@@ -178,11 +233,25 @@ class JupyterLabServer:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"token {self.token}"}
 
+    def ui(self, text: str, context: str | None = None) -> str:
+        """``text`` of JupyterLab's interface as this server shows it (its language pack's words)."""
+        if self.locale == "en":
+            return text
+        pack = _language_pack()
+        found = pack.get(f"{context}\x04{text}") if context else None
+        found = found or pack.get(text)
+        return found[0] if found and found[0] else text
+
     def url(self, notebook: str) -> str:
-        """The notebook in a JupyterLab workspace of its own: the tabs an earlier test left open
-        (and the kernels they would start) stay in theirs."""
+        """The notebook (of the course's folder) in a JupyterLab workspace of its own: the tabs an
+        earlier test left open (and the kernels they would start) stay in theirs."""
         workspace = re.sub(r"\W", "-", Path(notebook).stem)
-        return f"{self.base}/lab/workspaces/{workspace}/tree/{notebook}?token={self.token}"
+        path = f"{self.course}/{notebook}" if self.course else notebook
+        return f"{self.base}/lab/workspaces/{workspace}/tree/{path}?token={self.token}"
+
+    def default_page(self) -> str:
+        """Where the target's JupyterLab opens (its default URL), with the token."""
+        return f"{self.base}/?token={self.token}"
 
     @property
     def listener_url(self) -> str:
@@ -231,7 +300,10 @@ class JupyterLabServer:
         files are there, and Envoys, whose work dirs are), the server itself aside."""
         mark = str(self.workdir).encode()
         found = []
+        server = str(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None
         for pid in filter(str.isdigit, os.listdir("/proc")):
+            if pid == server:  # its command line names the copy's folder (lab-zh's preferred_dir)
+                continue
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
@@ -343,14 +415,16 @@ class NotebookPage:
     def open(self, timeout: float = 60.0) -> NotebookPage:
         # JupyterLab asks once whether to fetch Jupyter's news: answer No as a learner would, when
         # it shows, whatever the test is doing at that moment.
-        news = self.page.get_by_text("Would you like to get notified about official Jupyter news?")
-        self.page.add_locator_handler(news, lambda: self.page.get_by_role("button", name="No", exact=True).click())
+        ui = self.server.ui
+        news = self.page.get_by_text(ui("Would you like to get notified about official Jupyter news?"))
+        self.page.add_locator_handler(news, lambda: self.page.get_by_role("button", name=ui("No"), exact=True).click())
         self.page.goto(self.server.url(self.name))
         # JupyterLab adds a long notebook's cells to the page a batch at a time: wait for all of
         # them (as many as the file has), or "the last cell" would be one in the middle.
-        expected = len(nbformat.read(self.server.workdir / "notebooks" / self.name, as_version=4).cells)
+        assert self.server.notebook_dir is not None
+        expected = len(nbformat.read(self.server.notebook_dir / self.name, as_version=4).cells)
         expect(self.cells).to_have_count(expected, timeout=timeout * 1000)
-        self.page.get_by_text("| Idle").first.wait_for(timeout=timeout * 1000)  # the kernel is up
+        self.page.get_by_text(f"| {ui('Idle')}").first.wait_for(timeout=timeout * 1000)  # the kernel is up
         self.count = expected
         return self
 
@@ -373,9 +447,10 @@ class NotebookPage:
         raise AssertionError(f"{self.name}: could not select cell {index}")
 
     def run_menu(self, item: str) -> None:
-        """Run > ``item`` from JupyterLab's menu bar."""
-        self.page.get_by_role("menuitem", name="Run", exact=True).click()
-        label = self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$"))
+        """Run > ``item`` from JupyterLab's menu bar (both in the interface's language)."""
+        ui = self.server.ui
+        self.page.get_by_role("menuitem", name=ui("Run", "menu"), exact=True).click()
+        label = self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(ui(item))}$"))
         self.page.locator(".lm-Menu .lm-Menu-item", has=label).click()
 
     def run_all_but_last(self, timeout: float = RUN_TIMEOUT) -> None:

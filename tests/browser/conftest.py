@@ -22,6 +22,7 @@ from browser_lab import (
     ConsoleWatch,
     JupyterLabServer,
     Screenshots,
+    han_fonts_env,
 )
 
 
@@ -43,6 +44,7 @@ def browser(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),
             executable_path=str(chromium),
+            env=han_fonts_env(tmp_path_factory.mktemp("fonts")),
             args=CHROMIUM_FLAGS,
             headless=True,
             viewport=VIEWPORT,
@@ -62,6 +64,26 @@ def jupyterlab_server(chromium: Path, tmp_path_factory: pytest.TempPathFactory) 
     finally:
         server.stop()
     server.wait_no_leftovers()
+
+
+@pytest.fixture(scope="module")
+def jupyterlab_zh_server(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLabServer]:
+    """JupyterLab as `make lab-zh` starts it: the Chinese course (notebooks/zh-CN/) with the
+    interface in Chinese and LABXDS_LANG=zh_CN, on a copy of notebooks/ and free ports."""
+    server = JupyterLabServer(tmp_path_factory.mktemp("jupyterlab-zh"), target="lab-zh").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    server.wait_no_leftovers()
+
+
+@pytest.fixture
+def jupyterlab_zh(jupyterlab_zh_server: JupyterLabServer) -> Iterator[JupyterLabServer]:
+    """The module's Chinese JupyterLab; its kernels (their labs and Envoys) shut down after the test."""
+    yield jupyterlab_zh_server
+    jupyterlab_zh_server.shutdown_kernels()
+    jupyterlab_zh_server.wait_no_leftovers()
 
 
 @pytest.fixture

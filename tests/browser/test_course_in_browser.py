@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+
 import httpx
 import pytest
 from browser_course import (
@@ -32,6 +34,7 @@ from browser_course import (
 from browser_lab import ConsoleWatch, JupyterLabServer, NotebookPage, Screenshots, wait_until
 from playwright.sync_api import expect
 
+HAN = re.compile(r"[\u4e00-\u9fff]")
 pytestmark = [pytest.mark.browser, pytest.mark.envoy, pytest.mark.timeout(300)]  # a guard against hangs: each takes 20-40 s
 
 
@@ -46,6 +49,42 @@ def refused(url: str) -> bool:
 def test_lesson_4_toggle_pushes_service2_with_a_click(
     jupyterlab: JupyterLabServer, page: Any, console: ConsoleWatch, shots: Screenshots
 ) -> None:
+    _lesson_4(jupyterlab, page, console, shots)
+
+
+def test_lesson_4_in_chinese_with_the_chinese_interface(
+    jupyterlab_zh: JupyterLabServer, page: Any, console: ConsoleWatch, shots: Screenshots
+) -> None:
+    """`make lab-zh`: JupyterLab's menus and status bar in Chinese (the pinned language pack), the
+    Chinese lesson 4, whose checks, captions and toggle speak Chinese; the toggle works as in English."""
+    assert jupyterlab_zh.locale == "zh_CN" and jupyterlab_zh.course == "zh-CN"
+    page.goto(jupyterlab_zh.default_page())  # where `make lab-zh` opens: the Chinese lessons
+    expect(page.locator(".jp-DirListing-item", has_text="01_setting_up.ipynb")).to_be_visible(timeout=30_000)
+    expect(page.locator(".jp-BreadCrumbs")).to_contain_text("zh-CN")
+    nb = _lesson_4(jupyterlab_zh, page, console, shots, before_cleanup=_assert_chinese_page)
+    assert nb.name == LESSON_4
+
+
+def _assert_chinese_page(nb: NotebookPage, toggle: Toggle) -> None:
+    """What a learner of the Chinese edition reads: the interface and the lesson in Chinese."""
+    page = nb.page
+    for menu, chinese in (("File", "文件"), ("Edit", "编辑"), ("Run", "运行"), ("Kernel", "内核")):
+        assert nb.server.ui(menu, "menu") == chinese
+        expect(page.get_by_role("menuitem", name=chinese, exact=True)).to_be_visible()
+    expect(page.get_by_text("| 空闲").first).to_be_visible()  # the kernel's status
+    expect(nb.panel.get_by_text("学习目标：").first).to_be_attached()  # the lesson's own text
+    assert HAN.search(toggle.status()), toggle.state()
+    expect(toggle.box.get_by_text("上游", exact=True).first).to_be_attached()  # the buttons' label
+    checks = [o["text"] for o in nb.outputs() if o["text"].lstrip().startswith("✓")]
+    assert len(checks) == 2 and all(HAN.search(c) for c in checks), checks
+    captions = nb.panel.locator(".jp-OutputArea-output table caption").all_inner_texts()
+    assert captions and all(HAN.search(c) for c in captions), captions
+
+
+def _lesson_4(server: JupyterLabServer, page: Any, console: ConsoleWatch, shots: Screenshots,
+              before_cleanup: Any = None) -> NotebookPage:
+    """Lesson 4 from the Run menu, then its toggle clicked to service2, checked against Envoy."""
+    jupyterlab = server
     nb = NotebookPage(page, jupyterlab, LESSON_4).open()
     shots.take("opened")
     nb.run_all_but_last()
@@ -77,12 +116,15 @@ def test_lesson_4_toggle_pushes_service2_with_a_click(
     assert served_by(jupyterlab.listener_url) == "service2"
     nb.assert_clean()
     console.assert_clean()
+    if before_cleanup is not None:
+        before_cleanup(nb, toggle)
 
     nb.run_last()  # the cleanup: closes the widget, stops the lab
     shots.take("cleaned-up")
     nb.assert_clean()
     expect(toggle.box).to_have_count(0, timeout=20_000)
     wait_until(lambda: refused(jupyterlab.admin_url), 10, "the lab's Envoy stopped by the cleanup cell")
+    return nb
 
 
 def test_instructor_dashboard_pushes_to_the_learner_clicked(

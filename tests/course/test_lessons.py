@@ -5,6 +5,9 @@ Envoy's docs; at least two exercises, each a cell with nbgrader's solution marke
 whose placeholder and solution are those of a registered exercise, followed by a check cell
 that passes the exercise's answers; the lab's topology and a sequence diagram of its own trace;
 and a student version (nbgrader's ClearSolutions) that keeps each placeholder.
+
+The Chinese edition's lessons (notebooks/zh-CN/, issue 15) pass the same tests with their
+headings in Chinese (WORDS); their code cells are the English ones (test_zh_twins.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from labxds.classroom import course_exercises, exercise
 
 REPO = Path(__file__).resolve().parents[2]
 LESSON_PATHS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ZH_LESSON_PATHS = sorted((REPO / "notebooks" / "zh-CN").glob("[0-9][0-9]_*.ipynb"))
 #: Lessons of the first edition that the course's other helpers are rewriting (issue 14): these
 #: tests skip them until then, and test_pending_lessons_are_still_first_edition says when to
 #: take one off this list.
@@ -27,7 +31,28 @@ LESSONS = [
     pytest.param(p, id=p.stem, marks=pytest.mark.skip(reason="first edition, being rewritten (issue 14)"))
     if p.stem in PENDING else pytest.param(p, id=p.stem)
     for p in LESSON_PATHS
-]
+] + [pytest.param(p, id=f"zh-CN/{p.stem}") for p in ZH_LESSON_PATHS]
+#: What a lesson's markdown says, per edition: its headings and the Under the hood note's mark.
+WORDS = {
+    "en": {
+        "objectives": "**Objectives:**", "prerequisites": "**Prerequisites:**", "time": "**Time:**",
+        "minutes": r"\*\*Time:\*\* about (\d+) minutes", "recap": "## Recap", "under_the_hood": "**Under the hood.**",
+        "implementation": ("event loop", "asyncio", "grpc.aio"),
+    },
+    "zh-CN": {
+        "objectives": "**学习目标：**", "prerequisites": "**前置知识：**", "time": "**时长：**",
+        "minutes": r"\*\*时长：\*\*\s*约\s*(\d+)\s*分钟", "recap": "## 小结", "under_the_hood": "**实现细节。**",
+        "implementation": ("event loop", "asyncio", "grpc.aio", "事件循环"),
+    },
+}  # fmt: skip
+
+
+def _edition(path: Path) -> str:
+    return "zh-CN" if path.parent.name == "zh-CN" else "en"
+
+
+def _words(path: Path) -> dict:
+    return WORDS[_edition(path)]
 DOCS = "https://www.envoyproxy.io/docs/envoy/v1.40.0/"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CHECK = re.compile(r'^check\("(?P<key>\d+\.\d+)", lab(?P<args>(?:, \w+)*)\)\s*$')
@@ -59,20 +84,29 @@ def test_pending_lessons_are_still_first_edition() -> None:
 @pytest.mark.parametrize("path", LESSONS)
 def test_opens_with_objectives_prerequisites_and_time(path: Path) -> None:
     first = _load(path).cells[0]
+    words = _words(path)
     assert first.cell_type == "markdown" and first.source.startswith(f"# {_number(path)} · ")
-    for part in ("**Objectives:**", "**Prerequisites:**", "**Time:**"):
+    for part in (words["objectives"], words["prerequisites"], words["time"]):
         assert part in first.source, f"{path.name}'s first cell needs {part}"
-    assert re.search(r"\*\*Time:\*\* about \d+ minutes", first.source), "say the time in minutes"
+    stated = re.search(words["minutes"], first.source)
+    assert stated, "say the time in minutes"
+    if _edition(path) != "en":  # the same time as the English lesson
+        english = re.search(WORDS["en"]["minutes"], _load(REPO / "notebooks" / path.name).cells[0].source)
+        assert english and english[1] == stated[1], f"zh-CN/{path.name} says {stated[1]} minutes, the English lesson {english}"
 
 
 @pytest.mark.parametrize("path", LESSONS)
 def test_ends_with_a_recap_and_the_next_lesson(path: Path) -> None:
     text = "\n".join(c.source for c in _load(path).cells if c.cell_type == "markdown")
-    assert "## Recap" in text, f"{path.name} needs a '## Recap'"
-    recap = text[text.index("## Recap"):]
+    recap_heading = _words(path)["recap"]
+    assert recap_heading in text, f"{path.name} needs a '{recap_heading}'"
+    recap = text[text.index(recap_heading):]
     following = [p for p in LESSON_PATHS if _number(p) == _number(path) + 1]
     if following:
-        assert f"]({following[0].name})" in recap, f"{path.name}'s recap must link to {following[0].name}"
+        target = following[0].name
+        if _edition(path) != "en" and not (path.parent / target).exists():
+            target = f"../{target}"  # no Chinese twin yet: the English lesson
+        assert f"]({target})" in recap, f"{path.name}'s recap must link to {target}"
     assert DOCS in text, f"{path.name} must link to Envoy's docs ({DOCS}...)"
     assert not re.search(r"envoyproxy\.io/docs/envoy/(latest|v1\.(?!40\.0)\d+)", text), "link to v1.40.0's docs"
 
@@ -120,10 +154,11 @@ def test_draws_its_topology_and_its_conversation(path: Path) -> None:
 @pytest.mark.parametrize("path", LESSONS)
 def test_implementation_details_are_marked(path: Path) -> None:
     """Words about our event loops and threads belong in an 'Under the hood' note."""
+    words = _words(path)
     for cell in _load(path).cells:
-        if cell.cell_type != "markdown" or "**Under the hood.**" in cell.source:
+        if cell.cell_type != "markdown" or words["under_the_hood"] in cell.source:
             continue
-        for word in ("event loop", "asyncio", "grpc.aio"):
+        for word in words["implementation"]:
             assert word not in cell.source, f"{path.name}: '{word}' outside an Under the hood note:\n{cell.source}"
 
 
@@ -161,6 +196,28 @@ def test_the_readme_maps_the_course() -> None:
     hours, minutes = divmod(total, 60)
     said = f"about **{hours} hours {minutes} minutes** in all" if minutes else f"about **{hours} hours** in all"
     assert said in readme, f"README should say the course takes {said}"
+
+
+def test_the_chinese_readme_maps_the_course() -> None:
+    """README.zh-CN.md's course map (课程地图) lists every lesson, linking its Chinese twin (the
+    English lesson while the twin is pending), with the time and the total of the English map."""
+    readme = (REPO / "README.zh-CN.md").read_text(encoding="utf-8")
+    found = re.findall(r"^\| \[(\d+) · [^\]]+\]\(notebooks/((?:zh-CN/)?)(\d\d_\w+\.ipynb)\)[^|]* \| (\d+) 分钟 \|",
+                       readme, flags=re.M)
+    assert [name for _n, _zh, name, _m in found] == [p.name for p in LESSON_PATHS], "list every lesson, in order"
+    for number, zh, name, minutes in found:
+        assert int(number) == int(name[:2])
+        twin = (REPO / "notebooks" / "zh-CN" / name).exists()
+        assert bool(zh) == twin, f"{name}: link {'notebooks/zh-CN/' if twin else 'notebooks/'}{name}"
+        stated = re.search(WORDS["en"]["minutes"], _load(REPO / "notebooks" / name).cells[0].source)
+        if stated:
+            assert minutes == stated[1], f"README.zh-CN.md says {minutes} 分钟 for {name}, the lesson {stated[1]}"
+    total = sum(int(m) for *_rest, m in found)
+    hours, minutes = divmod(total, 60)
+    said = f"共约 **{hours} 小时 {minutes} 分钟**" if minutes else f"共约 **{hours} 小时**"
+    assert said in readme, f"README.zh-CN.md should say the course takes {said}"
+    assert "](README.zh-CN.md)" in (REPO / "README.md").read_text(encoding="utf-8")[:300], \
+        "README.md links the Chinese README at its top"
 
 
 def test_the_workshop_learner_uses_the_shared_exercises() -> None:

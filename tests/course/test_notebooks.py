@@ -9,11 +9,17 @@ Saved notebooks are stripped: no outputs, no execution counts, no widget state. 
 lessons (``NN_*.ipynb``) end with a cleanup cell and can have every cell run again; they run with
 ``LABXDS_STRICT_CHECKS=1``, so an exercise whose check fails on its solution fails here. What a
 lesson must contain is tested in test_lessons.py.
+
+The Chinese edition (notebooks/zh-CN/, the same code cells: test_zh_twins.py) runs top to bottom
+too, with ``LABXDS_LANG=zh_CN`` and the same strict checks, and what the package shows there
+(check results and hints, captions, progress) must be Chinese. Its cells are the English ones, so
+re-running each cell is tested once, on the English notebooks.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -25,6 +31,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))  # every notebook: saved stripped, runs
 LESSONS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))  # the course: goal, checks, re-runnable
+ZH_NOTEBOOKS = sorted((REPO / "notebooks" / "zh-CN").glob("*.ipynb"))  # the Chinese edition (issue 15)
+#: Han characters: a message in Chinese has some.
+HAN = re.compile(r"[\u4e00-\u9fff]")
 CELL_TIMEOUT = 60  # seconds per cell
 NOTEBOOK_BUDGET = 120  # seconds for a whole notebook
 
@@ -66,8 +75,8 @@ def _load(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
 
-def _ids(paths: list[Path]) -> list[str]:
-    return [p.stem for p in paths]
+def _ids(paths: list[Path], prefix: str = "") -> list[str]:
+    return [prefix + p.stem for p in paths]
 
 
 def test_the_course_is_complete() -> None:
@@ -75,7 +84,7 @@ def test_the_course_is_complete() -> None:
     assert len(names) >= 8 and names == EXPECTED[: len(names)], names
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+@pytest.mark.parametrize("path", NOTEBOOKS + ZH_NOTEBOOKS, ids=_ids(NOTEBOOKS) + _ids(ZH_NOTEBOOKS, "zh-CN/"))
 def test_saved_stripped(path: Path) -> None:
     nb = _load(path)
     nbformat.validate(nb)
@@ -100,10 +109,10 @@ def test_cleans_up_and_uses_the_labs_ports(path: Path) -> None:
             assert port not in cell.source, f"{path.name} hard-codes port {port}:\n{cell.source}"
 
 
-def _kernel_env() -> dict[str, str]:
-    """This process's environment plus free ports for the lab; the kernel runs with it."""
+def _kernel_env(**extra: str) -> dict[str, str]:
+    """This process's environment plus free ports for the lab (and ``extra``); the kernel runs with it."""
     xds, admin, listener = _free_ports(3)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "LABXDS_LANG"}
     env.update({
         "LABXDS_XDS_PORT": str(xds),
         "LABXDS_ADMIN_PORT": str(admin),
@@ -111,11 +120,13 @@ def _kernel_env() -> dict[str, str]:
         "LABXDS_MODE": "local",
         "LABXDS_STRICT_CHECKS": "1",  # an exercise's check that fails on its solution fails the run
         "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+        "LABXDS_LANG": "en",  # the English notebooks in English, whatever JupyterLab's language here
+        **extra,
     })  # fmt: skip
     return env
 
 
-def _execute(nb: nbformat.NotebookNode, path: Path) -> float:
+def _execute(nb: nbformat.NotebookNode, path: Path, **env: str) -> float:
     """Run ``nb`` in a fresh kernel; fail with the failing cell's traceback; return the seconds."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -128,7 +139,7 @@ def _execute(nb: nbformat.NotebookNode, path: Path) -> float:
     )
     started = time.monotonic()
     try:
-        client.execute(env=_kernel_env())
+        client.execute(env=_kernel_env(**env))
     except CellExecutionError as exc:
         pytest.fail(f"{path.name} failed:\n{exc}", pytrace=False)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
@@ -177,3 +188,47 @@ def test_every_cell_reruns(path: Path) -> None:
     cells = [copy for c in body for copy in (c, c)] + body + [cleanup]
     nb.cells = [nbformat.v4.new_code_cell(c.source) for c in cells]
     _execute(nb, path)
+
+
+def _text(output: nbformat.NotebookNode) -> str:
+    """What an output says: its stream text, or its plain-text form, else its HTML."""
+    if output.get("output_type") == "stream":
+        return str(output.get("text", ""))
+    data = output.get("data", {})
+    return str(data.get("text/plain") or data.get("text/html") or "")
+
+
+def _english_left(text: str) -> list[str]:
+    """Lines of a check's output written in English: letters, no Chinese (Envoy's own words,
+    names and code are inside lines that also hold Chinese)."""
+    return [line for line in text.splitlines()
+            if re.search(r"[A-Za-z]{3,} [A-Za-z]{3,} [A-Za-z]{3,}", line) and not HAN.search(line)]
+
+
+@pytest.mark.envoy
+@pytest.mark.notebooks
+@pytest.mark.timeout(NOTEBOOK_BUDGET + 60)
+@pytest.mark.parametrize("path", ZH_NOTEBOOKS, ids=_ids(ZH_NOTEBOOKS, "zh-CN/"))
+def test_chinese_runs_top_to_bottom(path: Path) -> None:
+    """The Chinese twin, as a learner of the Chinese edition runs it: LABXDS_LANG=zh_CN, every
+    check strict; each check says ✓ in Chinese, and no caption or check line is left in English."""
+    nb = _load(path)
+    took = _execute(nb, path, LABXDS_LANG="zh_CN")
+    cells = _cells_seconds(nb)
+    budget = LESSON_BUDGET if path.name[:2].isdigit() else NOTEBOOK_BUDGET
+    assert cells < budget, f"zh-CN/{path.name}'s cells ran {cells:.0f}s (budget {budget}s)"
+    checks = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        said = "\n".join(_text(o) for o in cell.outputs)
+        if re.match(r"check\(", cell.source.strip()):
+            checks += 1
+            assert "✓" in said and HAN.search(said), f"zh-CN/{path.name} cell {i}: the check did not say ✓ in Chinese:\n{said}"
+            left = _english_left(said)
+            assert not left, f"zh-CN/{path.name} cell {i}: English left in a check's output: {left}"
+        for caption in re.findall(r"<caption>(.*?)</caption>", said, flags=re.S):
+            assert HAN.search(caption), f"zh-CN/{path.name} cell {i}: a caption in English: {caption!r}"
+    if path.name[:2].isdigit():
+        assert checks >= 2, f"zh-CN/{path.name} ran {checks} checks"
+    print(f"zh-CN/{path.name}: cells {cells:.1f}s, with the kernel's start {took:.1f}s")

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ...envoy import EnvoyAdmin
+from ...i18n import N_, _, explain
 from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, http_listener
 from ...xds.messages import ResourceError, to_message
 from ...xds.resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name, type_url_of
@@ -32,8 +33,10 @@ __all__ = [
     "address_of",
     "config",
     "dynamic_clusters",
+    "envoy_hint",
     "envoy_words",
     "expect_served",
+    "kind_of",
     "need",
     "push",
     "resource",
@@ -45,19 +48,24 @@ __all__ = [
     "tried",
 ]
 
-#: What each resource type is called in a hint.
+#: What each resource type is called in a hint (translated where shown: :func:`kind_of`).
 KINDS = {
-    CLUSTER: "a cluster (Cluster)",
-    ENDPOINT: "endpoints (ClusterLoadAssignment)",
-    LISTENER: "a listener (Listener)",
-    ROUTE: "a route configuration (RouteConfiguration)",
+    CLUSTER: N_("a cluster (Cluster)"),
+    ENDPOINT: N_("endpoints (ClusterLoadAssignment)"),
+    LISTENER: N_("a listener (Listener)"),
+    ROUTE: N_("a route configuration (RouteConfiguration)"),
 }
+
+
+def kind_of(type_url: str) -> str:
+    """What a resource of ``type_url`` is called, in the learner's language."""
+    return _(KINDS[type_url]) if type_url in KINDS else short_name(type_url)
 
 
 def need(answer: Any, name: str, hint: str) -> Any:
     """``answer`` itself, unless it is still the placeholder's None."""
     if answer is None:
-        raise Fail(f"{name} is still None: the exercise is not done yet", hint)
+        raise Fail(_("{name} is still None: the exercise is not done yet").format(name=name), hint)
     return answer
 
 
@@ -71,11 +79,12 @@ def resource(answer: Any, type_url: str, name: str, hint: str) -> Any:
     try:
         msg = to_message(answer)
     except ResourceError as exc:
-        raise Fail(f"{name} is not a resource labxds can read: {exc.problem}", hint) from None
+        raise Fail(_("{name} is not a resource labxds can read: {problem}").format(name=name, problem=exc.problem),
+                   hint) from None
     url = type_url_of(msg)
     if url != type_url:
-        kind = KINDS.get(url, short_name(url))
-        raise Fail(f"{name} is {kind}, the task asks for {KINDS.get(type_url, short_name(type_url))}", hint)
+        raise Fail(_("{name} is {kind}, the task asks for {wanted}").format(
+            name=name, kind=kind_of(url), wanted=kind_of(type_url)), hint)
     return msg
 
 
@@ -85,26 +94,37 @@ def snapshot(answer: Any, name: str, hint: str) -> Snapshot:
     if isinstance(answer, Snapshot):
         return answer
     if isinstance(answer, (str, bytes, Mapping)) or not isinstance(answer, Iterable):
-        raise Fail(f"{name} is a {type(answer).__name__}, not a snapshot", hint)
+        raise Fail(_("{name} is a {kind}, not a snapshot").format(name=name, kind=type(answer).__name__), hint)
     try:
         return Snapshot(list(answer))
     except (ResourceError, ConsistencyError) as exc:
-        raise Fail(f"{name} does not make a snapshot: {exc}", hint) from None
+        raise Fail(_("{name} does not make a snapshot: {problem}").format(name=name, problem=exc), hint) from None
 
 
 def envoy_words(error: str) -> str:
     """The line of Envoy's NACK message that says what is wrong (Envoy puts it last)."""
     lines = [line.strip(" :") for line in (error or "").strip().splitlines() if line.strip(" :")]
-    return lines[-1] if lines else "(no message)"
+    return lines[-1] if lines else _("(no message)")
+
+
+def envoy_hint(error: str | None, hint: str) -> str:
+    """``hint``, after what Envoy's ``error`` means when it is a common one (:func:`labxds.i18n.explain`):
+    Envoy's words stay as Envoy wrote them, the explanation is in the learner's language."""
+    meaning = explain(error)
+    if not meaning:
+        return hint
+    return meaning + ("" if meaning.endswith(("。", "！", "？")) else " ") + hint
 
 
 def push(t: Target, resources: Snapshot | Iterable[Any], *, version: str | None = None,
-         what: str = "your configuration", timeout: float = 8.0) -> Snapshot:
+         what: str | None = None, timeout: float = 8.0) -> Snapshot:
     """Push to the learner's own Envoy and wait for its ACK; a NACK or a bad snapshot is a Fail.
 
     Without ``version`` each type's version is a hash of its content: a check pushing the same
-    answer twice sends nothing new.
+    answer twice sends nothing new. ``what`` names the answer in the learner's language
+    (``_("your route")``; default: your configuration).
     """
+    what = what or _("your configuration")
     lab = t.own_lab()
     if isinstance(resources, Snapshot):
         snap = resources
@@ -112,26 +132,28 @@ def push(t: Target, resources: Snapshot | Iterable[Any], *, version: str | None 
         try:
             snap = Snapshot(list(resources), version=version)
         except ConsistencyError as exc:
-            raise Fail(f"{what} does not fit together: {'; '.join(exc.problems)}",
-                       "a listener names its route configuration, a route names its clusters: "
-                       "check the names match") from None  # fmt: skip
+            raise Fail(_("{what} does not fit together: {problems}").format(what=what, problems="; ".join(exc.problems)),
+                       _("a listener names its route configuration, a route names its clusters: "
+                         "check the names match")) from None  # fmt: skip
         except ResourceError as exc:
-            raise Fail(f"{what} cannot be pushed: {exc}", "check the resource the message names") from None
+            raise Fail(_("{what} cannot be pushed: {problem}").format(what=what, problem=exc),
+                       _("check the resource the message names")) from None
     try:
         lab.push(snap, timeout=timeout)
     except PushRejected as exc:
         (node, url), text = next(iter(exc.errors.items()))
-        raise Fail(f"Envoy rejected {what} (a NACK for {short_name(url)}): {envoy_words(text)}",
-                   "read Envoy's words: they name the field it could not accept") from None  # fmt: skip
+        raise Fail(_("Envoy rejected {what} (a NACK for {type}): {words}").format(
+            what=what, type=short_name(url), words=envoy_words(text)),
+            envoy_hint(text, _("read Envoy's words: they name the field it could not accept"))) from None
     except PushTimeout:
-        raise Fail(f"Envoy did not acknowledge {what} within {timeout:g} s",
-                   "is your Envoy connected (lab.cp.nodes())? Envoy only asks for what its "
-                   "listeners and clusters need") from None  # fmt: skip
+        raise Fail(_("Envoy did not acknowledge {what} within {timeout} s").format(what=what, timeout=f"{timeout:g}"),
+                   _("is your Envoy connected (lab.cp.nodes())? Envoy only asks for what its "
+                     "listeners and clusters need")) from None  # fmt: skip
     return snap
 
 
 @contextmanager
-def tried(t: Target, resources: Snapshot | Iterable[Any], *, what: str = "your configuration",
+def tried(t: Target, resources: Snapshot | Iterable[Any], *, what: str | None = None,
           timeout: float = 8.0) -> Iterator[Snapshot]:
     """Push ``resources`` to the learner's Envoy for the time of the ``with`` block, then put back
     what the control plane served before (an empty snapshot if it served none).
@@ -200,8 +222,10 @@ def expect_served(t: Target, service: str, *, path: str = "/", n: int = 3, hint:
     served = t.served(n, path)
     if set(served) != {service}:
         seen = ", ".join(sorted(set(served)))
-        raise Fail(f"GET {path} through your listener was answered by {seen}, not {service}",
-                   hint or f"the route for {path} must lead to a cluster whose endpoint is {service}")
+        raise Fail(_("GET {path} through your listener was answered by {seen}, not {service}").format(
+            path=path, seen=seen, service=service),
+            hint or _("the route for {path} must lead to a cluster whose endpoint is {service}").format(
+                path=path, service=service))
     return served
 
 

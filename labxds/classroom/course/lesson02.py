@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...i18n import N_, _
 from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, route_configuration
 from ...xds.resource_types import CLUSTER, LISTENER, ROUTE, short_name
 from ...xds.snapshot import Snapshot
@@ -37,52 +38,58 @@ listener = labxds.http_listener("listener_0", lab.listener_port, "local_route", 
 
 
 def _check_route_yaml(t: Target, route_yaml: Any) -> str:
-    hint = ('a YAML text: "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration, name: local_route, '
-            'one virtual host with domains ["*"] and one route: match prefix "/" -> cluster example_proxy_cluster')
+    hint = _('a YAML text: "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration, name: local_route, '
+             'one virtual host with domains ["*"] and one route: match prefix "/" -> cluster example_proxy_cluster')
     need(route_yaml, "route_yaml", hint)
     if not isinstance(route_yaml, str):
-        raise Fail(f"route_yaml is a {type(route_yaml).__name__}: this exercise wants the YAML text itself", hint)
+        raise Fail(_("route_yaml is a {kind}: this exercise wants the YAML text itself").format(
+            kind=type(route_yaml).__name__), hint)
     route = resource(route_yaml, ROUTE, "route_yaml", hint)
     if route.name != SANDBOX_ROUTE:
-        raise Fail(f"your route configuration is named {route.name!r}",
-                   f"listener_0 asks for {SANDBOX_ROUTE!r} over RDS: name it so")  # fmt: skip
-    with tried(t, [sandbox_cluster(t), route, sandbox_listener(t)], what="your route configuration"):
+        raise Fail(_("your route configuration is named {name}").format(name=repr(route.name)),
+                   _("listener_0 asks for {name} over RDS: name it so").format(name=repr(SANDBOX_ROUTE)))  # fmt: skip
+    with tried(t, [sandbox_cluster(t), route, sandbox_listener(t)], what=_("your route configuration")):
         entries = {e["route_config"]["name"]: e for e in config(t, "dynamic_route_configs")}
         if SANDBOX_ROUTE not in entries:
-            raise Fail("Envoy holds no local_route", "run the check again: it pushes your route with the cluster "
-                       "and the listener")
-        expect_served(t, "service1", hint='the route must send the prefix "/" to example_proxy_cluster')
-    return "Envoy runs your local_route (from YAML) and GET / is served by service1"
+            raise Fail(_("Envoy holds no local_route"), _("run the check again: it pushes your route with the cluster "
+                                                          "and the listener"))
+        expect_served(t, "service1", hint=_('the route must send the prefix "/" to example_proxy_cluster'))
+    return _("Envoy runs your local_route (from YAML) and GET / is served by service1")
 
 
 def _check_typed_cluster(t: Target, typed_cluster: Any) -> str:
-    hint = ("envoy_data_plane.envoy.config.cluster.v3.Cluster(name=..., type=ClusterDiscoveryType.LOGICAL_DNS, "
-            "connect_timeout=timedelta(seconds=5), load_assignment=ClusterLoadAssignment(...))")
+    hint = _("for example: {code}").format(
+        code="envoy_data_plane.envoy.config.cluster.v3.Cluster(name=..., type=ClusterDiscoveryType.LOGICAL_DNS, "
+             "connect_timeout=timedelta(seconds=5), load_assignment=ClusterLoadAssignment(...))")
     need(typed_cluster, "typed_cluster", hint)
     if not type(typed_cluster).__module__.startswith("envoy_data_plane."):
-        raise Fail(f"typed_cluster is a {type(typed_cluster).__module__}.{type(typed_cluster).__name__}, "
-                   "not an envoy-data-plane class", hint)  # fmt: skip
+        raise Fail(_("typed_cluster is a {kind}, not an envoy-data-plane class").format(
+            kind=f"{type(typed_cluster).__module__}.{type(typed_cluster).__name__}"), hint)  # fmt: skip
     cluster = resource(typed_cluster, CLUSTER, "typed_cluster", hint)
     if cluster.name != SANDBOX_CLUSTER:
-        raise Fail(f"your cluster is named {cluster.name!r}", f"local_route sends traffic to {SANDBOX_CLUSTER!r}")
+        raise Fail(_("your cluster is named {name}").format(name=repr(cluster.name)),
+                   _("local_route sends traffic to {name}").format(name=repr(SANDBOX_CLUSTER)))
     route = _sandbox_route()
-    with tried(t, [cluster, route, sandbox_listener(t)], what="your cluster"):
+    with tried(t, [cluster, route, sandbox_listener(t)], what=_("your cluster")):
         entry = dynamic_clusters(t).get(SANDBOX_CLUSTER)
         if entry is None:
-            raise Fail("Envoy has no example_proxy_cluster", "run the check again: it pushes your cluster")
+            raise Fail(_("Envoy has no example_proxy_cluster"), _("run the check again: it pushes your cluster"))
         c = entry["cluster"]
         if c.get("type") != "LOGICAL_DNS":
-            raise Fail(f"Envoy runs your cluster as type {c.get('type', 'STATIC')}",
-                       "the sandbox's cluster is LOGICAL_DNS: type=ClusterDiscoveryType.LOGICAL_DNS")
+            raise Fail(_("Envoy runs your cluster as type {type}").format(type=c.get("type", "STATIC")),
+                       _("the sandbox's cluster is LOGICAL_DNS: type=ClusterDiscoveryType.LOGICAL_DNS"))
         if c.get("connect_timeout") != "5s":
-            raise Fail(f"Envoy runs your cluster with connect_timeout {c.get('connect_timeout', '(unset)')}",
-                       "the sandbox sets 5 s: connect_timeout=timedelta(seconds=5)")
+            raise Fail(_("Envoy runs your cluster with connect_timeout {value}").format(
+                value=c.get("connect_timeout") or _("(unset)")),
+                _("the sandbox sets 5 s: connect_timeout=timedelta(seconds=5)"))
         where = socket_address(c)
         if where != address_of(t, "service1"):
-            raise Fail(f"your cluster's endpoint is {where}, which is {service_at(t, where)}",
-                       'point it at service1: host, port = lab.upstream("service1")')
+            raise Fail(_("your cluster's endpoint is {where}, which is {service}").format(
+                where=where, service=service_at(t, where)),
+                _('point it at service1: host, port = lab.upstream("service1")'))
         expect_served(t, "service1")
-    return f"Envoy runs your typed example_proxy_cluster (LOGICAL_DNS, 5s) and service1 answers at {where}"
+    return _("Envoy runs your typed example_proxy_cluster (LOGICAL_DNS, 5s) and service1 answers at {where}").format(
+        where=where)
 
 
 def _sandbox_route() -> Any:
@@ -90,45 +97,53 @@ def _sandbox_route() -> Any:
 
 
 def _check_version_1(t: Target, pushed: Any) -> str:
-    hint = 'pushed = lab.push(labxds.Snapshot([example_cluster, route, listener], version="1"))'
+    hint = _("for example: {code}").format(
+        code='pushed = lab.push(labxds.Snapshot([example_cluster, route, listener], version="1"))')
     need(pushed, "pushed", hint)
     if not isinstance(pushed, Snapshot):
-        raise Fail(f"pushed is a {type(pushed).__name__}: keep what lab.push(...) returns (the snapshot)", hint)
+        raise Fail(_("pushed is a {kind}: keep what lab.push(...) returns (the snapshot)").format(
+            kind=type(pushed).__name__), hint)
     if not pushed.versions:
-        raise Fail("your snapshot is empty", hint)
+        raise Fail(_("your snapshot is empty"), hint)
     wrong = {short_name(k): v for k, v in pushed.versions.items() if v != "1"}
     if wrong:
-        raise Fail("your snapshot's versions are " + ", ".join(f"{k} {v}" for k, v in wrong.items()),
-                   'give the whole snapshot version "1": labxds.Snapshot([...], version="1")')
-    for url, kind in ((CLUSTER, "cluster"), (LISTENER, "listener"), (ROUTE, "route configuration")):
+        raise Fail(_("your snapshot's versions are {versions}").format(
+            versions=", ".join(f"{k} {v}" for k, v in wrong.items())),
+            _('give the whole snapshot version "1": labxds.Snapshot([...], version="1")'))
+    for url, kind in ((CLUSTER, N_("your snapshot has no cluster")), (LISTENER, N_("your snapshot has no listener")),
+                      (ROUTE, N_("your snapshot has no route configuration"))):
         if url not in pushed.versions:
-            raise Fail(f"your snapshot has no {kind}", "the sandbox's snapshot holds a cluster, a route and a listener")
+            raise Fail(_(kind), _("the sandbox's snapshot holds a cluster, a route and a listener"))
     lab = t.own_lab()
     if lab.cp.snapshot(lab.node_id) is not pushed:
-        raise Fail("your control plane does not serve this snapshot: it was built but not pushed",
-                   "push it: pushed = lab.push(labxds.Snapshot([...], version=\"1\"))")
-    for url, kind in ((CLUSTER, "clusters"), (LISTENER, "listeners")):
+        raise Fail(_("your control plane does not serve this snapshot: it was built but not pushed"),
+                   _("push it: pushed = lab.push(labxds.Snapshot([...], version=\"1\"))"))
+    for url, kind in ((CLUSTER, N_("Envoy has not ACKed version 1 of its clusters (it ACKed {version})")),
+                      (LISTENER, N_("Envoy has not ACKed version 1 of its listeners (it ACKed {version})"))):
         if acked(t, url) != "1":
-            raise Fail(f"Envoy has not ACKed version 1 of its {kind} (it ACKed {acked(t, url)})",
-                       "push the snapshot with lab.push(...): it returns once Envoy ACKed it")
+            raise Fail(_(kind).format(version=acked(t, url)),
+                       _("push the snapshot with lab.push(...): it returns once Envoy ACKed it"))
     if not lab.cp.tracker.applied(lab.node_id, pushed):
-        raise Fail("Envoy has not ACKed all of your snapshot yet", "push it with lab.push(...), which waits for the ACK")
+        raise Fail(_("Envoy has not ACKed all of your snapshot yet"),
+                   _("push it with lab.push(...), which waits for the ACK"))
     entry = dynamic_clusters(t).get(SANDBOX_CLUSTER)
     if entry is None:  # (its version_info stays older if version 1 brought an identical cluster)
-        raise Fail("Envoy has no example_proxy_cluster", hint)
+        raise Fail(_("Envoy has no example_proxy_cluster"), hint)
     where = socket_address(entry["cluster"])
     if where != address_of(t, "service1"):
-        raise Fail(f"Envoy's example_proxy_cluster points at {service_at(t, where)}", "the sandbox starts on service1")
+        raise Fail(_("Envoy's example_proxy_cluster points at {service}").format(service=service_at(t, where)),
+                   _("the sandbox starts on service1"))
     if SANDBOX_LISTENER not in pushed.names(LISTENER):
-        raise Fail("your snapshot has no listener_0", "the sandbox's listener is listener_0")
+        raise Fail(_("your snapshot has no listener_0"), _("the sandbox's listener is listener_0"))
     expect_served(t, "service1")
-    return f"Envoy ACKed version 1 of CDS, LDS and RDS; the sandbox's jq path gives {where}: Request served by service1"
+    return _("Envoy ACKed version 1 of CDS, LDS and RDS; the sandbox's jq path gives {where}: Request served by "
+             "service1").format(where=where)
 
 
 EXERCISES = [
     Exercise(
-        "2.1", "Version \"1\", pushed",
-        "Put example_cluster, route and listener in one snapshot with version \"1\" and push it to Envoy.",
+        "2.1", N_("Version \"1\", pushed"),
+        N_("Put example_cluster, route and listener in one snapshot with version \"1\" and push it to Envoy."),
         _check_version_1,
         placeholder="pushed = None  # the snapshot you pushed: what lab.push(...) returns",
         solution='pushed = lab.push(labxds.Snapshot([example_cluster, route, listener], version="1"))',
@@ -141,9 +156,9 @@ EXERCISES = [
         docs=(f"{DOCS}/intro/arch_overview/operations/dynamic_configuration", f"{DOCS}/api-docs/xds_protocol"),
     ),
     Exercise(
-        "2.2", "The route, in Envoy's JSON form",
-        "Write local_route as YAML text in Envoy's JSON form. The check tries it on your Envoy (with the "
-        "sandbox's cluster and listener, and a request through the listener), then puts back version 1.",
+        "2.2", N_("The route, in Envoy's JSON form"),
+        N_("Write local_route as YAML text in Envoy's JSON form. The check tries it on your Envoy (with the "
+           "sandbox's cluster and listener, and a request through the listener), then puts back version 1."),
         _check_route_yaml,
         placeholder="route_yaml = None  # local_route as YAML text, with its \"@type\"",
         solution='''\
@@ -169,9 +184,9 @@ virtual_hosts:
         docs=(f"{DOCS}/api-v3/config/route/v3/route.proto", f"{DOCS}/configuration/overview/examples"),
     ),
     Exercise(
-        "2.3", "The cluster, with typed classes",
-        "Write example_proxy_cluster (LOGICAL_DNS, 5 s connect timeout, service1 as its one endpoint) with "
-        "envoy-data-plane's typed classes. The check tries it on your Envoy with local_route and listener_0.",
+        "2.3", N_("The cluster, with typed classes"),
+        N_("Write example_proxy_cluster (LOGICAL_DNS, 5 s connect timeout, service1 as its one endpoint) with "
+           "envoy-data-plane's typed classes. The check tries it on your Envoy with local_route and listener_0."),
         _check_typed_cluster,
         placeholder="typed_cluster = None  # example_proxy_cluster, built with envoy_data_plane classes",
         solution='''\

@@ -114,7 +114,8 @@ def _check_weights(t: Target, weighted: Any) -> str:
     spread = _spread(t, 100)
     got = spread.get(third, 0)
     if not 44 <= got <= 56:
-        shares = ", ".join(f"{k}: weight {held.get(k, '?')}, {v} requests" for k, v in sorted(spread.items()))
+        shares = ", ".join(_("{where}: weight {weight}, {n} requests").format(where=k, weight=held.get(k, "?"), n=v)
+                           for k, v in sorted(spread.items()))
         raise Fail(_("instance #3 ({where}) answered {n} of 100 requests ({shares})").format(
             where=third, n=got, shares=shares),
             _("weights are relative: #3's weight must equal the other two together (for example 1, 1 and 2)"))

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ...envoy.config_dump import listener_rows
-from ...i18n import N_, _
+from ...i18n import N_, _, explain
 from ...xds.builders import sandbox_resources
 from ...xds.resource_types import LISTENER, short_name
 from ...xds.snapshot import ConsistencyError, Snapshot
 from ...xds.tracking import PushRejected, PushTimeout
 from ..exercises import Exercise, Fail, Target
-from .checks import envoy_words, need, resource
+from .checks import envoy_hint, envoy_words, need, resource
 
 __all__ = ["EXERCISES"]
 
@@ -73,7 +73,8 @@ def _check_nack(t: Target, bad_listener: Any) -> str:
         if text is None:
             raise Fail(_("Envoy refused {types}, not the listeners").format(types=", ".join(sorted(errors))), hint) from None
         if listener.name not in text:
-            raise Fail(_("Envoy's NACK does not name your listener: {words}").format(words=envoy_words(text)), hint) from None
+            raise Fail(_("Envoy's NACK does not name your listener: {words}").format(words=envoy_words(text)),
+                       envoy_hint(text, hint)) from None
     except PushTimeout:
         raise Fail(_("Envoy did not answer within 8 s"), _("is your Envoy connected? lab.cp.nodes() lists it")) from None
     else:
@@ -83,8 +84,10 @@ def _check_nack(t: Target, bad_listener: Any) -> str:
     if not rows:
         raise Fail(_("Envoy's /config_dump shows no error_state for {name}").format(name=listener.name), hint)
     served = _served_ok(t)
-    return _("Envoy NACKed LDS version {version}, naming {name}: \"{words}\"; listener_0 still answers "
+    said = _("Envoy NACKed LDS version {version}, naming {name}: \"{words}\"; listener_0 still answers "
              "({who})").format(version=version, name=listener.name, words=envoy_words(text), who=served[0])
+    meaning = explain(text)  # Envoy's words stay as Envoy wrote them; what they mean, in the learner's language
+    return f"{said}\n{meaning}" if meaning else said
 
 
 def _check_recovered(t: Target, recovered: Any) -> str:
@@ -106,8 +109,8 @@ def _check_recovered(t: Target, recovered: Any) -> str:
     if lds is not None and lds.nacked_version == version:
         raise Fail(_("Envoy NACKed version {version} of the listeners: {words}").format(
             version=version, words=envoy_words(lds.nack_error or "")),
-            _("a version Envoy refused is never sent again: leave out the listener it refused, and use a new "
-              "version label"))
+            envoy_hint(lds.nack_error, _("a version Envoy refused is never sent again: leave out the listener it "
+                                         "refused, and use a new version label")))
     if lds is None or lds.acked_version != version:
         raise Fail(_("Envoy has not ACKed version {version} of the listeners (it ACKed {acked})").format(
             version=version, acked=lds.acked_version if lds is not None else None), hint)

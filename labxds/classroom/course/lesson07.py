@@ -12,7 +12,7 @@ from ...xds.resource_types import CLUSTER
 from ...xds.snapshot import Snapshot
 from ...xds.tracking import PushRejected, PushTimeout
 from ..exercises import Exercise, Fail, Target
-from .checks import envoy_words, need
+from .checks import envoy_hint, envoy_words, need
 
 __all__ = ["EXERCISES", "thousand_clusters"]
 
@@ -72,7 +72,8 @@ def _replay(t: Target, answer: Any, name: str, hint: str) -> tuple[list[str], li
         lab.push(answer, timeout=30)
     except PushRejected as exc:
         text = next(iter(exc.errors.values()))
-        raise Fail(_("Envoy rejected your snapshot: {words}").format(words=envoy_words(text)), hint) from None
+        raise Fail(_("Envoy rejected your snapshot: {words}").format(words=envoy_words(text)),
+                   envoy_hint(text, hint)) from None
     except PushTimeout:
         raise Fail(_("Envoy did not ACK your snapshot within 30 s"), _("is the Delta lab running? lab.cp.nodes()")) from None
     sent = [e for e in lab.cp.trace(lab.node_id)[start:] if e["kind"] == "response" and e["type"] == "CDS"]

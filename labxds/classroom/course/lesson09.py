@@ -15,7 +15,7 @@ from ...xds.resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
 from ...xds.snapshot import ConsistencyError, Snapshot, staged
 from ...xds.tracking import PushRejected, PushTimeout
 from ..exercises import Exercise, Fail, Target
-from .checks import envoy_words, need, resource
+from .checks import envoy_hint, envoy_words, need, resource
 
 __all__ = ["EXERCISES", "after_snapshot", "before_snapshot"]
 
@@ -203,7 +203,7 @@ def _push(lab: Any, resources: list[Any], what: str) -> Snapshot:
         (_node, url), text = next(iter(exc.errors.items()))
         raise Fail(_("Envoy rejected {what} (a NACK for {type}): {words}").format(
             what=what, type=short_name(url), words=envoy_words(text)),
-            _("read Envoy's words: they name the field it could not accept")) from None
+            envoy_hint(text, _("read Envoy's words: they name the field it could not accept"))) from None
     except PushTimeout:
         raise Fail(_("Envoy did not take {what} within 8 s").format(what=what),
                    _("is something else still warming? lab.clusters(warming=True) and lab.listeners() show it")) from None

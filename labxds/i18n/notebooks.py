@@ -1,0 +1,73 @@
+"""The messages the lessons' own code cells hand to labxds: a Babel extractor for notebooks.
+
+A lesson's code cell is the same in every language (notebooks/zh-CN/ has the English cells), so
+the words it passes to labxds are English: a table's caption, ``tables.styled(df, "What runs
+where")``, and a diagram's title, ``lab.sequence(since=mark, title="Version 1: ...")``. labxds
+translates them when it shows them (``styled`` and ``sequence`` call ``_()`` on them), and this
+extractor puts them in the catalogue: babel.cfg maps ``notebooks/*.ipynb`` to it, so ``make i18n``
+lists them with the package's own messages.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+__all__ = ["CAPTION_CALLS", "TITLE_CALLS", "extract_notebook", "notebook_strings"]
+
+#: Calls whose second argument (or ``caption=``) is a caption labxds translates.
+CAPTION_CALLS = frozenset({"styled"})
+#: Calls whose ``title=`` labxds translates.
+TITLE_CALLS = frozenset({"sequence", "topology"})
+
+
+def _name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return None
+
+
+def _literal(node: ast.expr | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value else None
+
+
+def code_strings(source: str) -> Iterator[tuple[int, str]]:
+    """(line, text) of every caption and title literal in one cell's code."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython magics and the like: nothing to extract
+        return
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
+    for node in calls:
+        name = _name(node.func)
+        found: list[ast.expr | None] = []
+        if name in CAPTION_CALLS:
+            found.append(node.args[1] if len(node.args) > 1 else None)
+            found += [k.value for k in node.keywords if k.arg == "caption"]
+        if name in TITLE_CALLS or name in CAPTION_CALLS:
+            found += [k.value for k in node.keywords if k.arg == "title"]
+        for value in found:
+            text = _literal(value)
+            if text is not None and value is not None:
+                yield value.lineno, text
+
+
+def notebook_strings(notebook: dict[str, Any]) -> Iterator[tuple[int, str]]:
+    """(cell number, text) of every caption and title in a notebook's code cells."""
+    for i, cell in enumerate(notebook.get("cells", [])):
+        if cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            for _line, text in code_strings("".join(source) if isinstance(source, list) else source):
+                yield i, text
+
+
+def extract_notebook(fileobj: IO[bytes], keywords: Any, comment_tags: Any,
+                     options: Any) -> Iterator[tuple[int, str, str, list[str]]]:
+    """Babel's extractor interface: (line, function, message, comments) per caption and title."""
+    notebook = json.loads(fileobj.read().decode("utf-8"))
+    for cell, text in notebook_strings(notebook):
+        yield cell + 1, "_", text, []

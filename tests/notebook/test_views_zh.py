@@ -1,0 +1,67 @@
+"""The course's views in Chinese (LABXDS_LANG=zh_CN), on a real Envoy: the pictures' labels, drawn
+with a font that has Han characters and nothing written to stderr; configs_index; check's display."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from labxds.envoy.jq import configs_index
+from labxds.i18n import set_language
+from labxds.notebook import Lab, course, diagrams
+
+pytestmark = pytest.mark.envoy
+HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    running = Lab(xds_port=_free_port(), admin_port=0, listener_port=_free_port()).start(progress=False)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def chinese() -> Iterator[None]:
+    set_language("zh_CN")
+    yield
+    set_language(None)
+
+
+def test_the_pictures_speak_chinese(lab: Lab, chinese: None, caplog: pytest.LogCaptureFixture,
+                                    capfd: pytest.CaptureFixture[str]) -> None:
+    assert diagrams.han_font(), "no font with Han characters: is noto-cjk-sans-otc installed (requirements.txt)?"
+    mark = lab.mark()
+    lab.push(lab.sandbox_snapshot("service1", version=lab.next_version()))
+    with caplog.at_level(logging.WARNING):
+        topology = lab.topology()
+        sequence = lab.sequence(since=mark, title="Version 1: the first snapshot")
+    titles = {b.key: b.title for b in topology.boxes}
+    assert titles["cp"] == "控制平面（ADS）" and titles["admin"] == "管理接口" and titles["listener"] == "监听器"
+    assert any(a.label == "ADS 流（gRPC）：由 Envoy 发起连接" for a in topology.arrows), topology.arrows
+    assert sequence.title == "版本 1：第一个快照"
+    labels = [r.label for r in sequence.rows]
+    assert any(re.fullmatch(r"CDS 响应 · 版本 \d+ · nonce \d+  \[example_proxy_cluster\]", label) for label in labels), labels
+    assert any(label.startswith("LDS ACK · 版本") for label in labels), labels
+    assert not [r for r in caplog.records if "font" in r.getMessage().lower()], caplog.records  # no missing glyphs
+    assert "findfont" not in capfd.readouterr().err
+
+
+def test_configs_index_and_a_check_in_chinese(lab: Lab, chinese: None) -> None:
+    rows = configs_index(lab.admin.config_dump())
+    assert rows[0]["holds"].startswith("Envoy 启动时使用的启动配置") and all(HAN.search(r["holds"]) for r in rows if r["holds"])
+    shown = course.check("1.1", lab, "not-the-node-id")
+    assert not shown.passed and shown.title == "这个 Envoy 是谁？"
+    assert "提示" in repr(shown) and "提示" in shown._repr_html_() and HAN.search(shown.detail), repr(shown)
+    table = course.exercises(1)
+    assert list(table["title"]) == ["这个 Envoy 是谁？", "Envoy 知道哪些集群？"]
