@@ -298,7 +298,7 @@ def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node
     ax.set_ylim(0, height)
     left, right = 2.2, 8.8
     top = height - 0.85
-    for x, name in ((left, f"Envoy (node {node})"), (right, "control plane (ADS)")):
+    for x, name in ((left, f"{_client_kind(lab, node)} (node {node})"), (right, "control plane (ADS)")):
         ax.text(x, top + 0.2, name, ha="center", va="bottom", fontsize=11, fontweight="bold",
                 bbox={"facecolor": COLORS["box"], "edgecolor": COLORS["edge"], "boxstyle": "round,pad=0.3"})
         ax.plot([x, x], [0.2, top], color=COLORS["off"], linewidth=1, linestyle=(0, (2, 2)))
@@ -333,6 +333,17 @@ def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node
     ax.text(0.15, height - 0.15, title or "The xDS conversation (from the control plane's trace)", fontsize=9,
             va="top", color=COLORS["request"])
     return Diagram(_png(fig), title or "sequence", rows=rows, skipped=skipped)
+
+
+def _client_kind(lab: Any, node: str) -> str:
+    """What speaks xDS as ``node``: Envoy, or gRPC's own xDS client (proxyless gRPC), by the user
+    agent its stream announced."""
+    try:
+        status = lab.cp.node_status(node)
+    except Exception:  # noqa: BLE001 - a lab without a control plane of its own
+        status = None
+    agent = (getattr(status, "user_agent", "") or "").lower()
+    return "gRPC client" if agent.startswith("grpc") else "Envoy"
 
 
 def _reason(error: str) -> str:
