@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Iterable, Mapping
 
+from ..i18n import _
 from ..net.http_server import HttpServer
 
 __all__ = ["BEHAVIOUR_PATH", "HEALTH_PATH", "Behaviour", "EchoFleet", "EchoService", "format_echo", "start_services"]
@@ -57,11 +58,12 @@ class Behaviour:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.delay, (int, float)) and 0 <= self.delay <= 60):
-            raise ValueError(f"delay {self.delay!r} must be a number of seconds from 0 to 60")
+            raise ValueError(_("delay {value} must be a number of seconds from 0 to 60").format(value=repr(self.delay)))
         if not (isinstance(self.error_rate, (int, float)) and 0 <= self.error_rate <= 1):
-            raise ValueError(f"error_rate {self.error_rate!r} must be from 0 (never fail) to 1 (always fail)")
+            raise ValueError(_("error_rate {value} must be from 0 (never fail) to 1 (always fail)").format(
+                value=repr(self.error_rate)))
         if not (isinstance(self.status, int) and 200 <= self.status <= 599):
-            raise ValueError(f"status {self.status!r} must be an HTTP status code (200-599)")
+            raise ValueError(_("status {value} must be an HTTP status code (200-599)").format(value=repr(self.status)))
 
     @property
     def normal(self) -> bool:
@@ -70,12 +72,12 @@ class Behaviour:
     def describe(self) -> str:
         """In words: 'normal', 'slow (0.5 s)', 'failing 50 % with 503', ..."""
         if self.normal:
-            return "normal"
+            return _("normal")
         parts = []
         if self.delay:
-            parts.append(f"slow ({self.delay:g} s)")
+            parts.append(_("slow ({seconds} s)").format(seconds=f"{self.delay:g}"))
         if self.error_rate:
-            parts.append(f"failing {self.error_rate:.0%} with {self.status}")
+            parts.append(_("failing {share} with {status}").format(share=f"{self.error_rate:.0%}", status=self.status))
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +87,8 @@ class Behaviour:
     def from_dict(cls, data: Mapping[str, Any]) -> Behaviour:
         unknown = set(data) - {"delay", "error_rate", "status"}
         if unknown:
-            raise ValueError(f"unknown behaviour field(s) {sorted(unknown)}: use delay, error_rate, status")
+            raise ValueError(_("unknown behaviour field(s) {fields}: use delay, error_rate, status").format(
+                fields=sorted(unknown)))
         return cls(**dict(data))
 
 
@@ -194,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 data = json.loads(self._read_body() or b"{}")
                 if not isinstance(data, dict):
-                    raise ValueError("send a JSON object such as {\"error_rate\": 0.5}")
+                    raise ValueError(_('send a JSON object such as {example}').format(example='{"error_rate": 0.5}'))
                 Behaviour.from_dict({**service.behaviour.to_dict(), **data})  # names the wrong field
                 service.set_behaviour(**data)
             except (ValueError, TypeError) as exc:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..i18n import _
+
 __all__ = ["ECHO_METHOD", "GrpcEcho", "GrpcFleet", "XdsGrpcClient", "xds_bootstrap"]
 
 #: The one method the backends serve: answers the backend's name.
@@ -220,4 +222,5 @@ class XdsGrpcClient:
                 return made
             time.sleep(0.02)
         seen = sorted({str(r["served_by"] or r["error"]) for r in made})
-        raise TimeoutError(f"{backend} did not answer within {timeout:g}s; answers: {', '.join(seen)}")
+        raise TimeoutError(_("{backend} did not answer within {seconds} s; answers: {answers}").format(
+            backend=backend, seconds=f"{timeout:g}", answers=", ".join(seen)))

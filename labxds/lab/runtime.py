@@ -630,7 +630,8 @@ class LabRuntime:
         except KeyError:
             raise KeyError(f"no service {name!r}; the lab runs {', '.join(self.service_counts)}") from None
         except IndexError:
-            raise IndexError(f"{name} has {len(self.services[name])} instance(s): instance {instance} does not exist") from None
+            raise IndexError(_("{name} has {count} instance(s): instance {instance} does not exist").format(
+                name=name, count=len(self.services[name]), instance=instance)) from None
 
     def _behaviour_http(self, name: str, instance: int, changes: Mapping[str, Any] | None) -> dict[str, Any]:
         import httpx
@@ -640,7 +641,8 @@ class LabRuntime:
         with httpx.Client(timeout=5, trust_env=False) as client:
             response = client.put(url, json=dict(changes)) if changes is not None else client.get(url)
         if response.status_code != 200:
-            raise ValueError(f"{name} at {host}:{port} refused the behaviour: {response.text.strip()}")
+            raise ValueError(_("{name} at {host}:{port} refused the behaviour: {reason}").format(
+                name=name, host=host, port=port, reason=response.text.strip()))
         return dict(response.json())
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..i18n import _
 from ..xds.builders import RESPONSE_FLAGS_HEADER
 from .echo import ADDRESS_HEADER, INSTANCE_HEADER
 
@@ -176,9 +177,9 @@ class Traffic:
         retry_closed: bool = True,
     ) -> None:
         if not rate > 0:
-            raise ValueError(f"rate {rate!r} must be more than 0 requests per second")
+            raise ValueError(_("rate {rate} must be more than 0 requests per second").format(rate=repr(rate)))
         if workers < 1:
-            raise ValueError(f"workers {workers!r} must be 1 or more")
+            raise ValueError(_("workers {workers} must be 1 or more").format(workers=repr(workers)))
         self.url = url
         self.target = _target(url, path)
         self.rate = float(rate)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..i18n import _
 from ..lab.traffic import Traffic
 
 __all__ = ["LiveChart", "traffic_figure", "traffic_png"]
@@ -44,15 +45,17 @@ def traffic_figure(traffic: Traffic, *, bucket: float = 0.5, latency: bool = Fal
     ok = [r["ok"] / r["seconds"] for r in rows]
     failed = [r["failed"] / r["seconds"] for r in rows]
     ax = axes[0]
-    ax.bar(t, ok, width=widths, align="edge", color=_OK, label="succeeded")
-    ax.bar(t, failed, width=widths, align="edge", bottom=ok, color=_FAILED, label="failed")
-    ax.set_ylabel("requests / s")
+    ax.bar(t, ok, width=widths, align="edge", color=_OK, label=_("succeeded"))
+    ax.bar(t, failed, width=widths, align="edge", bottom=ok, color=_FAILED, label=_("failed"))
+    ax.set_ylabel(_("requests / s"))
     ax.legend(loc="lower left", fontsize=8)
-    head = title or f"traffic to {traffic.target}"
+    head = title or _("traffic to {target}").format(target=traffic.target)
     rate = summary["success_rate"]
+    counts = (_("{requests} requests, {failed} failed ({rate} succeeded)") if rate is not None
+              else _("{requests} requests, {failed} failed"))
     fig.suptitle(
-        f"{head}\n{summary['requests']} requests, {summary['failed']} failed"
-        + (f" ({rate:.1%} succeeded)" if rate is not None else ""),
+        head + "\n" + counts.format(requests=summary["requests"], failed=summary["failed"],
+                                    rate=f"{rate:.1%}" if rate is not None else ""),
         fontsize=10,
         color=_FAILED if summary["failed"] else "black",
     )
@@ -61,9 +64,9 @@ def traffic_figure(traffic: Traffic, *, bucket: float = 0.5, latency: bool = Fal
         lat.plot([x + bucket / 2 for x in t], [r["p50_ms"] for r in rows], "o-", color=_OK, markersize=3, label="p50")
         lat.plot([x + bucket / 2 for x in t], [r["p95_ms"] for r in rows], "o-", color="#dd8452", markersize=3,
                  label="p95")  # fmt: skip
-        lat.set_ylabel("latency (ms)")
+        lat.set_ylabel(_("latency (ms)"))
         lat.legend(loc="upper left", fontsize=8)
-    axes[-1].set_xlabel("seconds")
+    axes[-1].set_xlabel(_("seconds"))
     end = max(traffic.elapsed, bucket)
     for axis in axes:
         axis.set_xlim(0, end)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..envoy.config_dump import endpoint_rows, listener_rows
+from ..i18n import _
 
 __all__ = ["Arrow", "Box", "Diagram", "Message", "sequence", "sequence_model", "topology", "topology_model"]
 
@@ -343,7 +344,7 @@ def _client_kind(lab: Any, node: str) -> str:
     except Exception:  # noqa: BLE001 - a lab without a control plane of its own
         status = None
     agent = (getattr(status, "user_agent", "") or "").lower()
-    return "gRPC client" if agent.startswith("grpc") else "Envoy"
+    return _("gRPC client") if agent.startswith("grpc") else "Envoy"
 
 
 def _reason(error: str) -> str:

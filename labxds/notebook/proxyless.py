@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..i18n import _
 from ..xds.resource_types import ENDPOINT
 from .diagrams import COLORS, Arrow, Box, Diagram, _draw_box, _figure, _png
 
@@ -27,19 +28,20 @@ def grpc_topology_model(lab: Any, client: Any) -> tuple[list[Box], list[Arrow]]:
                     sock = lb.endpoint.address.socket_address
                     served.add(f"{sock.address}:{sock.port_value}")
     boxes = [
-        Box("client", "gRPC client", f"{client.uri} · node {node}", 0.3, 2.6, w=3.4),
-        Box("cp", "control plane (ADS)", f"this kernel · {cp.address}", 0.3, 0.4, w=3.4),
+        Box("client", _("gRPC client"), _("{uri} · node {node}").format(uri=client.uri, node=node), 0.3, 2.6, w=3.4),
+        Box("cp", _("control plane (ADS)"), _("this kernel · {address}").format(address=cp.address), 0.3, 0.4, w=3.4),
     ]
-    arrows = [Arrow("client", "cp", "ADS stream (gRPC): LDS, RDS, CDS, EDS" if connected else "ADS: not connected",
+    arrows = [Arrow("client", "cp", _("ADS stream (gRPC): LDS, RDS, CDS, EDS") if connected else _("ADS: not connected"),
                     active=connected, color=COLORS["edge"] if connected else COLORS["NACK"])]  # fmt: skip
     backends = list(getattr(lab.grpc, "backends", {}).values()) if getattr(lab, "grpc", None) else []
     step = min(1.2, 3.6 / max(1, len(backends)))
     y = 2.2 + step * (len(backends) - 1) / 2
     for backend in backends:
         address = f"{backend.host}:{backend.port}"
-        boxes.append(Box(f"backend:{backend.name}", backend.name, f"{address} · {backend.calls} calls", 7.0, y,
+        boxes.append(Box(f"backend:{backend.name}", backend.name,
+                         _("{address} · {calls} calls").format(address=address, calls=backend.calls), 7.0, y,
                          w=2.8, h=0.8, active=backend.running))  # fmt: skip
-        arrows.append(Arrow("client", f"backend:{backend.name}", "calls, no proxy" if address in served else "",
+        arrows.append(Arrow("client", f"backend:{backend.name}", _("calls, no proxy") if address in served else "",
                             active=address in served))  # fmt: skip
         y -= step
     return boxes, arrows
@@ -69,6 +71,6 @@ def grpc_topology(lab: Any, client: Any) -> Diagram:
             mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
             ax.text(mx, my + 0.06, arrow.label, ha="center", va="bottom", fontsize=8, color=color,
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.9})  # fmt: skip
-    ax.text(0.3, 4.15, f"Proxyless gRPC at {time.strftime('%H:%M:%S')}: solid = in use now, dashed = not",
+    ax.text(0.3, 4.15, _("Proxyless gRPC at {time}: solid = in use now, dashed = not").format(time=time.strftime("%H:%M:%S")),
             fontsize=9, color=COLORS["request"])  # fmt: skip
     return Diagram(_png(fig), "proxyless gRPC", boxes=boxes, arrows=arrows)

@@ -487,17 +487,17 @@ class BehaviourPanel(_Displayed):
     def __init__(self, lab: Lab, service: str = "service1", instance: int = 0) -> None:
         self.lab, self.service, self.instance = lab, service, instance
         current = lab.behaviour(service, instance)
-        self.delay = widgets.FloatSlider(value=current.delay, min=0, max=2, step=0.05, description="delay (s)",
+        self.delay = widgets.FloatSlider(value=current.delay, min=0, max=2, step=0.05, description=_("delay (s)"),
                                          continuous_update=False, style={"description_width": "initial"})  # fmt: skip
         self.error_rate = widgets.IntSlider(value=round(current.error_rate * 100), min=0, max=100, step=5,
-                                            description="errors (%)", continuous_update=False,
+                                            description=_("errors (%)"), continuous_update=False,
                                             style={"description_width": "initial"})  # fmt: skip
         self.status = widgets.Dropdown(options=list(self.STATUSES), value=current.status if current.status in
-                                       self.STATUSES else 503, description="status", layout=widgets.Layout(width="160px"))  # fmt: skip
-        self.reset = widgets.Button(description="normal", icon="undo", layout=widgets.Layout(width="100px"))
+                                       self.STATUSES else 503, description=_("status"), layout=widgets.Layout(width="160px"))  # fmt: skip
+        self.reset = widgets.Button(description=_("normal"), icon="undo", layout=widgets.Layout(width="100px"))
         self.state = widgets.HTML()
         self.widget = widgets.VBox([
-            widgets.HTML(f"<b>{html.escape(service)}</b> (instance {instance + 1})"),
+            widgets.HTML(_("<b>{service}</b> (instance {number})").format(service=html.escape(service), number=instance + 1)),
             widgets.HBox([self.delay, self.error_rate]),
             widgets.HBox([self.status, self.reset]),
             self.state,
@@ -509,7 +509,8 @@ class BehaviourPanel(_Displayed):
         self._show(current)
 
     def _show(self, behaviour: Any) -> None:
-        self.state.value = _message(f"{self.service} answers: {behaviour.describe()}", error=not behaviour.normal)
+        self.state.value = _message(_("{service} answers: {behaviour}").format(
+            service=self.service, behaviour=behaviour.describe()), error=not behaviour.normal)
 
     def _on_change(self, _change: Mapping[str, Any]) -> None:
         if self._quiet:
@@ -566,12 +567,12 @@ class GrpcBackendToggle(_Displayed):
         self.answers: list[str] = []
         self.history: list[dict[str, Any]] = []
         self._version = 0
-        self.buttons = widgets.ToggleButtons(options=list(choices), value=value, description="backend")
+        self.buttons = widgets.ToggleButtons(options=list(choices), value=value, description=_("backend"))
         self.status = widgets.HTML()
         self.table = widgets.HTML()
         self.widget = widgets.VBox([self.buttons, self.status, self.table])
         self.buttons.observe(self._on_change, names="value")
-        self.status.value = _message("pick a backend: the control plane pushes it to the gRPC client")
+        self.status.value = _message(_("pick a backend: the control plane pushes it to the gRPC client"))
 
     @property
     def value(self) -> str | None:
@@ -591,7 +592,8 @@ class GrpcBackendToggle(_Displayed):
         node = self.client.node_id
         self._version += 1
         version = f"grpc-{self._version}"
-        self.status.value = _message(f"pushing {version} ({backend}) to node {node} ...")
+        self.status.value = _message(_("pushing {version} ({backend}) to node {node} ...").format(
+            version=version, backend=backend, node=node))
         try:
             snap = self.make(backend, version)
             if node in self.lab.cp.nodes():
@@ -602,13 +604,15 @@ class GrpcBackendToggle(_Displayed):
         except (PushRejected, PushTimeout, TimeoutError) as exc:
             self.last_error = exc
             self.history.append({"backend": backend, "version": version, "acked": False, "error": str(exc)})
-            self.status.value = _message(f"{version} not applied: {exc}", error=True)
+            self.status.value = _message(_("{version} not applied: {error}").format(version=version, error=exc),
+                                         error=True)
             return False
         rows = self.client.call(self.calls)
         self.answers = [r["served_by"] or r["error"] for r in rows]
         self.last_error = None
         self.history.append({"backend": backend, "version": version, "acked": True, "error": None})
-        self.status.value = _message(f"node {node} ACKed {version}: its calls go to {backend}, no proxy in between")
+        self.status.value = _message(_("node {node} ACKed {version}: its calls go to {backend}, no proxy in "
+                                       "between").format(node=node, version=version, backend=backend))
         self.table.value = _table_html(pd.DataFrame(rows)[["call", "served_by", "latency_ms", "error"]],
-                                       f"{self.calls} calls to {self.client.uri}")  # fmt: skip
+                                       _("{calls} calls to {uri}").format(calls=self.calls, uri=self.client.uri))
         return True

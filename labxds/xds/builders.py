@@ -138,9 +138,11 @@ def _part(value: Any, kind: type[_M], what: str) -> _M:
     if isinstance(value, kind):
         return value
     if isinstance(value, message.Message):
-        raise TypeError(f"{what} must be a {kind.DESCRIPTOR.full_name} or a dict, not a {value.DESCRIPTOR.full_name}")
+        raise TypeError(_("{what} must be a {kind} or a dict, not a {given}").format(
+            what=what, kind=kind.DESCRIPTOR.full_name, given=value.DESCRIPTOR.full_name))
     if not isinstance(value, Mapping):
-        raise TypeError(f"{what} must be a dict in Envoy's JSON form (or a {kind.DESCRIPTOR.full_name}), not {value!r}")
+        raise TypeError(_("{what} must be a dict in Envoy's JSON form (or a {kind}), not {given}").format(
+            what=what, kind=kind.DESCRIPTOR.full_name, given=repr(value)))
     msg: _M = kind()
     try:
         parse_dict(value, msg)
@@ -262,7 +264,8 @@ def route_configuration(
         raise ValueError(f"route configuration {name!r} needs a cluster, weights or routes")
     retries = _part(retry_policy, RetryPolicy, f"route configuration {name!r} retry_policy") if retry_policy is not None else None
     if timeout is not None and not timeout >= 0:
-        raise ValueError(f"route configuration {name!r}: timeout {timeout!r} must be 0 (none) or more seconds")
+        raise ValueError(_("route configuration '{name}': timeout {timeout} must be 0 (none) or more seconds").format(
+            name=name, timeout=timeout))
     vh = route_components_pb2.VirtualHost(name=virtual_host, domains=list(domains))
     for match_prefix, target in table.items():
         action = route_components_pb2.RouteAction()
@@ -346,14 +349,15 @@ def http_listener(
         chain.transport_socket.name = "envoy.transport_sockets.tls"
         chain.transport_socket.typed_config.CopyFrom(_pack(context))
     elif client_ca_secret is not None:
-        raise ValueError(f"listener {name!r}: client_ca_secret needs tls_secret (mutual TLS is TLS first)")
+        raise ValueError(_("listener '{name}': client_ca_secret needs tls_secret (mutual TLS is TLS first)").format(
+            name=name))
     return listener_pb2.Listener(name=name, address=socket_address(address, port), filter_chains=[chain])
 
 
 def _pem(value: bytes | str) -> str:
     text = value.decode() if isinstance(value, bytes) else value
     if "-----BEGIN " not in text:
-        raise ValueError("expected PEM text ('-----BEGIN ...'), not a file name: read the file first")
+        raise ValueError(_("expected PEM text ('-----BEGIN ...'), not a file name: read the file first"))
     return text
 
 

@@ -7,6 +7,7 @@ import itertools
 from typing import Any
 
 from ...envoy import EnvoyAdmin
+from ...i18n import N_, _
 from ...envoy.config_dump import listener_rows
 from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, route_configuration
 from ...xds.resource_types import LISTENER, ROUTE
@@ -36,11 +37,11 @@ def _served_after(run: Any) -> set[str]:
 def _why_failed(snap: Any) -> Any:
     def hint(failures: dict[str, int]) -> str:
         if SANDBOX_LISTENER not in snap.names(LISTENER):
-            return ("your snapshot has no listener_0. A snapshot is the whole state of the world: what it leaves "
-                    "out, Envoy removes, and with the listener go its clients' connections")
+            return _("your snapshot has no listener_0. A snapshot is the whole state of the world: what it "
+                     "leaves out, Envoy removes, and with the listener go its clients' connections")
         if any("refused" in reason for reason in failures):
-            return "the listener went away for a moment: keep listener_0, with the same name and port"
-        return "Envoy answered errors: does every route lead to a cluster that has endpoints?"
+            return _("the listener went away for a moment: keep listener_0, with the same name and port")
+        return _("Envoy answered errors: does every route lead to a cluster that has endpoints?")
     return hint
 
 
@@ -57,15 +58,16 @@ def _check_switch(t: Target, switch: Any) -> str:
     sent = no_failures(runs, _why_failed(snap))
     served = _served_after(runs[0])
     if served != {"service2"}:
-        raise Fail(f"after your push, requests were answered by {', '.join(sorted(served))}",
-                   "route local_route to a cluster whose endpoints are service2's: lab.endpoints('service2')")
+        raise Fail(_("after your push, requests were answered by {who}").format(who=", ".join(sorted(served))),
+                   _("route local_route to a cluster whose endpoints are service2's: lab.endpoints('service2')"))
     if SANDBOX_CLUSTER in snap.names("type.googleapis.com/envoy.config.cluster.v3.Cluster"):
         route: Any = snap.resources(ROUTE).get(SANDBOX_ROUTE)
         target = route.virtual_hosts[0].routes[0].route.cluster if route is not None else ""
         if target == SANDBOX_CLUSTER:
-            raise Fail("service2 answers, but through example_proxy_cluster with a new endpoint",
-                       "this exercise moves the route to a new cluster named service2 (make before break)")
-    return f"{sent} requests at 40/s, none failed; after your push every one was answered by service2"
+            raise Fail(_("service2 answers, but through example_proxy_cluster with a new endpoint"),
+                       _("this exercise moves the route to a new cluster named service2 (make before break)"))
+    return _("{sent} requests at 40/s, none failed; after your push every one was answered by service2").format(
+        sent=sent)
 
 
 # -- 10.2 ---------------------------------------------------------------------------------------
@@ -81,23 +83,23 @@ def _service2_cluster(t: Target) -> Any:
 def _check_routes(t: Target, routes: Any) -> str:
     route = resource(routes, ROUTE, "routes", _ROUTES_HINT)
     if route.name != SANDBOX_ROUTE:
-        raise Fail(f"your route configuration is named {route.name!r}",
-                   f"listener_0 asks for {SANDBOX_ROUTE!r} over RDS: give yours that name")  # fmt: skip
+        raise Fail(_("your route configuration is named '{name}'").format(name=route.name),
+                   _("listener_0 asks for '{route}' over RDS: give yours that name").format(route=SANDBOX_ROUTE))
     _baseline(t, _service2_cluster(t))
     resources = [sandbox_cluster(t), _service2_cluster(t), route, sandbox_listener(t)]
     runs = under_traffic(t, lambda: push(t, resources, what="your routes"), paths=("/", "/api"), label="check 10.2")
     sent = no_failures(runs, lambda failures: (
-        "a 404 is Envoy finding no route: keep a route for '/' so everything else still has a way"
+        _("a 404 is Envoy finding no route: keep a route for '/' so everything else still has a way")
         if any(r.startswith("404") for r in failures)
-        else "every route must lead to a cluster that exists: example_proxy_cluster or service2"))
+        else _("every route must lead to a cluster that exists: example_proxy_cluster or service2")))
     root, api = (_served_after(run) for run in runs)
     if api != {"service2"}:
-        raise Fail(f"after your push, GET /api was answered by {', '.join(sorted(api))}",
-                   "Envoy takes the first route that matches, and '/' matches everything: put /api first")
+        raise Fail(_("after your push, GET /api was answered by {who}").format(who=", ".join(sorted(api))),
+                   _("Envoy takes the first route that matches, and '/' matches everything: put /api first"))
     if root != {"service1"}:
-        raise Fail(f"after your push, GET / was answered by {', '.join(sorted(root))}",
-                   "everything that is not /api stays on service1: a route for '/' to example_proxy_cluster")
-    return f"{sent} requests to / and /api, none failed; now /api -> service2, / -> service1"
+        raise Fail(_("after your push, GET / was answered by {who}").format(who=", ".join(sorted(root))),
+                   _("everything that is not /api stays on service1: a route for '/' to example_proxy_cluster"))
+    return _("{sent} requests to / and /api, none failed; now /api -> service2, / -> service1").format(sent=sent)
 
 
 # -- 10.3 ---------------------------------------------------------------------------------------
@@ -123,13 +125,13 @@ def _check_listener(t: Target, listener_v2: Any) -> str:
 
         def hint(failures: dict[str, int]) -> str:
             if listener.name != SANDBOX_LISTENER:
-                return (f"your listener is named {listener.name!r}: a new name is a new listener, and listener_0 "
-                        "(with its clients) goes away. Change listener_0 itself")
+                return _("your listener is named '{name}': a new name is a new listener, and listener_0 (with "
+                         "its clients) goes away. Change listener_0 itself").format(name=listener.name)
             port = listener.address.socket_address.port_value
             if port != lab.listener_port:
-                return (f"your listener listens on port {port}, the clients on {lab.listener_port}: keep the port, "
-                        "change only the filter chain")
-            return "keep listener_0's name, address and port; change only its stat_prefix"
+                return _("your listener listens on port {port}, the clients on {theirs}: keep the port, change "
+                         "only the filter chain").format(port=port, theirs=lab.listener_port)
+            return _("keep listener_0's name, address and port; change only its stat_prefix")
 
         sent = no_failures(runs, hint)
         t.served(2)  # new connections, which the new filter chain takes (old ones may still drain)
@@ -137,23 +139,24 @@ def _check_listener(t: Target, listener_v2: Any) -> str:
         ingress = admin.stats(r"^http\.ingress\.downstream_rq_total$").get("http.ingress.downstream_rq_total", 0)
         active = [r for r in listener_rows(admin) if r["state"] == "active"]
     if after == before:
-        raise Fail("Envoy kept its listener as it was: your listener_0 is the same as the running one",
-                   'give it stat_prefix="ingress": a different filter chain, which Envoy swaps by draining the old')
+        raise Fail(_("Envoy kept its listener as it was: your listener_0 is the same as the running one"),
+                   _('give it stat_prefix="ingress": a different filter chain, which Envoy swaps by draining the old'))
     if not ingress:
-        raise Fail("Envoy replaced the listener, but no request was counted under http.ingress",
-                   'the stat_prefix names the statistics: stat_prefix="ingress"')
+        raise Fail(_("Envoy replaced the listener, but no request was counted under http.ingress"),
+                   _('the stat_prefix names the statistics: stat_prefix="ingress"'))
     names = sorted(f"{r['name']} :{r['port']}" for r in active)
-    return (f"{sent} requests, none failed; Envoy swapped listener_0's filter chain and drained the old one "
-            f"(listeners now: {', '.join(names)}; {ingress} requests counted as http.ingress)")
+    return _("{sent} requests, none failed; Envoy swapped listener_0's filter chain and drained the old one "
+             "(listeners now: {listeners}; {ingress} requests counted as http.ingress)").format(
+        sent=sent, listeners=", ".join(names), ingress=ingress)
 
 
 EXERCISES = [
     Exercise(
-        "10.1", "Switch upstreams under load",
-        "Write a snapshot that sends the sandbox's traffic to service2 through a new cluster named service2 "
-        "(STRICT_DNS, its endpoints lab.endpoints('service2')), with local_route pointing at it and listener_0 "
-        "as before. The check sends 40 requests a second, pushes your snapshot in the middle and counts "
-        "the failures: the goal is none.",
+        "10.1", N_("Switch upstreams under load"),
+        N_("Write a snapshot that sends the sandbox's traffic to service2 through a new cluster named service2 "
+           "(STRICT_DNS, its endpoints lab.endpoints('service2')), with local_route pointing at it and listener_0 "
+           "as before. The check sends 40 requests a second, pushes your snapshot in the middle and counts "
+           "the failures: the goal is none."),
         _check_switch,
         placeholder="switch = None  # a Snapshot: the cluster service2, local_route to it, listener_0",
         solution='''\
@@ -176,10 +179,10 @@ switch = labxds.Snapshot([
               f"{DOCS}/api-docs/xds_protocol#eventual-consistency-considerations"),
     ),
     Exercise(
-        "10.2", "Add a route under load",
-        "Add a route: GET /api goes to the cluster service2, everything else stays on example_proxy_cluster "
-        "(service1). Write local_route with both routes. The check pushes it with both clusters and "
-        "listener_0 while requests go to / and /api, and counts the failures.",
+        "10.2", N_("Add a route under load"),
+        N_("Add a route: GET /api goes to the cluster service2, everything else stays on example_proxy_cluster "
+           "(service1). Write local_route with both routes. The check pushes it with both clusters and "
+           "listener_0 while requests go to / and /api, and counts the failures."),
         _check_routes,
         placeholder="routes = None  # local_route: /api to service2, / to example_proxy_cluster",
         solution='routes = labxds.route_configuration("local_route", routes={"/api": "service2", "/": '
@@ -193,10 +196,10 @@ switch = labxds.Snapshot([
         docs=(f"{DOCS}/intro/arch_overview/http/http_routing", f"{DOCS}/api-v3/config/route/v3/route_components.proto"),
     ),
     Exercise(
-        "10.3", "Replace listener_0's filter chain, drain the old one",
-        "Change listener_0 so that its HTTP statistics are named ingress (stat_prefix=\"ingress\"). Envoy "
-        "applies a changed filter chain with a new one for new connections while the old one drains. "
-        "The check pushes your listener under load, counts failures and reads Envoy's statistics.",
+        "10.3", N_("Replace listener_0's filter chain, drain the old one"),
+        N_("Change listener_0 so that its HTTP statistics are named ingress (stat_prefix=\"ingress\"). Envoy "
+           "applies a changed filter chain with a new one for new connections while the old one drains. "
+           "The check pushes your listener under load, counts failures and reads Envoy's statistics."),
         _check_listener,
         placeholder='listener_v2 = None  # listener_0 again, with stat_prefix "ingress"',
         solution='listener_v2 = labxds.http_listener("listener_0", lab.listener_port, "local_route", '

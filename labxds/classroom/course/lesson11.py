@@ -9,12 +9,13 @@ from typing import Any
 
 from ...envoy import EnvoyAdmin
 from ...envoy.config_dump import host_rows
+from ...i18n import N_, _
 from ...lab.echo import Behaviour
 from ...lab.traffic import send
 from ...xds.builders import SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, load_assignment, route_configuration
 from ..exercises import Exercise, Fail, Target
 from .checks import push
-from .live import describe_failures, mark_background, wait_until
+from .live import mark_background, wait_until
 
 __all__ = ["BACKEND", "EXERCISES", "GIVEN", "OTHER_HOST", "backend_snapshot"]
 
@@ -62,9 +63,10 @@ def sandbox_listener_of(lab: Any) -> Any:
 
 def _dict(answer: Any, name: str, hint: str) -> dict[str, Any]:
     if answer is None:
-        raise Fail(f"{name} is still None: the exercise is not done yet", hint)
+        raise Fail(_("{name} is still None: the exercise is not done yet").format(name=name), hint)
     if not isinstance(answer, Mapping):
-        raise Fail(f"{name} is a {type(answer).__name__}: write it as a dict, the way Envoy's docs show it", hint)
+        raise Fail(_("{name} is a {kind}: write it as a dict, the way Envoy's docs show it").format(
+            name=name, kind=type(answer).__name__), hint)
     return dict(answer)
 
 
@@ -74,8 +76,8 @@ def _push(t: Target, what: str, key: str, **options: Any) -> None:
     try:
         resources = backend_snapshot(lab, **options)
     except (ValueError, TypeError) as exc:
-        raise Fail(f"{what} is not in Envoy's JSON form: {exc}",
-                   "field names as in Envoy's API reference, durations as strings like \"0.25s\"") from None
+        raise Fail(_("{what} is not in Envoy's JSON form: {error}").format(what=what, error=exc),
+                   _('field names as in Envoy\'s API reference, durations as strings like "0.25s"')) from None
     mark_background(t, f"check {key}")
     push(t, resources, what=what)  # versions are content hashes: only what changed goes out
 
@@ -118,15 +120,18 @@ def _check_retries(t: Target, retry_policy: Any) -> str:
     failed = [r for r in rows if r["status"] != 200]
     retries = _counter(t, "upstream_rq_retry") - before
     if failed:
-        statuses = describe_failures({str(r["status"] or r["error"]): 1 for r in failed})
+        statuses = ", ".join(sorted({str(r["status"] or r["error"]) for r in failed}))
         if not retries:
-            raise Fail(f"{len(failed)} of 40 requests failed ({statuses.split(' ', 1)[-1]}): Envoy retried none",
-                       "retry_on names what Envoy retries: a 503 from the upstream is a \"5xx\"; num_retries "
-                       "must be 1 or more")  # fmt: skip
-        raise Fail(f"{len(failed)} of 40 requests failed although Envoy retried {retries} times",
-                   "a retry can land on the failing instance again: retry on another host "
-                   "(**other_host) and allow 2 retries")  # fmt: skip
-    return f"service1 fails every request, yet 40 of 40 succeeded: Envoy retried {retries} times on service2"
+            raise Fail(_("{failed} of 40 requests failed ({statuses}): Envoy retried none").format(
+                failed=len(failed), statuses=statuses),
+                _('retry_on names what Envoy retries: a 503 from the upstream is a "5xx"; num_retries must be 1 '
+                  "or more"))  # fmt: skip
+        raise Fail(_("{failed} of 40 requests failed although Envoy retried {retries} times").format(
+            failed=len(failed), retries=retries),
+            _("a retry can land on the failing instance again: retry on another host (**other_host) and allow "
+              "2 retries"))  # fmt: skip
+    return _("service1 fails every request, yet 40 of 40 succeeded: Envoy retried {retries} times on "
+             "service2").format(retries=retries)
 
 
 # -- 11.2 per-try timeout -----------------------------------------------------------------------
@@ -143,18 +148,18 @@ def _check_slow(t: Target, slow_policy: Any) -> str:
         rows = send(t.listener_url, 6, timeout=5)
     failed = [r for r in rows if r["status"] != 200]
     if failed:
-        raise Fail(f"{len(failed)} of 6 requests failed: {failed[0]['status'] or failed[0]['error']}",
-                   "a per_try_timeout abandons one try; retry_on \"5xx\" retries it (a per-try timeout counts "
-                   "as a 5xx)")  # fmt: skip
+        raise Fail(_("{failed} of 6 requests failed: {first}").format(
+            failed=len(failed), first=failed[0]["status"] or failed[0]["error"]),
+            _('a per_try_timeout abandons one try; retry_on "5xx" retries it (a per-try timeout counts as a 5xx)'))
     slow = [r for r in rows if r["latency_ms"] > 800]
     if slow:
-        raise Fail(f"{len(slow)} of 6 requests took about {slow[0]['latency_ms'] / 1000:.1f} s: they waited for "
-                   "slow service1", "give each try a per_try_timeout shorter than 1 s, e.g. \"0.25s\", and a retry "
-                   "goes to service2")  # fmt: skip
+        raise Fail(_("{slow} of 6 requests took about {seconds} s: they waited for slow service1").format(
+            slow=len(slow), seconds=f"{slow[0]['latency_ms'] / 1000:.1f}"),
+            _('give each try a per_try_timeout shorter than 1 s, e.g. "0.25s", and a retry goes to service2'))
     worst = max(r["latency_ms"] for r in rows)
     timeouts = _counter(t, "upstream_rq_per_try_timeout") - before
-    return (f"service1 takes 1 s, yet 6 of 6 succeeded within {worst:.0f} ms: {timeouts} tries timed out "
-            "and were retried")
+    return _("service1 takes 1 s, yet 6 of 6 succeeded within {worst} ms: {timeouts} tries timed out and were "
+             "retried").format(worst=f"{worst:.0f}", timeouts=timeouts)
 
 
 # -- 11.3 outlier detection ---------------------------------------------------------------------
@@ -181,19 +186,20 @@ def _check_outlier(t: Target, outlier: Any) -> str:
         overflow = _counter(t, "outlier_detection.ejections_overflow") - before
     if health.get("service1") != "ejected (outlier detection)":
         if overflow:
-            raise Fail(f"Envoy wanted to eject service1 but did not ({overflow} times): the cluster has two hosts",
-                       "max_ejection_percent (default 10 %) caps how many hosts may be out: with two hosts, "
-                       "10 % is none. Allow 50")  # fmt: skip
-        raise Fail(f"after 30 requests (about 15 of them failed by service1) Envoy still counts service1 as "
-                   f"{health.get('service1', 'absent')}",
-                   "consecutive_5xx is how many failures in a row eject a host: a few, e.g. 3")  # fmt: skip
+            raise Fail(_("Envoy wanted to eject service1 but did not ({times} times): the cluster has two "
+                         "hosts").format(times=overflow),
+                       _("max_ejection_percent (default 10 %) caps how many hosts may be out: with two hosts, "
+                         "10 % is none. Allow 50"))  # fmt: skip
+        raise Fail(_("after 30 requests (about 15 of them failed by service1) Envoy still counts service1 as "
+                     "{state}").format(state=health.get("service1", "absent")),
+                   _("consecutive_5xx is how many failures in a row eject a host: a few, e.g. 3"))
     bad = [r for r in later if r["status"] != 200]
     if bad:
-        raise Fail(f"service1 is ejected, yet {len(bad)} of the next 10 requests failed",
-                   "with service1 out, every request should reach service2")
+        raise Fail(_("service1 is ejected, yet {bad} of the next 10 requests failed").format(bad=len(bad)),
+                   _("with service1 out, every request should reach service2"))
     failed_first = sum(r["status"] != 200 for r in first)
-    return (f"Envoy ejected service1 (its /clusters says so); {failed_first} of the check's first 30 requests "
-            "failed before that, and the next 10 all went to service2 and succeeded")
+    return _("Envoy ejected service1 (its /clusters says so); {failed} of the check's first 30 requests failed "
+             "before that, and the next 10 all went to service2 and succeeded").format(failed=failed_first)
 
 
 # -- 11.4 active health checks ------------------------------------------------------------------
@@ -214,34 +220,36 @@ def _check_health(t: Target, health_check: Any) -> str:
         took = time.monotonic() - started
         if not out:
             probes = lab.services["service1"][0].health_checks if lab.services and not lab.mode.docker else None
-            raise Fail(f"3 s after your push Envoy still counts service1 as {_health(t).get('service1')}"
-                       + (f" ({probes} health checks reached it)" if probes is not None else ""),
-                       "check often (interval \"0.2s\", and no_traffic_interval too: this cluster may see no "
-                       "traffic), mark a host unhealthy after 2 failures, on the path /healthz")  # fmt: skip
+            state = _health(t).get("service1")
+            detail = (_("3 s after your push Envoy still counts service1 as {state} ({probes} health checks "
+                        "reached it)").format(state=state, probes=probes) if probes is not None
+                      else _("3 s after your push Envoy still counts service1 as {state}").format(state=state))
+            raise Fail(detail, _('check often (interval "0.2s", and no_traffic_interval too: this cluster may see '
+                                 "no traffic), mark a host unhealthy after 2 failures, on the path /healthz"))
         # The load balancer can keep picking the host for a moment (up to about a second) after
         # /clusters shows the flag: wait until it has stopped, then look.
         wait_until(lambda: {r["served_by"] for r in send(t.listener_url, 4)} == {"service2"}, 3.0, every=0.1)
         served = {r["served_by"] for r in send(t.listener_url, 6)}
         if served != {"service2"}:
-            raise Fail(f"service1 failed its health checks, yet requests were answered by "
-                       f"{', '.join(map(str, served))}",
-                       "Envoy sends no traffic to an unhealthy host: is the health check on the cluster backend?")
+            raise Fail(_("service1 failed its health checks, yet requests were answered by {who}").format(
+                who=", ".join(map(str, served))),
+                _("Envoy sends no traffic to an unhealthy host: is the health check on the cluster backend?"))
         lab.set_behaviour("service1", error_rate=0, delay=0)  # it recovers
         back = wait_until(lambda: _health(t).get("service1") == "healthy", 3.0)
     if not back:
-        raise Fail("service1 answers normally again, but Envoy still counts it unhealthy after 3 s",
-                   "Envoy asks again only every interval and takes a host back after healthy_threshold passed "
-                   "checks: ask every 0.2 s, and 1 success is enough here")  # fmt: skip
-    return (f"Envoy marked service1 unhealthy {took:.1f} s after it started failing, then stopped sending it "
-            "requests, and took it back once it recovered")
+        raise Fail(_("service1 answers normally again, but Envoy still counts it unhealthy after 3 s"),
+                   _("Envoy asks again only every interval and takes a host back after healthy_threshold passed "
+                     "checks: ask every 0.2 s, and 1 success is enough here"))  # fmt: skip
+    return _("Envoy marked service1 unhealthy {seconds} s after it started failing, then stopped sending it "
+             "requests, and took it back once it recovered").format(seconds=f"{took:.1f}")
 
 
 EXERCISES = [
     Exercise(
-        "11.1", "Retries",
-        "service1 will fail every request with 503. Write a retry policy for the route (a dict in Envoy's JSON "
-        "form) so that every request still succeeds: retry 5xx answers, up to 2 times, on another host "
-        "(other_host). The check pushes it on local_route, makes service1 fail, and sends 40 requests.",
+        "11.1", N_("Retries"),
+        N_("service1 will fail every request with 503. Write a retry policy for the route (a dict in Envoy's JSON "
+           "form) so that every request still succeeds: retry 5xx answers, up to 2 times, on another host "
+           "(other_host). The check pushes it on local_route, makes service1 fail, and sends 40 requests."),
         _check_retries,
         placeholder="retry_policy = None  # a dict: what to retry (retry_on) and how many times (num_retries)",
         solution='retry_policy = {"retry_on": "5xx", "num_retries": 2, **other_host}',
@@ -255,10 +263,10 @@ EXERCISES = [
               f"{DOCS}/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-retrypolicy"),
     ),
     Exercise(
-        "11.2", "A slow instance: per-try timeouts",
-        "service1 will take 1 s to answer. Write a retry policy that gives up on a try after 0.25 s and "
-        "retries on another host, so that every request succeeds quickly. The check gives the route a 3 s "
-        "timeout.",
+        "11.2", N_("A slow instance: per-try timeouts"),
+        N_("service1 will take 1 s to answer. Write a retry policy that gives up on a try after 0.25 s and "
+           "retries on another host, so that every request succeeds quickly. The check gives the route a 3 s "
+           "timeout."),
         _check_slow,
         placeholder="slow_policy = None  # a retry policy with a per_try_timeout",
         solution='slow_policy = {"retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.25s", **other_host}',
@@ -272,9 +280,9 @@ EXERCISES = [
               f"{DOCS}/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-retrypolicy-per-try-timeout"),
     ),
     Exercise(
-        "11.3", "Outlier detection",
-        "service1 will fail every request. Write outlier_detection for the cluster backend so that Envoy "
-        "ejects service1 after a few failures in a row and stops sending it requests (without retries).",
+        "11.3", N_("Outlier detection"),
+        N_("service1 will fail every request. Write outlier_detection for the cluster backend so that Envoy "
+           "ejects service1 after a few failures in a row and stops sending it requests (without retries)."),
         _check_outlier,
         placeholder="outlier = None  # a dict: when to eject a host, for how long, how many hosts at most",
         solution='outlier = {"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "30s", '
@@ -288,10 +296,10 @@ EXERCISES = [
               f"{DOCS}/api-v3/config/cluster/v3/outlier_detection.proto"),
     ),
     Exercise(
-        "11.4", "Active health checks",
-        "service1 will fail, then recover. Write an HTTP health check for the cluster backend (a dict): ask "
-        "/healthz every 0.2 s, mark a host unhealthy after 2 failures and healthy after 1 success. The check "
-        "waits for Envoy to take service1 out, then back in.",
+        "11.4", N_("Active health checks"),
+        N_("service1 will fail, then recover. Write an HTTP health check for the cluster backend (a dict): ask "
+           "/healthz every 0.2 s, mark a host unhealthy after 2 failures and healthy after 1 success. The check "
+           "waits for Envoy to take service1 out, then back in."),
         _check_health,
         placeholder="health_check = None  # a dict: path, interval, thresholds, timeout",
         solution='''\

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ...i18n import N_, _
 from ...xds.builders import api_listener, cluster, load_assignment
 from ...xds.messages import ResourceError, to_message
 from ...xds.resource_types import LISTENER, ROUTE, short_name, type_url_of
@@ -43,9 +44,9 @@ def push_to_grpc(t: Target, resources: Iterable[Any], what: str) -> Snapshot:
     try:
         snap = Snapshot(list(resources))
     except ConsistencyError as exc:
-        raise Fail(f"{what} does not fit together: {'; '.join(exc.problems)}",
-                   "the listener names its route configuration, the route its cluster, the endpoints their "
-                   "cluster: check the names match")  # fmt: skip
+        raise Fail(_("{what} does not fit together: {problems}").format(what=what, problems="; ".join(exc.problems)),
+                   _("the listener names its route configuration, the route its cluster, the endpoints their "
+                     "cluster: check the names match"))  # fmt: skip
     # Served before the client's stream opens, so its first request finds its resources.
     lab.cp.set_snapshot(snap, node=GRPC_NODE)
     connect(lab)
@@ -53,18 +54,20 @@ def push_to_grpc(t: Target, resources: Iterable[Any], what: str) -> Snapshot:
         lab.cp.push(snap, node=GRPC_NODE, nodes=[GRPC_NODE], timeout=4)
         wait_every_type(lab, snap, timeout=4)
     except PushRejected as exc:
-        (_, url), text = next(iter(exc.errors.items()))
-        raise Fail(f"gRPC's xDS client rejected {what} (a NACK for {short_name(url)}): {envoy_words(text)}",
-                   "gRPC implements part of Envoy's API: a client listener is an api_listener; load balancing "
-                   "is round robin, ring hash, least request, ... (no MAGLEV, no RANDOM)") from None  # fmt: skip
+        (_node, url), text = next(iter(exc.errors.items()))
+        raise Fail(_("gRPC's xDS client rejected {what} (a NACK for {type}): {words}").format(
+            what=what, type=short_name(url), words=envoy_words(text)),
+            _("gRPC implements part of Envoy's API: a client listener is an api_listener; load balancing is "
+              "round robin, ring hash, least request, ... (no MAGLEV, no RANDOM)")) from None  # fmt: skip
     except PushTimeout:
         # gRPC ACKs a resource it can parse but not use, asks for nothing more, and fails its calls:
         # its own error says why.
         call = lab.grpc_client(GRPC_TARGET, GRPC_NODE).call(1, timeout=1, wait_for_ready=False)[0]
-        said = f": its calls fail with {call['error']}" if call["error"] else ""
-        raise Fail(f"the gRPC client did not take {what} in full within 4 s{said}",
-                   "a client's Listener is an api_listener (labxds.api_listener), which names the route "
-                   "configuration; gRPC asks for what that names, step by step") from None  # fmt: skip
+        detail = (_("the gRPC client did not take {what} in full within 4 s: its calls fail with {error}").format(
+            what=what, error=call["error"]) if call["error"]
+            else _("the gRPC client did not take {what} in full within 4 s").format(what=what))
+        raise Fail(detail, _("a client's Listener is an api_listener (labxds.api_listener), which names the route "
+                             "configuration; gRPC asks for what that names, step by step")) from None  # fmt: skip
     return snap
 
 
@@ -101,36 +104,39 @@ _RESOURCES_HINT = ('[labxds.api_listener("greeter", "greeter-route"), labxds.rou
 
 def _check_resources(t: Target, grpc_resources: Any) -> str:
     if grpc_resources is None:
-        raise Fail("grpc_resources is still None: the exercise is not done yet", _RESOURCES_HINT)
+        raise Fail(_("grpc_resources is still None: the exercise is not done yet"), _RESOURCES_HINT)
     if isinstance(grpc_resources, Snapshot):
         items = [m for url in grpc_resources.versions for m in grpc_resources.resources(url).values()]
     elif isinstance(grpc_resources, (list, tuple)):
         items = list(grpc_resources)
     else:
-        raise Fail(f"grpc_resources is a {type(grpc_resources).__name__}: give a list of the four resources",
-                   _RESOURCES_HINT)
+        raise Fail(_("grpc_resources is a {kind}: give a list of the four resources").format(
+            kind=type(grpc_resources).__name__), _RESOURCES_HINT)
     listeners = [m for m in items if _type(m) == LISTENER]
     if not any(getattr(m, "name", None) == GRPC_TARGET for m in listeners):
-        raise Fail("there is no Listener named 'greeter'",
-                   "the channel's target is xds:///greeter: gRPC asks the control plane for the Listener 'greeter'")
+        raise Fail(_("there is no Listener named 'greeter'"),
+                   _("the channel's target is xds:///greeter: gRPC asks the control plane for the Listener "
+                     "'greeter'"))
     snap = push_to_grpc(t, items, "your resources")
     lab = t.own_lab()
     alpha = f"{lab.grpc.endpoints('alpha')[0][0]}:{lab.grpc.endpoints('alpha')[0][1]}" if lab.grpc else "alpha"
     try:
         lab.grpc_client(GRPC_TARGET, GRPC_NODE).wait_for("alpha", timeout=5)
     except TimeoutError as exc:
-        raise Fail(f"gRPC ACKed your resources, but calls are not answered by alpha: {exc}",
-                   f"the endpoints must be alpha's ({alpha}): backends.endpoints('alpha')") from None
+        raise Fail(_("gRPC ACKed your resources, but calls are not answered by alpha: {error}").format(error=exc),
+                   _("the endpoints must be alpha's ({address}): backends.endpoints('alpha')").format(
+                       address=alpha)) from None
     answers = _calls(t, 6)
     if set(answers) != {"alpha"}:
-        raise Fail(f"6 calls were answered by {', '.join(sorted(set(answers)))}", "send every call to alpha")
+        raise Fail(_("6 calls were answered by {who}").format(who=", ".join(sorted(set(answers)))),
+                   _("send every call to alpha"))
     asked: dict[tuple[str, str], None] = {}  # in the order gRPC first asked
     for e in lab.cp.trace(GRPC_NODE):
         if e["direction"] == "received" and e["kind"] == "request" and e["resources"]:
             asked.setdefault((e["type"], e["resources"]), None)
     chain = " -> ".join(f"{kind} {names}" for kind, names in asked)
-    return (f"gRPC ACKed version {snap.version(ROUTE)[:8]}... of your routes and 6 of 6 calls reached alpha "
-            f"directly; it asked for: {chain}")
+    return _("gRPC ACKed version {version}... of your routes and 6 of 6 calls reached alpha directly; it asked "
+             "for: {chain}").format(version=snap.version(ROUTE)[:8], chain=chain)
 
 
 def _type(item: Any) -> str:
@@ -154,29 +160,30 @@ def _clusters(lab: Any) -> list[Any]:
 def _check_canary(t: Target, canary_route: Any) -> str:
     route = resource(canary_route, ROUTE, "canary_route", _CANARY_HINT)
     if route.name != ROUTE_NAME:
-        raise Fail(f"your route configuration is named {route.name!r}",
-                   f"the Listener 'greeter' asks for {ROUTE_NAME!r}: give yours that name")
+        raise Fail(_("your route configuration is named '{name}'").format(name=route.name),
+                   _("the Listener 'greeter' asks for '{route}': give yours that name").format(route=ROUTE_NAME))
     lab = t.own_lab()
     push_to_grpc(t, [api_listener(GRPC_TARGET, ROUTE_NAME), route, *_clusters(lab)], "your route")
     answers = _calls(t, 200)
     errors = [a for a in answers if a not in ("alpha", "beta")]
     if errors:
-        raise Fail(f"{len(errors)} of 200 calls failed: {errors[0]}",
-                   "every cluster your route names must exist: alpha and beta")
+        raise Fail(_("{failed} of 200 calls failed: {first}").format(failed=len(errors), first=errors[0]),
+                   _("every cluster your route names must exist: alpha and beta"))
     beta = answers.count("beta") / len(answers)
     if not 0.13 <= beta <= 0.38:
-        raise Fail(f"of 200 calls {beta:.0%} went to beta",
-                   "weights are shares: alpha 75 and beta 25 sends about a quarter of the calls to beta")
-    return f"gRPC split 200 calls itself: {1 - beta:.0%} to alpha, {beta:.0%} to beta (asked 75/25)"
+        raise Fail(_("of 200 calls {share} went to beta").format(share=f"{beta:.0%}"),
+                   _("weights are shares: alpha 75 and beta 25 sends about a quarter of the calls to beta"))
+    return _("gRPC split 200 calls itself: {alpha} to alpha, {beta} to beta (asked 75/25)").format(
+        alpha=f"{1 - beta:.0%}", beta=f"{beta:.0%}")
 
 
 EXERCISES = [
     Exercise(
-        "12.1", "What gRPC's xDS client asks for",
-        "Write the four resources that make xds:///greeter reach the backend alpha: the Listener greeter (an "
-        "api_listener naming greeter-route), the route configuration greeter-route to the cluster "
-        "greeter-cluster, that cluster (EDS) and its endpoints. The check pushes them to the gRPC client's "
-        "node and calls it.",
+        "12.1", N_("What gRPC's xDS client asks for"),
+        N_("Write the four resources that make xds:///greeter reach the backend alpha: the Listener greeter (an "
+           "api_listener naming greeter-route), the route configuration greeter-route to the cluster "
+           "greeter-cluster, that cluster (EDS) and its endpoints. The check pushes them to the gRPC client's "
+           "node and calls it."),
         _check_resources,
         placeholder="grpc_resources = None  # a list: Listener greeter, its route, its cluster, the endpoints (alpha)",
         solution='''\
@@ -206,9 +213,9 @@ grpc_resources = [
         docs=(f"{DOCS}/api-v3/config/listener/v3/api_listener.proto", f"{DOCS}/api-docs/xds_protocol"),
     ),
     Exercise(
-        "12.2", "A canary, without a proxy",
-        "Write greeter-route so that 75 % of the calls go to the cluster alpha and 25 % to the cluster beta "
-        "(both clusters and their endpoints are pushed for you). gRPC picks the cluster per call itself.",
+        "12.2", N_("A canary, without a proxy"),
+        N_("Write greeter-route so that 75 % of the calls go to the cluster alpha and 25 % to the cluster beta "
+           "(both clusters and their endpoints are pushed for you). gRPC picks the cluster per call itself."),
         _check_canary,
         placeholder="canary_route = None  # greeter-route: weights alpha 75, beta 25",
         solution='canary_route = labxds.route_configuration("greeter-route", weights={"alpha": 75, "beta": 25})',

@@ -7,6 +7,7 @@ import itertools
 from typing import Any
 
 from ...envoy import EnvoyAdmin
+from ...i18n import N_, _
 from ...envoy.config_dump import certificate_rows
 from ...lab.traffic import send, server_certificate
 from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, http_listener, route_configuration
@@ -71,10 +72,10 @@ def _resources(t: Target, secret: Any) -> list[Any]:
 def _secret(answer: Any, name: str, hint: str) -> Any:
     secret = resource(answer, SECRET, name, hint)
     if not secret.HasField("tls_certificate"):
-        raise Fail(f"{name} holds no certificate and key (tls_certificate)", hint)
+        raise Fail(_("{name} holds no certificate and key (tls_certificate)").format(name=name), hint)
     if secret.name != SECRET_NAME:
-        raise Fail(f"your secret is named {secret.name!r}",
-                   f"listener_0 asks SDS for the secret {SECRET_NAME!r}: give yours that name")  # fmt: skip
+        raise Fail(_("your secret is named '{name}'").format(name=secret.name),
+                   _("listener_0 asks SDS for the secret '{secret}': give yours that name").format(secret=SECRET_NAME))
     return secret
 
 
@@ -88,8 +89,8 @@ def _serial_of(secret: Any) -> str:
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
-        raise Fail("the secret's certificate_chain is not a PEM certificate",
-                   "use the certificate's PEM text: cert.cert_pem") from None
+        raise Fail(_("the secret's certificate_chain is not a PEM certificate"),
+                   _("use the certificate's PEM text: cert.cert_pem")) from None
     text = format(cert.serial_number, "x")
     return text.zfill(len(text) + len(text) % 2)
 
@@ -114,16 +115,17 @@ def _check_secret(t: Target, secret: Any) -> str:
     serial = _serial_of(sds)
     push(t, _resources(t, sds), version=f"tls-{next(_RUNS)}", what="your secret")
     if not wait_until(lambda: _presented(t) == serial, 3.0):
-        raise Fail(f"3 s after your push listener_0 does not present your certificate (serial {serial})",
-                   "Envoy accepted the secret but the listener does not use it yet: is the key the one of "
-                   "the certificate (first.key_pem with first.cert_pem)?")  # fmt: skip
+        raise Fail(_("3 s after your push listener_0 does not present your certificate (serial {serial})").format(
+            serial=serial),
+            _("Envoy accepted the secret but the listener does not use it yet: is the key the one of the "
+              "certificate (first.key_pem with first.cert_pem)?"))  # fmt: skip
     lab = t.own_lab()
     answer = send(https_url(lab), 1, verify=False)[0]
     if answer["served_by"] != "service1":
-        raise Fail(f"HTTPS through listener_0 answered {answer['status'] or answer['error']}",
-                   "the TLS part works; the request should still reach service1")
-    return (f"listener_0 speaks TLS with your certificate (serial {serial}, from Envoy's /certs); "
-            "HTTPS requests reach service1")
+        raise Fail(_("HTTPS through listener_0 answered {answer}").format(answer=answer["status"] or answer["error"]),
+                   _("the TLS part works; the request should still reach service1"))
+    return _("listener_0 speaks TLS with your certificate (serial {serial}, from Envoy's /certs); HTTPS requests "
+             "reach service1").format(serial=serial)
 
 
 # -- 13.2 ---------------------------------------------------------------------------------------
@@ -149,32 +151,35 @@ def _check_rotation(t: Target, rotated: Any) -> str:
         before = wait_until(lambda: _presented(t), 3.0)
     if before == new:
         if new in _ROTATED.get(id(lab), set()):  # this check put it there: the cell ran again
-            return (f"listener_0 presents your certificate (serial {new}) since an earlier run of this "
-                    "check rotated to it; to rotate again, issue another one")
-        raise Fail(f"listener_0 already presents serial {new}: your secret holds the certificate it has",
-                   "rotating means a new certificate: issue one from ca (issue(ca, ...)) and put it in the secret")
+            return _("listener_0 presents your certificate (serial {serial}) since an earlier run of this check "
+                     "rotated to it; to rotate again, issue another one").format(serial=new)
+        raise Fail(_("listener_0 already presents serial {serial}: your secret holds the certificate it has").format(
+            serial=new),
+            _("rotating means a new certificate: issue one from ca (issue(ca, ...)) and put it in the secret"))
     pid = lab.envoy.pid if lab.envoy is not None else None
     runs = under_traffic(t, lambda: push(t, _resources(t, sds), version=f"tls-{next(_RUNS)}", what="your secret"),
                          url=https_url(lab), verify=False, label="check 13.2")  # fmt: skip
-    sent = no_failures(runs, lambda _f: "an SDS update swaps the certificate for new connections only; "
-                                        "failures mean the listener changed too: change the secret alone")
+    sent = no_failures(runs, lambda _f: _("an SDS update swaps the certificate for new connections only; "
+                                          "failures mean the listener changed too: change the secret alone"))
     presented = wait_until(lambda: _presented(t) == new, 3.0)
     if not presented:
-        raise Fail(f"after your push listener_0 still presents serial {_presented(t)}, not yours ({new})",
-                   "Envoy takes the new certificate with the SDS update: is the key the new certificate's?")
+        raise Fail(_("after your push listener_0 still presents serial {serial}, not yours ({new})").format(
+            serial=_presented(t), new=new),
+            _("Envoy takes the new certificate with the SDS update: is the key the new certificate's?"))
     serials = _envoy_serials(t)
     if lab.envoy is not None and lab.envoy.pid != pid:
-        raise Fail("Envoy was restarted", "the point is to rotate without a restart")
+        raise Fail(_("Envoy was restarted"), _("the point is to rotate without a restart"))
     _ROTATED.setdefault(id(lab), set()).add(new)
-    return (f"{sent} HTTPS requests during the rotation, none failed; new connections now get serial {new} "
-            f"(was {before}), and Envoy's /certs lists {', '.join(serials)}; Envoy was not restarted")
+    return _("{sent} HTTPS requests during the rotation, none failed; new connections now get serial {new} (was "
+             "{before}), and Envoy's /certs lists {serials}; Envoy was not restarted").format(
+        sent=sent, new=new, before=before, serials=", ".join(serials))
 
 
 EXERCISES = [
     Exercise(
-        "13.1", "The certificate, as an SDS secret",
-        "Put the certificate first (and its key) in an SDS secret named server_cert. The check pushes it with "
-        "listener_0, now speaking TLS with the certificate of server_cert, and connects over HTTPS.",
+        "13.1", N_("The certificate, as an SDS secret"),
+        N_("Put the certificate first (and its key) in an SDS secret named server_cert. The check pushes it with "
+           "listener_0, now speaking TLS with the certificate of server_cert, and connects over HTTPS."),
         _check_secret,
         placeholder="secret = None  # the SDS secret server_cert: first's certificate and private key",
         solution='secret = labxds.tls_secret("server_cert", first.cert_pem, first.key_pem)',
@@ -187,9 +192,9 @@ EXERCISES = [
         docs=(f"{DOCS}/configuration/security/secret", f"{DOCS}/api-v3/extensions/transport_sockets/tls/v3/secret.proto"),
     ),
     Exercise(
-        "13.2", "Rotate the certificate live",
-        "Issue a new certificate from ca and push it as server_cert again. The check runs HTTPS traffic while it "
-        "pushes your secret, then asks which certificate new connections get and what Envoy's /certs lists.",
+        "13.2", N_("Rotate the certificate live"),
+        N_("Issue a new certificate from ca and push it as server_cert again. The check runs HTTPS traffic while it "
+           "pushes your secret, then asks which certificate new connections get and what Envoy's /certs lists."),
         _check_rotation,
         placeholder="rotated = None  # server_cert again, with a new certificate issued from ca",
         solution='''\

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from ...i18n import N_, _
 from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, http_listener, route_configuration
 from ...xds.resource_types import CLUSTER, LISTENER
 from ...xds.snapshot import Snapshot
@@ -38,8 +39,8 @@ promo_port = free_port(lab.mode.listen_host)
 def _delta_lab(t: Target) -> Any:
     lab = t.own_lab()
     if not getattr(lab, "delta", False):
-        raise Fail("your lab speaks State of the World: this exercise watches Delta xDS",
-                   "start the lesson's lab: labxds.Lab(delta=True, client_features=[TTL_FEATURE]).start()")
+        raise Fail(_("your lab speaks State of the World: this exercise watches Delta xDS"),
+                   _("start the lesson's lab: labxds.Lab(delta=True, client_features=[TTL_FEATURE]).start()"))
     return lab
 
 
@@ -59,7 +60,7 @@ def _check_removal(t: Target, without_canary: Any) -> str:
     lab = _delta_lab(t)
     snap = snapshot(without_canary, "without_canary", _REMOVE_HINT)
     if "canary" in snap.names(CLUSTER):
-        raise Fail("your snapshot still has the cluster canary", "leave it out: that is how a resource is removed")
+        raise Fail(_("your snapshot still has the cluster canary"), _("leave it out: that is how a resource is removed"))
     push(t, _with_canary(t), version=f"canary-{next(_RUNS)}", what="the lesson's starting snapshot")
     mark = len(lab.cp.trace(lab.node_id))
     push(t, snap, what="your snapshot")
@@ -67,15 +68,16 @@ def _check_removal(t: Target, without_canary: Any) -> str:
     cds = [e for e in later if e["direction"] == "sent" and e["type"] == "CDS"]
     removal = [e for e in cds if "canary" in e["removed"].split(", ")]
     if not removal:
-        raise Fail("the control plane sent Envoy no removal of canary",
-                   "push the snapshot without the cluster canary: Delta then says removed_resources: [canary]")
+        raise Fail(_("the control plane sent Envoy no removal of canary"),
+                   _("push the snapshot without the cluster canary: Delta then says removed_resources: [canary]"))
     resent = sorted({n for e in cds for n in e["resources"].split(", ") if n})
     if not wait_until(lambda: "canary" not in dynamic_clusters(t), 2.0):
-        raise Fail("Envoy still holds the cluster canary", "push your snapshot (the check does it) and look again")
-    expect_served(t, "service1", hint="everything else still goes to example_proxy_cluster (service1)")
-    sent = f"it sent {', '.join(resent)} again" if resent else "no cluster was sent again"
-    return (f"Envoy got a CDS response with removed_resources: [canary] and dropped the cluster; {sent}; "
-            "GET / is still served by service1")
+        raise Fail(_("Envoy still holds the cluster canary"), _("push your snapshot (the check does it) and look again"))
+    expect_served(t, "service1", hint=_("everything else still goes to example_proxy_cluster (service1)"))
+    sent = (_("it sent {clusters} again").format(clusters=", ".join(resent)) if resent
+            else _("no cluster was sent again"))
+    return _("Envoy got a CDS response with removed_resources: [canary] and dropped the cluster; {sent}; GET / is "
+             "still served by service1").format(sent=sent)
 
 
 # -- 14.2 ---------------------------------------------------------------------------------------
@@ -88,33 +90,37 @@ def _check_ttl(t: Target, with_ttl: Any) -> str:
     lab = _delta_lab(t)
     snap = snapshot(with_ttl, "with_ttl", _TTL_HINT)
     if "promo" not in snap.names(LISTENER):
-        raise Fail("your snapshot has no listener named promo", _TTL_HINT)
+        raise Fail(_("your snapshot has no listener named promo"), _TTL_HINT)
     ttl = snap.ttl(LISTENER, "promo")
     if ttl is None:
-        raise Fail("the listener promo has no TTL", 'Snapshot([...], ttl={(labxds.LISTENER, "promo"): 2})')
+        raise Fail(_("the listener promo has no TTL"), 'Snapshot([...], ttl={(labxds.LISTENER, "promo"): 2})')
     if not 0.5 <= ttl <= 10:
-        raise Fail(f"the listener promo lives {ttl:g} s", "give it a TTL of a few seconds, e.g. 2")
+        raise Fail(_("the listener promo lives {seconds} s").format(seconds=f"{ttl:g}"),
+                   _("give it a TTL of a few seconds, e.g. 2"))
     forever = [f"{kind} {name}" for url, kind in ((LISTENER, "listener"), (CLUSTER, "cluster"))
                for name in sorted(snap.names(url)) if name != "promo" and snap.ttl(url, name) is not None]  # fmt: skip
     if forever:
-        raise Fail(f"{', '.join(forever)} would expire too",
-                   "only promo gets a TTL: a TTL on everything means Envoy drops everything when the control "
-                   "plane is away (ttl={(labxds.LISTENER, \"promo\"): 2}, not ttl=2)")  # fmt: skip
+        raise Fail(_("{resources} would expire too").format(resources=", ".join(forever)),
+                   _("only promo gets a TTL: a TTL on everything means Envoy drops everything when the control "
+                     "plane is away (a TTL for the listener promo alone, not ttl=2)"))
     mark = len(lab.cp.trace(lab.node_id))
     push(t, snap, what="your snapshot")
     promo: Any = snap.resources(LISTENER)["promo"]
     port = promo.address.socket_address.port_value
     url = f"http://{lab.mode.envoy_host}:{port}"
     if not wait_until(lambda: t.served(1, "/")[0] == "service1" and _served(url) == "service1", 3.0):
-        raise Fail(f"the listener promo (port {port}) does not answer", "route it with local_route, like listener_0")
+        raise Fail(_("the listener promo (port {port}) does not answer").format(port=port),
+                   _("route it with local_route, like listener_0"))
     beats = wait_until(lambda: [e for e in lab.cp.trace(lab.node_id)[mark:] if e["kind"] == "heartbeat"],
                        ttl + 1.0)  # fmt: skip
     if not beats:
-        raise Fail(f"no heartbeat within {ttl + 1:g} s",
-                   f"heartbeats go only to an Envoy whose bootstrap lists {TTL_FEATURE}: use the lesson's lab")
+        raise Fail(_("no heartbeat within {seconds} s").format(seconds=f"{ttl + 1:g}"),
+                   _("heartbeats go only to an Envoy whose bootstrap lists {feature}: use the lesson's lab").format(
+                       feature=TTL_FEATURE))
     named = sorted({n for e in beats for n in e["resources"].split(", ") if n})
-    return (f"Envoy serves promo on port {port} with a {ttl:g} s TTL; the control plane keeps it alive with "
-            f"heartbeats ({len(beats)} so far, naming {', '.join(named)}); listener_0 has no TTL")
+    return _("Envoy serves promo on port {port} with a {seconds} s TTL; the control plane keeps it alive with "
+             "heartbeats ({beats} so far, naming {names}); listener_0 has no TTL").format(
+        port=port, seconds=f"{ttl:g}", beats=len(beats), names=", ".join(named))
 
 
 def _served(url: str) -> str | None:
@@ -125,10 +131,10 @@ def _served(url: str) -> str | None:
 
 EXERCISES = [
     Exercise(
-        "14.1", "A removal, Delta style",
-        "Write the snapshot without the cluster canary (and without the route that uses it). With Delta the "
-        "control plane tells Envoy only what changed: the check pushes the lesson's snapshot, then yours, "
-        "and reads the trace.",
+        "14.1", N_("A removal, Delta style"),
+        N_("Write the snapshot without the cluster canary (and without the route that uses it). With Delta the "
+           "control plane tells Envoy only what changed: the check pushes the lesson's snapshot, then yours, "
+           "and reads the trace."),
         _check_removal,
         placeholder="without_canary = None  # a Snapshot: stable, listener and a local_route without /canary",
         solution='''\
@@ -149,10 +155,10 @@ without_canary = labxds.Snapshot([
         docs=(f"{DOCS}/api-docs/xds_protocol#incremental-xds", f"{DOCS}/api-docs/xds_protocol#deleting-resources"),
     ),
     Exercise(
-        "14.2", "A listener with a TTL",
-        "Write a snapshot with a second listener, promo, on promo_port (routes from local_route), that lives "
-        "2 s unless the control plane keeps it alive; nothing else gets a TTL. The check pushes it, calls promo "
-        "and watches the heartbeats.",
+        "14.2", N_("A listener with a TTL"),
+        N_("Write a snapshot with a second listener, promo, on promo_port (routes from local_route), that lives "
+           "2 s unless the control plane keeps it alive; nothing else gets a TTL. The check pushes it, calls promo "
+           "and watches the heartbeats."),
         _check_ttl,
         placeholder='with_ttl = None  # a Snapshot: as without_canary, plus listener "promo" with a TTL of 2 s',
         solution='''\

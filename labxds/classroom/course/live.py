@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ...i18n import _
 from ...lab.traffic import Traffic
 from ..exercises import Fail, Target
 
@@ -77,11 +78,11 @@ def no_failures(runs: Iterable[Traffic], hint: Callable[[dict[str, int]], str]) 
         for reason, n in summary["failures"].items():
             failures[reason] = failures.get(reason, 0) + n
     if not total:
-        raise Fail("no request got through at all during the check", "is listener_0 there? lab.listeners()")
+        raise Fail(_("no request got through at all during the check"), _("is listener_0 there? lab.listeners()"))
     if failures:
         failed = sum(failures.values())
-        raise Fail(f"{failed} of {total} requests failed while your change was applied: {describe_failures(failures)}",
-                   hint(failures))  # fmt: skip
+        raise Fail(_("{failed} of {total} requests failed while your change was applied: {why}").format(
+            failed=failed, total=total, why=describe_failures(failures)), hint(failures))
     return total
 
 
