@@ -33,8 +33,10 @@ from .xds import (
     sandbox_resources,
     sandbox_snapshot,
     staged,
+    tls_secret,
     to_dict,
     to_message,
+    validation_secret,
 )
 
 if TYPE_CHECKING:
@@ -67,8 +69,10 @@ __all__ = [
     "sandbox_resources",
     "sandbox_snapshot",
     "staged",
+    "tls_secret",
     "to_dict",
     "to_message",
+    "validation_secret",
 ]
 
 

@@ -99,6 +99,10 @@ class EnvoyAdmin:
         """/listeners?format=json: listener names and the addresses actually bound."""
         return self._json("/listeners", format="json")
 
+    def certs(self) -> dict:
+        """/certs: the certificates Envoy holds (listeners', clusters', SDS's), serials and expiry."""
+        return self._json("/certs")
+
     def server_info(self) -> dict:
         return self._json("/server_info")
 

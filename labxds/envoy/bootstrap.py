@@ -105,6 +105,7 @@ def render_bootstrap(
     node_cluster: str | None = None,
     delta: bool = False,
     keepalive: tuple[float, float] | None = None,
+    client_features: Iterable[str] = (),
 ) -> dict:
     """Load the sandbox bootstrap and point it at a local control plane.
 
@@ -115,6 +116,8 @@ def render_bootstrap(
     seconds and reconnect when a ping is not answered in `timeout`: without it, a connection
     that dies silently (a sleeping laptop, a dropped Wi-Fi) holds a dead ADS stream for as long
     as TCP takes to notice, which can be many minutes.
+    `client_features` go in the node's ``client_features``: Envoy 1.40 announces
+    ``xds.config.supports-resource-ttl`` (resource TTLs, heartbeats) only when its bootstrap lists it.
     """
     path = Path(template) if template is not None else bootstrap_path()
     try:
@@ -151,6 +154,10 @@ def render_bootstrap(
         bootstrap.setdefault("node", {})["id"] = node_id
     if node_cluster is not None:
         bootstrap.setdefault("node", {})["cluster"] = node_cluster
+    features = list(client_features)
+    if features:
+        node = bootstrap.setdefault("node", {})
+        node["client_features"] = list(dict.fromkeys([*(node.get("client_features") or []), *features]))
 
     if delta:
         for source in _walk_dicts(bootstrap.get("dynamic_resources")):

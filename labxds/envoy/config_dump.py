@@ -13,7 +13,17 @@ from typing import Any
 
 from .admin import EnvoyAdmin, as_admin
 
-__all__ = ["COLUMNS", "cluster_rows", "warming_clusters", "endpoint_rows", "listener_rows", "route_rows", "sandbox_endpoint"]
+__all__ = [
+    "COLUMNS",
+    "certificate_rows",
+    "cluster_rows",
+    "endpoint_rows",
+    "host_rows",
+    "listener_rows",
+    "route_rows",
+    "sandbox_endpoint",
+    "warming_clusters",
+]
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -23,6 +33,8 @@ COLUMNS = {
     "endpoints": ["cluster", "address", "port", "health", "weight", "priority", "hostname"],
     "listeners": ["name", "address", "port", "version_info", "state", "last_updated", "error_state"],
     "routes": ["route_config", "version_info", "virtual_host", "domains", "match", "cluster", "last_updated", "source"],
+    "hosts": ["cluster", "address", "health", "requests", "succeeded", "failed", "connect_failures"],
+    "certificates": ["kind", "serial", "names", "valid_from", "expires", "days_left", "source"],
 }
 
 
@@ -264,3 +276,63 @@ def sandbox_endpoint(admin: Any, cluster: str | None = None, *, as_dict: bool = 
                     return dict(sock)
                 return f"{sock.get('address')}:{sock.get('port_value', 0)}"
     return None
+
+
+# -- /clusters and /certs: what Envoy does with its configuration ----------------------------------
+
+#: /clusters' health flags in words (a host with none of them is healthy).
+_HEALTH_FLAGS = {
+    "failed_active_health_check": "failed active health check",
+    "failed_outlier_check": "ejected (outlier detection)",
+    "failed_eds_health": "unhealthy by EDS",
+    "pending_dynamic_removal": "being removed",
+    "pending_active_hc": "waiting for its first health check",
+    "excluded_via_immediate_hc_fail": "excluded (immediate health check failure)",
+    "active_hc_timeout": "health check timed out",
+}
+
+
+def host_rows(admin: Any, cluster: str | None = None) -> list[dict[str, Any]]:
+    """Each upstream host as Envoy sees it now (``/clusters``): its health in words (active
+    health checks, outlier ejection) and its request counters (``rq_total``, ``rq_success``,
+    ``rq_error``, ``cx_connect_fail``)."""
+    admin = as_admin(admin)
+    rows = []
+    for status in admin.clusters().get("cluster_statuses", []):
+        if cluster is not None and status.get("name") != cluster:
+            continue
+        for host in status.get("host_statuses", []):
+            sock = (host.get("address") or {}).get("socket_address") or {}
+            stats = {s.get("name"): int(s.get("value", 0) or 0) for s in host.get("stats", [])}
+            flags = [text for key, text in _HEALTH_FLAGS.items() if (host.get("health_status") or {}).get(key)]
+            rows.append({
+                "cluster": status.get("name"),
+                "address": f"{sock.get('address')}:{sock.get('port_value')}",
+                "health": ", ".join(flags) or "healthy",
+                "requests": stats.get("rq_total", 0),
+                "succeeded": stats.get("rq_success", 0),
+                "failed": stats.get("rq_error", 0),
+                "connect_failures": stats.get("cx_connect_fail", 0),
+            })  # fmt: skip
+    return rows
+
+
+def certificate_rows(admin: Any) -> list[dict[str, Any]]:
+    """Every certificate Envoy holds (``/certs``): serial (hex, as Envoy prints it), names,
+    validity; ``kind`` says whether it is a certificate Envoy presents or a CA it trusts."""
+    admin = as_admin(admin)
+    rows = []
+    for entry in admin.certs().get("certificates", []):
+        for kind, key in (("certificate", "cert_chain"), ("trusted CA", "ca_cert")):
+            for cert in entry.get(key) or []:
+                names = [next(iter(n.values())) for n in cert.get("subject_alt_names") or [] if n]
+                rows.append({
+                    "kind": kind,
+                    "serial": cert.get("serial_number"),
+                    "names": ", ".join(str(n) for n in names),
+                    "valid_from": cert.get("valid_from"),
+                    "expires": cert.get("expiration_time"),
+                    "days_left": int(cert["days_until_expiration"]) if cert.get("days_until_expiration") else None,
+                    "source": cert.get("path"),
+                })  # fmt: skip
+    return rows

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,9 @@ from ..net.addresses import free_port, parse_address
 from ..xds.builders import SANDBOX_UPSTREAM_PORT, sandbox_snapshot
 from ..xds.control_plane import ControlPlane
 from ..xds.snapshot import Snapshot
-from .echo import EchoFleet
+from .echo import BEHAVIOUR_PATH, Behaviour, EchoFleet, EchoService
+from .grpc_services import GrpcFleet, XdsGrpcClient, xds_bootstrap
+from .traffic import Traffic
 from .metadata import Announcement
 
 __all__ = ["COMPOSE_ENVOY_WAIT", "LabRuntime", "LocalLabOnly", "local_lab_only"]
@@ -102,10 +104,15 @@ class LabRuntime:
         control_plane: str | None = None,
         token: str | None = None,
         tls: tuple[str, str, str] | None = None,
+        client_features: Sequence[str] = (),
+        heartbeat_interval: float | None = None,
     ) -> None:
         """``control_plane="HOST:PORT"`` runs a learner's lab: Envoy and the echo services here,
         configured by that (the instructor's) control plane instead of one of our own; ``node_id``
-        is then the learner's name, ``token`` and ``tls=(ca, cert, key)`` what the workshop asks."""
+        is then the learner's name, ``token`` and ``tls=(ca, cert, key)`` what the workshop asks.
+        ``client_features`` go in Envoy's bootstrap node (``TTL_FEATURE`` turns on resource TTLs
+        and heartbeats); ``heartbeat_interval`` is the control plane's (default: half the
+        shortest TTL)."""
         # The sandbox's ports unless told otherwise, here or by LABXDS_*_PORT (how CI runs the
         # notebooks beside other labs).
         self.xds_port = _port(xds_port, "LABXDS_XDS_PORT", 18000)
@@ -135,6 +142,11 @@ class LabRuntime:
         self.remote = control_plane
         self.token = token
         self.tls = tls
+        self.client_features = list(client_features)
+        self.heartbeat_interval = heartbeat_interval
+        self.grpc: GrpcFleet | None = None
+        self._grpc_clients: dict[tuple[str, str], XdsGrpcClient] = {}
+        self._traffic: Traffic | None = None
         if control_plane is not None:
             self.xds_port = parse_address(control_plane)[1]
             if not node_id:
@@ -167,8 +179,10 @@ class LabRuntime:
                 bar.set_description(_("control plane"))
                 # Under compose Envoy outlives this control plane: the version labels it reports
                 # on connecting may be an earlier kernel's, for other content (rule 16).
-                self.control_plane = ControlPlane(self.xds_port, self.mode.xds_host,
-                                                  trust_reconnect_versions=not self.mode.docker).start()  # fmt: skip
+                self.control_plane = ControlPlane(
+                    self.xds_port, self.mode.xds_host, trust_reconnect_versions=not self.mode.docker,
+                    heartbeat_interval=self.heartbeat_interval,
+                ).start()
                 self.xds_port = self.control_plane.port
                 bar.update()
                 if not self.mode.docker:
@@ -181,6 +195,7 @@ class LabRuntime:
                         admin_port=self.admin_port,
                         node_id=self.node_id,
                         delta=self.delta,
+                        client_features=self.client_features,
                     )
                     self.envoy = Envoy(bootstrap, admin_port=self.admin_port, log_level=self.envoy_log_level)
                     self.envoy.start(timeout=timeout)
@@ -342,6 +357,14 @@ class LabRuntime:
 
     def stop(self) -> None:
         """Stop Envoy, the services and the control plane. Safe to call twice."""
+        if self._traffic is not None:
+            self._traffic.stop()
+        for client in self._grpc_clients.values():
+            client.close()
+        self._grpc_clients.clear()
+        if self.grpc is not None:
+            self.grpc.stop()
+            self.grpc = None
         if self.envoy is not None:
             self.envoy.stop()
         if self.services is not None:
@@ -531,6 +554,99 @@ class LabRuntime:
         """Push to the lab's Envoy and wait for its ACK (see ControlPlane.push)."""
         kwargs.setdefault("nodes", [self.node_id] if self.node_id else None)
         return self.cp.push(snapshot, **kwargs)
+
+    # -- traffic -----------------------------------------------------------------------------------
+
+    def traffic(self, rate: float = 40.0, *, path: str = "/", url: str | None = None, **options: Any) -> Traffic:
+        """Requests through Envoy's listener in the background, ``rate`` per second, started: the
+        load a lesson changes configuration under. It replaces (stops) the lab's previous one, so
+        re-running a cell does not pile up load; ``lab.stop()`` stops it. ``url`` (an HTTPS
+        listener, say) and ``options`` (``verify``, ``workers``, ...) as :class:`Traffic` takes them."""
+        if self._traffic is not None:
+            self._traffic.stop()
+        self._traffic = Traffic(url or self.listener_url, rate=rate, path=path, **options).start()
+        return self._traffic
+
+    # -- proxyless gRPC ------------------------------------------------------------------------
+
+    def grpc_backends(self, names: Sequence[str] = ("alpha", "beta")) -> GrpcFleet:
+        """gRPC echo backends (answering their name) in this process, started once per lab."""
+        if self.grpc is None or set(self.grpc.backends) != set(names):
+            if self.grpc is not None:
+                self.grpc.stop()
+            self.grpc = GrpcFleet(names).start()
+        return self.grpc
+
+    def grpc_client(self, target: str = "greeter", node_id: str = "grpc-client") -> XdsGrpcClient:
+        """A gRPC channel to ``xds:///target`` in this process, configured by this lab's control
+        plane as node ``node_id`` (its bootstrap in GRPC_XDS_BOOTSTRAP_CONFIG); one per target."""
+        key = (target, node_id)
+        client = self._grpc_clients.get(key)
+        if client is None or client._channel is None:
+            cp = self.cp
+            host = "127.0.0.1" if cp.host in ("0.0.0.0", "::", "") else cp.host  # a wildcard bind: reach it here
+            client = XdsGrpcClient(target, xds_bootstrap(f"{host}:{cp.port}", node_id))
+            self._grpc_clients[key] = client
+        return client.start()
+
+    # -- making a service misbehave ------------------------------------------------------------
+
+    def behaviour(self, name: str, instance: int = 0) -> Behaviour:
+        """How instance ``instance`` (0: the first) of service ``name`` answers now."""
+        if self.mode.docker:
+            return Behaviour.from_dict(self._behaviour_http(name, instance, None))
+        return self._echo(name, instance).behaviour
+
+    def set_behaviour(
+        self,
+        name: str,
+        instance: int = 0,
+        *,
+        delay: float | None = None,
+        error_rate: float | None = None,
+        status: int | None = None,
+    ) -> Behaviour:
+        """Make an instance slow (``delay`` seconds) or failing (``error_rate`` 0-1 of its answers
+        get ``status``); unnamed fields stay. Under compose it asks the container over HTTP."""
+        changes: dict[str, Any] = {
+            k: v for k, v in (("delay", delay), ("error_rate", error_rate), ("status", status)) if v is not None
+        }
+        Behaviour.from_dict({**self.behaviour(name, instance).to_dict(), **changes})  # a mistake raises here
+        if self.mode.docker:
+            return Behaviour.from_dict(self._behaviour_http(name, instance, changes))
+        return self._echo(name, instance).set_behaviour(**changes)
+
+    def reset_behaviour(self, name: str | None = None) -> None:
+        """Every instance (of ``name``, or of every service) back to normal."""
+        for service in [name] if name else list(self.service_counts):
+            for i in range(len(self.endpoints(service))):
+                if self.mode.docker:
+                    self._behaviour_http(service, i, Behaviour().to_dict())
+                else:
+                    self._echo(service, i).reset_behaviour()
+
+    def _echo(self, name: str, instance: int) -> EchoService:
+        if self.services is None:
+            raise RuntimeError("the lab is not running: call lab.start() first")
+        try:
+            return self.services[name][instance]
+        except KeyError:
+            raise KeyError(f"no service {name!r}; the lab runs {', '.join(self.service_counts)}") from None
+        except IndexError:
+            raise IndexError(_("{name} has {count} instance(s): instance {instance} does not exist").format(
+                name=name, count=len(self.services[name]), instance=instance)) from None
+
+    def _behaviour_http(self, name: str, instance: int, changes: Mapping[str, Any] | None) -> dict[str, Any]:
+        import httpx
+
+        host, port = self.upstream(name, instance)
+        url = f"http://{host}:{port}{BEHAVIOUR_PATH}"
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            response = client.put(url, json=dict(changes)) if changes is not None else client.get(url)
+        if response.status_code != 200:
+            raise ValueError(_("{name} at {host}:{port} refused the behaviour: {reason}").format(
+                name=name, host=host, port=port, reason=response.text.strip()))
+        return dict(response.json())
 
 
 def _resolve(name: str, port: int) -> list[tuple[str, int]]:

@@ -7,15 +7,18 @@ lessons' exercises; ``diagrams`` draws the lab's topology and its xDS conversati
 gives the sandbox's own views (``curl -i``, /config_dump JSON, jq paths). Needs ``labxds[notebook]``.
 """
 
+from .charts import LiveChart, traffic_figure, traffic_png
 from .course import Checked, ExerciseFailed, check, exercises, solve
 from .dashboard import Dashboard
 from .diagrams import Diagram, sequence, topology
 from .lab import Lab
 from .raw import SANDBOX_JQ, config_dump, configs_index, curl_i, jq, run_jq, show_json
 from .tables import (
+    certificates_table,
     clusters_table,
     curl,
     endpoints_table,
+    hosts_table,
     listeners_table,
     progress_table,
     routes_table,
@@ -26,7 +29,9 @@ from .tables import (
     trace_table,
 )
 from .widgets import (
+    BehaviourPanel,
     CanarySlider,
+    GrpcBackendToggle,
     StatusPanel,
     UpstreamToggle,
     canary_snapshot,
@@ -34,16 +39,20 @@ from .widgets import (
 )
 
 __all__ = [
-    "SANDBOX_JQ",
+    "BehaviourPanel",
     "CanarySlider",
     "Checked",
     "Dashboard",
     "Diagram",
     "ExerciseFailed",
+    "GrpcBackendToggle",
     "Lab",
+    "LiveChart",
+    "SANDBOX_JQ",
     "StatusPanel",
     "UpstreamToggle",
     "canary_snapshot",
+    "certificates_table",
     "check",
     "clusters_table",
     "config_dump",
@@ -52,6 +61,7 @@ __all__ = [
     "curl_i",
     "endpoints_table",
     "exercises",
+    "hosts_table",
     "jq",
     "listeners_table",
     "next_version",
@@ -67,4 +77,6 @@ __all__ = [
     "styled",
     "topology",
     "trace_table",
+    "traffic_figure",
+    "traffic_png",
 ]

@@ -379,7 +379,8 @@ def _sequence(lab: Any, since: float | int | None, *, last: int, node: str | Non
     ax.set_ylim(0, height)
     left, right = 2.2, 8.8
     top = height - 0.85
-    for x, name in ((left, _("Envoy (node {node})").format(node=node)), (right, _("control plane (ADS)"))):
+    for x, name in ((left, _("{client} (node {node})").format(client=_client_kind(lab, node), node=node)),
+                    (right, _("control plane (ADS)"))):
         ax.text(x, top + 0.2, name, ha="center", va="bottom", fontsize=11, fontweight="bold",
                 bbox={"facecolor": COLORS["box"], "edgecolor": COLORS["edge"], "boxstyle": "round,pad=0.3"})
         ax.plot([x, x], [0.2, top], color=COLORS["off"], linewidth=1, linestyle=(0, (2, 2)))
@@ -414,6 +415,17 @@ def _sequence(lab: Any, since: float | int | None, *, last: int, node: str | Non
     shown = _(title) if title else _("The xDS conversation (from the control plane's trace)")
     ax.text(0.15, height - 0.15, shown, fontsize=9, va="top", color=COLORS["request"])
     return Diagram(_png(fig), shown if title else "sequence", rows=rows, skipped=skipped)
+
+
+def _client_kind(lab: Any, node: str) -> str:
+    """What speaks xDS as ``node``: Envoy, or gRPC's own xDS client (proxyless gRPC), by the user
+    agent its stream announced."""
+    try:
+        status = lab.cp.node_status(node)
+    except Exception:  # noqa: BLE001 - a lab without a control plane of its own
+        status = None
+    agent = (getattr(status, "user_agent", "") or "").lower()
+    return _("gRPC client") if agent.startswith("grpc") else "Envoy"
 
 
 def _reason(error: str) -> str:

@@ -53,6 +53,15 @@ class Lab(LabRuntime):
         """The sandbox's one query: the first endpoint of the first dynamic active cluster."""
         return tables.sandbox_endpoint(self.admin)  # type: ignore[return-value]
 
+    def hosts(self, cluster: str | None = None) -> pd.DataFrame:
+        """Each upstream host as Envoy sees it now (``/clusters``): health in words (ejected,
+        failed health check), requests, successes, errors."""
+        return tables.hosts_table(self.admin, cluster)
+
+    def certificates(self) -> pd.DataFrame:
+        """The certificates Envoy holds (``/certs``): serial, names, expiry."""
+        return tables.certificates_table(self.admin)
+
     def stats(self, filter: str | None = None) -> pd.DataFrame:
         return tables.stats_table(self.admin, filter)
 

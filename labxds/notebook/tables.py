@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 from ..envoy import as_admin
 from ..envoy.config_dump import (
     COLUMNS,
+    certificate_rows,
     cluster_rows,
     endpoint_rows,
+    host_rows,
     listener_rows,
     route_rows,
     sandbox_endpoint,
@@ -28,10 +30,12 @@ if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
 
 __all__ = [
+    "certificates_table",
     "clusters_table",
     "column_label",
     "curl",
     "endpoints_table",
+    "hosts_table",
     "listeners_table",
     "progress_table",
     "requests_frame",
@@ -69,17 +73,17 @@ def curl(
     method: str = "GET",
     timeout: float = 2.0,
     response_headers: Sequence[str] = (),
+    verify: Any = True,
 ) -> pd.DataFrame:
     """Send `n` requests (like `curl` n times) and return one row per request.
 
     Failures are rows, not exceptions: "connection refused" before Envoy has a listener is part
     of the lesson. Requests share one keep-alive connection, so with one Envoy worker round
     robin alternates strictly. ``response_headers``: response headers to show as columns.
+    ``verify``: for HTTPS, an ``ssl.SSLContext`` trusting the lab's CA.
     """
-    import pandas as pd
-
     rows = send(url, n, path=path, headers=headers, include_headers=include_headers, method=method, timeout=timeout,
-                response_headers=response_headers)
+                response_headers=response_headers, verify=verify)  # fmt: skip
     return requests_frame(rows)
 
 
@@ -120,6 +124,18 @@ def listeners_table(admin: Any) -> pd.DataFrame:
 def routes_table(admin: Any) -> pd.DataFrame:
     """Every route in order of evaluation: RDS route configs, then ones inline in listeners."""
     return _frame(route_rows(admin), COLUMNS["routes"], times=("last_updated",))
+
+
+def hosts_table(admin: Any, cluster: str | None = None) -> pd.DataFrame:
+    """Each upstream host now (``/clusters``): health in words, requests, successes, errors."""
+    return _frame(host_rows(as_admin(admin), cluster), COLUMNS["hosts"],
+                  ints=("requests", "succeeded", "failed", "connect_failures"))  # fmt: skip
+
+
+def certificates_table(admin: Any) -> pd.DataFrame:
+    """The certificates Envoy holds (``/certs``): serial, names, validity, days left."""
+    return _frame(certificate_rows(as_admin(admin)), COLUMNS["certificates"], times=("valid_from", "expires"),
+                  ints=("days_left",))  # fmt: skip
 
 
 def status_table(control_plane: Any) -> pd.DataFrame:

@@ -78,6 +78,12 @@ class Credential:
         )
 
     @property
+    def serial(self) -> str:
+        """The serial number as Envoy's ``/certs`` prints it: hex, whole bytes (a leading 0 kept)."""
+        text = format(self.certificate.serial_number, "x")
+        return text.zfill(len(text) + len(text) % 2)
+
+    @property
     def common_name(self) -> str:
         attrs = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return str(attrs[0].value) if attrs else ""

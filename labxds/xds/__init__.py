@@ -20,6 +20,8 @@ from .builders import (
     sandbox_resources,
     sandbox_snapshot,
     socket_address,
+    tls_secret,
+    validation_secret,
 )
 from .cache import ConfigWatcher, SnapshotCache
 from .control_plane import ControlPlane, PortInUseError
@@ -76,6 +78,8 @@ __all__ = [
     "sandbox_snapshot",
     "socket_address",
     "staged",
+    "tls_secret",
     "to_dict",
     "to_message",
+    "validation_secret",
 ]

@@ -8,7 +8,7 @@ configuration (control plane)" sandbox, constants included.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Union
+from typing import Any, TypeVar, Union
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
@@ -19,10 +19,15 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.config.cluster.v3 import outlier_detection_pb2
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.route.v3.route_components_pb2 import RetryPolicy
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, message, wrappers_pb2
 
 from ..i18n import _
+from .json_form import parse_dict
 from .snapshot import Snapshot
 
 __all__ = [
@@ -42,6 +47,8 @@ __all__ = [
     "sandbox_resources",
     "sandbox_snapshot",
     "socket_address",
+    "tls_secret",
+    "validation_secret",
 ]
 
 # The sandbox's constants (go-control-plane's example resource.go, as the sandbox sets them).
@@ -55,6 +62,8 @@ SANDBOX_UPSTREAM_PORT = 8080
 #: The header ``http_listener(..., response_flags=True)`` puts on Envoy's own replies (503 "no
 #: healthy upstream", 404 for no route, ...): Envoy's response flags, such as NC, UH or NR.
 RESPONSE_FLAGS_HEADER = "x-lab-response-flags"
+
+_M = TypeVar("_M", bound=message.Message)
 
 #: An endpoint: "host:port", (host, port) or (host, port, weight).
 Endpoint = Union[str, tuple[str, int], tuple[str, int, int]]
@@ -123,6 +132,25 @@ def _pack(msg: object) -> any_pb2.Any:
     return packed
 
 
+def _part(value: Any, kind: type[_M], what: str) -> _M:
+    """``value`` as a ``kind`` message: one already, or a dict in Envoy's JSON form (as Envoy's
+    docs write it); a mistake names ``what`` and the field."""
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, message.Message):
+        raise TypeError(_("{what} must be a {kind} or a dict, not a {given}").format(
+            what=what, kind=kind.DESCRIPTOR.full_name, given=value.DESCRIPTOR.full_name))
+    if not isinstance(value, Mapping):
+        raise TypeError(_("{what} must be a dict in Envoy's JSON form (or a {kind}), not {given}").format(
+            what=what, kind=kind.DESCRIPTOR.full_name, given=repr(value)))
+    msg: _M = kind()
+    try:
+        parse_dict(value, msg)
+    except (json_format.ParseError, ValueError, TypeError) as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return msg
+
+
 def load_assignment(
     cluster_name: str, endpoints: Iterable[Endpoint], *, locality_weight: int | None = 1
 ) -> endpoint_pb2.ClusterLoadAssignment:
@@ -156,6 +184,8 @@ def cluster(
     http2: bool = False,
     service_name: str | None = None,
     initial_fetch_timeout: float | None = None,
+    outlier_detection: Mapping[str, Any] | outlier_detection_pb2.OutlierDetection | None = None,
+    health_checks: Sequence[Mapping[str, Any] | health_check_pb2.HealthCheck] = (),
 ) -> cluster_pb2.Cluster:
     """An upstream cluster.
 
@@ -163,6 +193,9 @@ def cluster(
     with ``load_assignment``); the other types carry ``endpoints`` inline. A new or changed EDS
     cluster warms until its endpoints arrive, or ``initial_fetch_timeout`` seconds (Envoy's
     default: 15; 0 waits forever) have passed; then it starts with what it has.
+    ``outlier_detection`` (passive: eject hosts that fail) and ``health_checks`` (active: probe
+    them) are written as Envoy's docs write them, e.g. ``{"consecutive_5xx": 3,
+    "base_ejection_time": "10s"}``.
     """
     c = cluster_pb2.Cluster(
         name=name,
@@ -191,6 +224,12 @@ def cluster(
             )
         )
         c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(_pack(options))
+    if outlier_detection is not None:
+        c.outlier_detection.CopyFrom(
+            _part(outlier_detection, outlier_detection_pb2.OutlierDetection, f"cluster {name!r} outlier_detection")
+        )
+    for i, check in enumerate(health_checks):
+        c.health_checks.append(_part(check, health_check_pb2.HealthCheck, f"cluster {name!r} health_checks[{i}]"))
     return c
 
 
@@ -204,6 +243,8 @@ def route_configuration(
     prefix: str = "/",
     routes: Mapping[str, str | Mapping[str, int]] | None = None,
     response_headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    retry_policy: Mapping[str, Any] | RetryPolicy | None = None,
 ) -> route_pb2.RouteConfiguration:
     """A route configuration with one virtual host.
 
@@ -211,7 +252,8 @@ def route_configuration(
     weight, for a canary). ``routes`` maps several prefixes to a cluster or weights, most specific
     first. ``response_headers`` are added to every routed response; values may use Envoy's
     command operators, e.g. ``{"x-upstream": "%UPSTREAM_REMOTE_ADDRESS%"}`` says which endpoint
-    answered.
+    answered. ``timeout`` (seconds; Envoy's default is 15) and ``retry_policy`` (Envoy's JSON form,
+    e.g. ``{"retry_on": "5xx", "num_retries": 2}``) apply to every route.
     """
     table: dict[str, str | Mapping[str, int]] = dict(routes or {})
     if cluster is not None and weights is not None:
@@ -220,9 +262,17 @@ def route_configuration(
         table[prefix] = cluster if cluster is not None else weights  # type: ignore[assignment]
     if not table:
         raise ValueError(f"route configuration {name!r} needs a cluster, weights or routes")
+    retries = _part(retry_policy, RetryPolicy, f"route configuration {name!r} retry_policy") if retry_policy is not None else None
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(_("route configuration '{name}': timeout {timeout} must be 0 (none) or more seconds").format(
+            name=name, timeout=timeout))
     vh = route_components_pb2.VirtualHost(name=virtual_host, domains=list(domains))
     for match_prefix, target in table.items():
         action = route_components_pb2.RouteAction()
+        if timeout is not None:
+            action.timeout.CopyFrom(_seconds(timeout))
+        if retries is not None:
+            action.retry_policy.CopyFrom(retries)
         if isinstance(target, str):
             action.cluster = target
         else:
@@ -251,6 +301,8 @@ def http_listener(
     stat_prefix: str = "http",
     initial_fetch_timeout: float | None = None,
     response_flags: bool = False,
+    tls_secret: str | None = None,
+    client_ca_secret: str | None = None,
 ) -> listener_pb2.Listener:
     """An HTTP listener whose routes come over RDS through ADS, ending in the router filter.
 
@@ -262,6 +314,10 @@ def http_listener(
     ``response_flags=True`` makes Envoy put its response flags (NC: no such cluster, UH: no
     healthy endpoint, NR: no route, ...; the access log's ``%RESPONSE_FLAGS%``) in the
     ``x-lab-response-flags`` header of the replies it makes itself, so a client sees why.
+
+    ``tls_secret`` makes it HTTPS with the certificate of that SDS secret (``tls_secret(...)``),
+    fetched over ADS; ``client_ca_secret`` also requires clients to present a certificate that CA
+    signed (mutual TLS).
     """
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
@@ -277,13 +333,50 @@ def http_listener(
             header=base_pb2.HeaderValue(key=RESPONSE_FLAGS_HEADER, value="%RESPONSE_FLAGS%"),
             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
         )
-    return listener_pb2.Listener(
-        name=name,
-        address=socket_address(address, port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[
-            listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(manager))
-        ])],
-    )
+    chain = listener_components_pb2.FilterChain(filters=[
+        listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(manager))
+    ])
+    if tls_secret is not None:
+        context = tls_pb2.DownstreamTlsContext()
+        context.common_tls_context.tls_certificate_sds_secret_configs.append(
+            secret_pb2.SdsSecretConfig(name=tls_secret, sds_config=_ads())
+        )
+        if client_ca_secret is not None:
+            context.require_client_certificate.value = True
+            context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
+                secret_pb2.SdsSecretConfig(name=client_ca_secret, sds_config=_ads())
+            )
+        chain.transport_socket.name = "envoy.transport_sockets.tls"
+        chain.transport_socket.typed_config.CopyFrom(_pack(context))
+    elif client_ca_secret is not None:
+        raise ValueError(_("listener '{name}': client_ca_secret needs tls_secret (mutual TLS is TLS first)").format(
+            name=name))
+    return listener_pb2.Listener(name=name, address=socket_address(address, port), filter_chains=[chain])
+
+
+def _pem(value: bytes | str) -> str:
+    text = value.decode() if isinstance(value, bytes) else value
+    if "-----BEGIN " not in text:
+        raise ValueError(_("expected PEM text ('-----BEGIN ...'), not a file name: read the file first"))
+    return text
+
+
+def tls_secret(name: str, certificate_chain: bytes | str, private_key: bytes | str) -> secret_pb2.Secret:
+    """An SDS secret holding a certificate (PEM chain) and its private key, inline.
+
+    Envoy receives the key itself over xDS: keep such a control plane on loopback or behind
+    mutual TLS (docs/security.md)."""
+    secret = secret_pb2.Secret(name=name)
+    secret.tls_certificate.certificate_chain.inline_string = _pem(certificate_chain)
+    secret.tls_certificate.private_key.inline_string = _pem(private_key)
+    return secret
+
+
+def validation_secret(name: str, trusted_ca: bytes | str) -> secret_pb2.Secret:
+    """An SDS secret holding the CA certificates (PEM) a peer's certificate must chain to."""
+    secret = secret_pb2.Secret(name=name)
+    secret.validation_context.trusted_ca.inline_string = _pem(trusted_ca)
+    return secret
 
 
 def api_listener(name: str, route_config_name: str) -> listener_pb2.Listener:

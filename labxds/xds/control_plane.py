@@ -231,11 +231,15 @@ class ControlPlane:
         self._server = server
 
     def stop(self, grace: float = 0.5) -> None:
-        """End every stream, free the port and the thread. Safe to call twice."""
+        """End every stream, free the port and the thread. Safe to call twice.
+
+        ``start()`` afterwards binds the same port again (its clients retry there), with the
+        same snapshots, status and trace: a control plane that was away and came back."""
         loop, server, thread = self._loop, self._server, self._thread
         if server is None or loop is None:
             return
         self._server = None
+        self._requested_port = self.port
         with _RUNNING_LOCK:
             for key in [k for k, v in _RUNNING.items() if v is self]:
                 del _RUNNING[key]

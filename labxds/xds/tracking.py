@@ -97,6 +97,9 @@ class NodeStatus:
     node_id: str
     cluster: str = ""
     user_agent: str = ""
+    #: What the client announced it supports (its node's ``client_features``), e.g. gRPC's
+    #: ``xds.config.resource-in-sotw``, or ``xds.config.supports-resource-ttl``.
+    client_features: tuple[str, ...] = ()
     connected_since: float | None = None
     last_seen: float | None = None
     streams: int = 0
@@ -190,11 +193,14 @@ class Tracker:
 
     # -- streams -----------------------------------------------------------------------------
 
-    def stream_opened(self, node_id: str, cluster: str, user_agent: str) -> None:
+    def stream_opened(
+        self, node_id: str, cluster: str, user_agent: str, client_features: Iterable[str] = ()
+    ) -> None:
         now = time.time()
         with self._cond:
             node = self._nodes.setdefault(node_id, NodeStatus(node_id))
             node.cluster, node.user_agent = cluster, user_agent
+            node.client_features = tuple(client_features)
             if node.streams == 0:
                 node.connected_since = now
                 self._gone.pop(node_id, None)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from envoy_helpers import free_port
 
 from labxds.lab import EchoFleet, EchoService, format_echo, start_services
+from labxds.lab.echo import BEHAVIOUR_PATH, HEALTH_PATH, Behaviour
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,3 +128,72 @@ def test_cli_serves_until_sigterm(client):
         assert proc.wait(5) == 0
     finally:
         proc.kill()
+
+
+# -- misbehaving on purpose (lesson 11) ---------------------------------------------------------
+
+
+def test_behaviour_makes_an_instance_fail_and_slow_then_normal_again(client):
+    with EchoService("service1") as svc:
+        assert svc.behaviour == Behaviour() and svc.behaviour.describe() == "normal"
+        svc.set_behaviour(error_rate=1.0, status=502)
+        r = client.get(svc.url + "/x")
+        assert r.status_code == 502 and r.headers["x-served-by"] == "service1"
+        assert "fails on purpose" in r.text and "failing 100% with 502" in r.text
+        assert (svc.requests, svc.failed) == (1, 1)
+
+        svc.set_behaviour(error_rate=0, delay=0.3)  # status stays 502 for later failures
+        assert svc.behaviour == Behaviour(delay=0.3, error_rate=0, status=502)
+        started = time.monotonic()
+        assert client.get(svc.url).status_code == 200
+        assert time.monotonic() - started >= 0.3
+
+        svc.reset_behaviour()
+        started = time.monotonic()
+        assert client.get(svc.url).status_code == 200
+        assert time.monotonic() - started < 0.25
+        assert (svc.requests, svc.failed) == (3, 1)
+
+
+def test_error_rate_is_a_share_of_the_answers(client):
+    with EchoService("service1") as svc:
+        svc.set_behaviour(error_rate=0.5)
+        statuses = [client.get(svc.url).status_code for _ in range(200)]
+    assert set(statuses) == {200, 503}
+    assert 60 <= statuses.count(503) <= 140, statuses.count(503)  # ~100, 7 sd either way
+
+
+def test_healthz_sees_the_same_faults_and_is_counted_apart(client):
+    with EchoService("service1") as svc:
+        ok = client.get(svc.url + HEALTH_PATH)
+        assert (ok.status_code, ok.text) == (200, "ok\n")
+        svc.set_behaviour(error_rate=1.0)
+        assert client.get(svc.url + HEALTH_PATH).status_code == 503
+        assert (svc.health_checks, svc.requests) == (2, 0)
+
+
+def test_behaviour_over_http_as_under_compose(client):
+    with EchoService("service1") as svc:
+        url = svc.url + BEHAVIOUR_PATH
+        assert client.get(url).json() == {"delay": 0.0, "error_rate": 0.0, "status": 503}
+        r = client.put(url, json={"error_rate": 0.25})
+        assert r.status_code == 200 and r.json()["error_rate"] == 0.25
+        assert svc.behaviour.error_rate == 0.25
+        bad = client.put(url, json={"error_rate": 2})
+        assert bad.status_code == 400 and "error_rate 2" in bad.text
+        typo = client.put(url, json={"errors": 1})
+        assert typo.status_code == 400 and "errors" in typo.text and "error_rate" in typo.text
+        assert svc.behaviour.error_rate == 0.25  # a refused change changes nothing
+        assert svc.requests == 0  # the control path is not traffic
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"delay": -1}, "delay -1"),
+    ({"delay": 61}, "delay 61"),
+    ({"error_rate": 1.5}, "error_rate 1.5"),
+    ({"status": 99}, "status 99"),
+    ({"status": "503"}, "status '503'"),
+])
+def test_behaviour_refuses_values_naming_them(fields, words):
+    with pytest.raises(ValueError, match=words):
+        Behaviour(**fields)

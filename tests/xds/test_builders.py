@@ -217,3 +217,75 @@ def test_route_response_headers():
     (added,) = rc.response_headers_to_add
     assert (added.header.key, added.header.value) == ("x-upstream", "%UPSTREAM_REMOTE_ADDRESS%")
     assert not route_configuration("r", "c").response_headers_to_add
+
+
+# -- resilience (lesson 11) and TLS (lesson 13) options ------------------------------------------
+
+
+def test_cluster_takes_outlier_detection_and_health_checks_in_envoys_json_form():
+    c = cluster("backend", outlier_detection={"consecutive_5xx": 3, "base_ejection_time": "10s",
+                                              "max_ejection_percent": 50},
+                health_checks=[{"timeout": "1s", "interval": "0.5s", "unhealthy_threshold": 2,
+                                "healthy_threshold": 1, "http_health_check": {"path": "/healthz"}}])  # fmt: skip
+    assert c.outlier_detection.consecutive_5xx.value == 3
+    assert c.outlier_detection.base_ejection_time.seconds == 10
+    assert c.outlier_detection.max_ejection_percent.value == 50
+    (hc,) = c.health_checks
+    assert hc.http_health_check.path == "/healthz" and hc.interval.nanos == 500_000_000
+    plain = cluster("backend")
+    assert not plain.HasField("outlier_detection") and not plain.health_checks
+
+
+def test_route_takes_a_timeout_and_a_retry_policy_on_every_route():
+    r = route_configuration("r", routes={"/api": "a", "/": "b"}, timeout=0.5,
+                            retry_policy={"retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.2s"})
+    for route in r.virtual_hosts[0].routes:
+        assert route.route.timeout.nanos == 500_000_000
+        assert route.route.retry_policy.retry_on == "5xx" and route.route.retry_policy.num_retries.value == 2
+        assert route.route.retry_policy.per_try_timeout.nanos == 200_000_000
+    assert not route_configuration("r", "a").virtual_hosts[0].routes[0].route.HasField("retry_policy")
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: route_configuration("r", "a", retry_policy={"retry_onn": "5xx"}), "retry_policy.*retry_onn"),
+    (lambda: route_configuration("r", "a", retry_policy="5xx"), "retry_policy must be a dict"),
+    (lambda: route_configuration("r", "a", timeout=-1), "timeout -1"),
+    (lambda: cluster("c", outlier_detection={"consecutive_5xx": "three"}), "outlier_detection"),
+    (lambda: cluster("c", health_checks=[{"interval": "soon"}]), r"health_checks\[0\]"),
+    (lambda: cluster("c", outlier_detection=route_configuration("r", "a")), "not a envoy.config.route"),
+])
+def test_resilience_options_name_the_mistake(call, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        call()
+
+
+def test_https_listener_fetches_its_certificate_over_sds():
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    listener = http_listener("l", 10443, "r", tls_secret="server_cert", client_ca_secret="clients")
+    socket = listener.filter_chains[0].transport_socket
+    assert socket.name == "envoy.transport_sockets.tls"
+    context = tls_pb2.DownstreamTlsContext()
+    socket.typed_config.Unpack(context)
+    (cert,) = context.common_tls_context.tls_certificate_sds_secret_configs
+    assert cert.name == "server_cert" and cert.sds_config.HasField("ads")
+    assert context.common_tls_context.validation_context_sds_secret_config.name == "clients"
+    assert context.require_client_certificate.value is True
+    assert not http_listener("l", 10443, "r").filter_chains[0].HasField("transport_socket")
+    with pytest.raises(ValueError, match="needs tls_secret"):
+        http_listener("l", 10443, "r", client_ca_secret="clients")
+
+
+def test_secrets_hold_pem_inline_and_refuse_file_names():
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+    s = res.tls_secret("server_cert", pem.encode(), key)
+    assert s.name == "server_cert"
+    assert s.tls_certificate.certificate_chain.inline_string == pem
+    assert s.tls_certificate.private_key.inline_string == key
+    v = res.validation_secret("ca", pem)
+    assert v.validation_context.trusted_ca.inline_string == pem
+    snap = Snapshot([s, v])
+    assert set(snap.names("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret")) == {"server_cert", "ca"}
+    with pytest.raises(ValueError, match="PEM text"):
+        res.tls_secret("x", "server.pem", "server-key.pem")

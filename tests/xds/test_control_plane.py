@@ -160,6 +160,26 @@ def test_restart_on_the_same_port():
         again.stop()
 
 
+def test_the_same_control_plane_started_again_binds_its_port_and_keeps_its_state():
+    """A control plane that was away and comes back (lesson 14): its clients retry the port they
+    knew, even when the first start let the kernel pick it."""
+    plane = ControlPlane(port=0).start()
+    try:
+        port = plane.port
+        c = _running_sotw(plane)
+        plane.stop()
+        assert isinstance(c.ended(5), StreamEnded)
+        c.close()
+        plane.start()
+        assert plane.running and plane.port == port
+        assert control_plane_mod.running(port) is plane
+        again = _running_sotw(plane)  # a client on the old port is served again
+        assert plane.stream_count == 1
+        again.close()
+    finally:
+        plane.stop()
+
+
 def test_context_manager():
     with ControlPlane(port=0) as plane:
         assert plane.running

@@ -43,6 +43,14 @@ def test_trace_is_bounded_per_node():
     assert len(tr.events()) == 4
 
 
+def test_a_node_keeps_what_its_client_announced():
+    tr = Tracker()
+    tr.stream_opened("g", "c", "gRPC C-core", ["xds.config.resource-in-sotw"])
+    assert tr.node("g").client_features == ("xds.config.resource-in-sotw",)
+    tr.stream_opened("g", "c", "gRPC C-core")  # a later stream says what it says, nothing more
+    assert tr.node("g").client_features == ()
+
+
 def test_trace_and_status_rows():
     tr = Tracker()
     tr.stream_opened("a", "test-cluster", "envoy 1.40")

@@ -249,7 +249,7 @@ class Stream:
         self.fragile_ttl = self.ttl and not self.delta and envoy_up_to(node, (1, 40))
         self.agent_version = version_text(node)
         agent = f"{node.user_agent_name} {node.user_agent_version or self.agent_version}"
-        server.tracker.stream_opened(node.id, node.cluster, agent.strip())
+        server.tracker.stream_opened(node.id, node.cluster, agent.strip(), node.client_features)
         self._unwatch = server.cache.watch(node.id, self.wake)
         server.tracker.emit_stream_open(node.id, self.id)
 
