@@ -171,7 +171,8 @@ _LABELS = {
     "hint": N_("hint"), "at": N_("at"), "flags": N_("response flags"), "confirmed": N_("confirmed"),
     "evidence": N_("control plane's evidence"), "connected": N_("connected"), "snapshot": N_("snapshot"),
     "last_nack": N_("last NACK"), "nack_open": N_("NACK open"), "nack_at": N_("NACKed at"),
-    "progress": N_("progress"),
+    "progress": N_("progress"), "listener": N_("listener"), "admin": N_("admin"), "token": N_("token"),
+    "command": N_("command"),
     # the columns of lessons 6-9's own tables
     "count": N_("count"), "protocol": N_("protocol"), "control plane": N_("control plane"),
     "Envoy admin": N_("Envoy admin"), "bootstrap api_type": N_("bootstrap api_type"),
