@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+from ..i18n import _
 from ..net.budget import DEFAULT_BUDGET, BudgetExceeded, InputBudget, check_data
 from ..net.http_server import HttpServer
 from ..tls import TOKEN_HEADER
@@ -231,7 +232,7 @@ class LearnerSession:
         self.lab = lab
         self.name = name or lab.node_id
         if not self.name:
-            raise ValueError("LearnerSession needs your name (the lab's node id)")
+            raise ValueError(_("LearnerSession needs your name (the lab's node id)"))
         self.token = token if token is not None else getattr(lab, "token", None)
         verify: Any = True
         if tls is not None:

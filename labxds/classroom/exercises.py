@@ -90,11 +90,14 @@ class CheckResult:
         import html
 
         color = "#1a7f37" if self.passed else "#cf222e"
-        hint = f"<br><b>{html.escape(_('hint'))}:</b> {html.escape(self.hint)}" if self.hint and not self.passed else ""
+        # (messages are looked up outside the f-strings: Babel does not extract _() inside one)
+        label, mark = _("Hint:"), _("PASS") if self.passed else _("FAIL")
+        hint = f"<br><b>{html.escape(label)}</b> {html.escape(self.hint)}" if self.hint and not self.passed else ""
         if self.evidence:
-            hint += f"<br><b>{html.escape(_('control plane'))} {self.mark}:</b> {html.escape(self.evidence)}"
+            said = _("control plane {mark}:").format(mark=self.mark)
+            hint += f"<br><b>{html.escape(said)}</b> {html.escape(self.evidence)}"
         return (f'<div style="border-left:4px solid {color};padding-left:8px"><b style="color:{color}">'
-                f'{html.escape(_("PASS") if self.passed else _("FAIL"))}</b> {html.escape(self.exercise)} '
+                f'{html.escape(mark)}</b> {html.escape(self.exercise)} '
                 f"({html.escape(self.learner)}): {html.escape(self.detail)}{hint}</div>")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,8 +171,9 @@ def _target(where: Any, learner: str | None = None) -> Target:
 
 def _served(url: str, n: int, path: str) -> list[str]:
     """Who answered each of ``n`` requests through the learner's listener."""
-    nobody = _("no answer")
-    return [str(r["served_by"]) if r["served_by"] else f"({r['error'] or nobody})" for r in send(url, n, path=path)]
+    nobody = _("no answer")  # outside the f-string: Babel does not extract _() inside one
+    return [str(r["served_by"]) if r["served_by"] else f"({r['error'] or nobody})"
+            for r in send(url, n, path=path)]
 
 
 def _routes_or_fail(admin: Any) -> list[dict[str, Any]]:
@@ -404,9 +408,9 @@ class Exercise:
         refused = tracker.refused(learner.name, snapshot)
         if refused:
             url, error = sorted(refused.items())[0]
-            lines = [line for line in error.strip().splitlines() if line.strip()]
+            lines = [line.strip().lstrip(": ") for line in error.strip().splitlines() if line.strip().lstrip(": ")]
             return False, _("Envoy refused the {type} it was sent: {words}").format(
-                type=short_name(url), words=lines[-1].strip() if lines else "NACK")
+                type=short_name(url), words=lines[-1] if lines else "NACK")
         if not tracker.applied(learner.name, snapshot):
             return None, _("the learner's Envoy has not ACKed its current snapshot yet")
         for url in self.config_types:  # applied covers what Envoy asked for: did it ask for these?

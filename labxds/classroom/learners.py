@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..i18n import _
 from ..envoy.bootstrap import learner_bootstrap as _learner_bootstrap
 from ..lab.metadata import DEFAULT_LISTENER_PORT, Announcement
 from ..net.addresses import reachable
@@ -58,8 +59,9 @@ class Learner(Announcement):
         try:
             return list(self.services[service])
         except KeyError:
-            known = ", ".join(self.services) or "none (its Envoy announced no services)"
-            raise KeyError(f"learner {self.name!r} has no service {service!r}; known: {known}") from None
+            known = ", ".join(self.services) or _("none (its Envoy announced no services)")
+            raise KeyError(_("learner '{name}' has no service '{service}'; known: {known}").format(
+                name=self.name, service=service, known=known)) from None
 
     @property
     def listener_url(self) -> str:

@@ -36,6 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..i18n import _
 from ..xds.control_plane import ControlPlane
 from ..xds.snapshot import Snapshot
 from ..xds.tracking import PushRejected, PushTimeout, remover
@@ -89,8 +90,8 @@ class Workshop:
         self._ca: Any = None
         if control_plane is not None:
             if tokens or tls is not None:
-                raise ValueError("tokens and TLS need the workshop to create its control plane: "
-                                 "Workshop(port=..., tokens=True, tls=DIR)")  # fmt: skip
+                raise ValueError(_("tokens and TLS need the workshop to create its control plane: "
+                                   "Workshop(port=..., tokens=True, tls=DIR)"))  # fmt: skip
             self.control_plane = control_plane
         else:
             credentials = self._setup_tls(Path(tls)) if tls is not None else None
@@ -156,8 +157,8 @@ class Workshop:
         self.stop()
 
     def __repr__(self) -> str:
-        return (f"<Workshop {self.control_plane.address}: {len(self.learners())} learner(s), "
-                f"{len(self.control_plane.nodes())} connected>")  # fmt: skip
+        return _("<Workshop {address}: {n} learner(s), {connected} connected>").format(
+            address=self.control_plane.address, n=len(self.learners()), connected=len(self.control_plane.nodes()))
 
     @property
     def address(self) -> str:
@@ -202,10 +203,10 @@ class Workshop:
     def add_learner(self, name: str, token: str | None = None) -> str | None:
         """Put ``name`` on the roster; with tokens, returns the learner's token (made if not given)."""
         if not name:
-            raise ValueError("a learner needs a name (their node id)")
+            raise ValueError(_("a learner needs a name (their node id)"))
         with self._lock:
             if name in self.groups:
-                raise ValueError(f"{name!r} is already a group's name")
+                raise ValueError(_("'{name}' is already a group's name").format(name=name))
             if name not in self._roster:
                 self._roster.append(name)
             if self.token_required:
@@ -225,7 +226,7 @@ class Workshop:
         ``reuse=True`` returns the certificate issued before, if its files are there.
         """
         if self._ca is None or self.tls_files is None:
-            raise RuntimeError("this workshop has no TLS: Workshop(tls=DIR)")
+            raise RuntimeError(_("this workshop has no TLS: Workshop(tls=DIR)"))
         from ..tls import issue
 
         out = Path(directory) if directory is not None else (self.tls_dir or Path("."))
@@ -267,7 +268,7 @@ class Workshop:
         """Name a group of learners (``push(..., to=name)`` then reaches them all)."""
         with self._lock:
             if name in self._roster or name in self._learners:
-                raise ValueError(f"{name!r} is a learner's name; choose another group name")
+                raise ValueError(_("'{name}' is a learner's name; choose another group name").format(name=name))
             self.groups[name] = list(dict.fromkeys(members))
             if self.store is not None:
                 self.store.save_group(name, self.groups[name])
@@ -294,7 +295,8 @@ class Workshop:
             try:
                 return self.prepared[spec]
             except KeyError:
-                raise KeyError(f"no prepared snapshot {spec!r}; prepared: {', '.join(self.prepared)}") from None
+                raise KeyError(_("no prepared snapshot '{name}'; prepared: {prepared}").format(
+                    name=spec, prepared=", ".join(self.prepared))) from None
         return spec
 
     def broadcast(self, spec: SnapshotSpec | str, *, wait: bool = True, timeout: float = 10.0) -> None:
@@ -328,7 +330,7 @@ class Workshop:
         spec = self._spec(spec)
         names = self.resolve(to)
         if not names:
-            raise ValueError("push to whom? name learners or a group")
+            raise ValueError(_("push to whom? name learners or a group"))
         since = time.time()
         with self._lock:
             for name in names:
@@ -404,7 +406,8 @@ class Workshop:
                 out[name] = render(spec, self.learner(name))
             except (KeyError, ValueError) as exc:
                 text = exc.args[0] if exc.args else exc
-                raise ValueError(f"cannot build {describe_spec(spec)} for learner {name!r}: {text}") from exc
+                raise ValueError(_("cannot build {spec} for learner '{name}': {problem}").format(
+                    spec=describe_spec(spec), name=name, problem=text)) from exc
         for name, snap in out.items():
             cp.cache.set(snap, name)
             if template:
@@ -568,7 +571,8 @@ class Workshop:
             confirmed, evidence = exercise.confirm(self.control_plane, self.learner(result.learner))
             result = replace(result, confirmed=confirmed, evidence=evidence)
             if result.contradicted:
-                log.warning("labxds workshop: %s reports %s passed, but %s", result.learner, result.exercise, evidence)
+                log.warning("%s", _("labxds workshop: {learner} reports {exercise} passed, but {evidence}").format(
+                    learner=result.learner, exercise=result.exercise, evidence=evidence))
         with self._lock:
             self.progress.setdefault(result.learner, {})[result.exercise] = result
             if self.store is not None:

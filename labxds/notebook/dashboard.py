@@ -92,6 +92,17 @@ def _one_line(value: Any) -> Any:
     return " ".join(value.replace("\\n", " ").split())
 
 
+#: Where a learner's snapshot comes from (Workshop.source_of's prefixes), as the table says it.
+_SOURCES = {"own: ": N_("own: {spec}"), "class: ": N_("class: {spec}")}
+
+
+def _source(value: Any) -> Any:
+    for prefix, said in _SOURCES.items():
+        if isinstance(value, str) and value.startswith(prefix):
+            return _(said).format(spec=value.removeprefix(prefix))
+    return value
+
+
 class Dashboard:
     """``Dashboard(workshop)``: display it in a cell; ``live=True`` (default) redraws on events.
 
@@ -186,6 +197,7 @@ class Dashboard:
         for t in TYPES:
             view[t] = view[t].map(lambda v: _clip(v, 8))
         view["last_nack"] = view["last_nack"].map(lambda v: _clip_middle(_one_line(v), 40, 110))
+        view["snapshot"] = view["snapshot"].map(_source)
         view = view.rename(columns={c: column_label(str(c)) for c in view.columns})
         body = view.to_html(index=False, escape=True, na_rep="", classes="labxds-dashboard", border=0)
         # one line per learner, however narrow the output area (JupyterLab's is): scroll sideways
@@ -212,8 +224,9 @@ class Dashboard:
             self.snapshots.options = prepared
             if current in prepared:
                 self.snapshots.value = current
+        stopped = html.escape(_("STOPPED"))
         state = (html.escape(_("serving {address}").format(address=cp.address)) if cp.running
-                 else f"<b style='color:#cf222e'>{html.escape(_('STOPPED'))}</b>")
+                 else f"<b style='color:#cf222e'>{stopped}</b>")
         open_nacks = int(df["nack_open"].sum()) if not df.empty else 0
         self.header.value = _("control plane {state} | {connected}/{n} learners connected | {nacks} open NACK(s)").format(
             state=state, connected=int(df["connected"].sum()) if not df.empty else 0, n=len(df), nacks=open_nacks)

@@ -194,7 +194,8 @@ _LABELS = {
     "hint": N_("hint"), "at": N_("at"), "flags": N_("response flags"), "confirmed": N_("confirmed"),
     "evidence": N_("control plane's evidence"), "connected": N_("connected"), "snapshot": N_("snapshot"),
     "last_nack": N_("last NACK"), "nack_open": N_("NACK open"), "nack_at": N_("NACKed at"),
-    "progress": N_("progress"),
+    "progress": N_("progress"), "listener": N_("listener"), "admin": N_("admin"), "token": N_("token"),
+    "command": N_("command"),
     # the columns of lessons 6-9's own tables
     "count": N_("count"), "protocol": N_("protocol"), "control plane": N_("control plane"),
     "Envoy admin": N_("Envoy admin"), "bootstrap api_type": N_("bootstrap api_type"),
@@ -226,13 +227,15 @@ def _time_of_day(value: Any) -> str:
     return value.strftime("%H:%M:%S.%f")[:-3]
 
 
-def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, **values: Any) -> Styler:
+def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, nowrap: bool = False,
+           **values: Any) -> Styler:
     """A notebook-ready view: no index, units in headers, blanks instead of NaN.
 
     Timestamps (all UTC in labxds's tables) show as the time of day to the millisecond, with
     "(UTC)" in their header. The caption is shown in the learner's language; ``values`` fill its
     {placeholders} after translation (``styled(df, "the conversation for version {version}",
-    version=v)``), so a lesson's code stays the same in every language.
+    version=v)``), so a lesson's code stays the same in every language. ``nowrap=True`` keeps each
+    cell on one line (a long command to copy): the output area scrolls sideways instead.
     """
     import pandas as pd
 
@@ -253,6 +256,8 @@ def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, 
             f'<span style="font-size:smaller;font-weight:normal">{html.escape(note)}</span>' for note in notes)
     if caption:
         styler = styler.set_caption(caption)
+    if nowrap:
+        styler = styler.set_table_styles([{"selector": "td, th", "props": "white-space: nowrap;"}], overwrite=False)
     return styler
 
 
