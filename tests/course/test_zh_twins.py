@@ -33,8 +33,6 @@ PENDING: set[str] = {
     "12_proxyless_grpc.ipynb",
     "13_secrets_sds.ipynb",
     "14_delta_and_ttl.ipynb",
-    "workshop_instructor.ipynb",
-    "workshop_learner.ipynb",
 }
 TWINS = [n for n in ENGLISH if (zh_twins.ZH_DIR / n).exists()]
 
