@@ -23,6 +23,10 @@ is the learner's name.
 Learners, their bootstraps and snapshot templates live in :mod:`labxds.learners`, the exercises
 in :mod:`labxds.exercises`, the desk in :mod:`labxds.desk`; this module re-exports what a
 workshop notebook needs. See docs/workshop.md for a class run through step by step.
+
+Why one file of about 600 lines: it is one class, :class:`Workshop`, the instructor's whole API
+(about forty short methods over one roster, one lock and one control plane). Everything that
+stands alone already lives beside it (learners, exercises, the desk, the store).
 """
 
 from __future__ import annotations

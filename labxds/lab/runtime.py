@@ -11,6 +11,10 @@ waits for it to (re)connect, which its retry backoff can make take up to 30 s, a
 its bootstrap alone if an earlier kernel configured it. A lab that is not the compose file's
 (on a port the kernel picks, a workshop learner's) runs its own Envoy and echo services in this
 container.
+
+Why one file of about 700 lines: it is one class, :class:`LabRuntime`, whose methods share one
+lifecycle (start, the mode, the processes it owns, stop). What stands alone already lives beside
+it: the echo services (``echo``), traffic (``traffic``), gRPC backends (``grpc_services``).
 """
 
 from __future__ import annotations

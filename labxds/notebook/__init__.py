@@ -13,6 +13,7 @@ from .dashboard import Dashboard
 from .diagrams import Diagram, sequence, topology
 from .lab import Lab
 from .raw import SANDBOX_JQ, config_dump, configs_index, curl_i, jq, run_jq, show_json
+from .service_widgets import BehaviourPanel, GrpcBackendToggle
 from .tables import (
     certificates_table,
     clusters_table,
@@ -29,9 +30,7 @@ from .tables import (
     trace_table,
 )
 from .widgets import (
-    BehaviourPanel,
     CanarySlider,
-    GrpcBackendToggle,
     StatusPanel,
     UpstreamToggle,
     canary_snapshot,
@@ -39,6 +38,7 @@ from .widgets import (
 )
 
 __all__ = [
+    "SANDBOX_JQ",
     "BehaviourPanel",
     "CanarySlider",
     "Checked",
@@ -48,7 +48,6 @@ __all__ = [
     "GrpcBackendToggle",
     "Lab",
     "LiveChart",
-    "SANDBOX_JQ",
     "StatusPanel",
     "UpstreamToggle",
     "canary_snapshot",

@@ -28,9 +28,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..classroom.exercises import CheckResult, Exercise
+from ..classroom.exercises import CheckResult, Exercise, course_exercises
 from ..classroom.exercises import exercise as find_exercise
-from ..classroom.exercises import course_exercises
 from ..i18n import N_, _
 
 if TYPE_CHECKING:

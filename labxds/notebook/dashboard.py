@@ -31,7 +31,7 @@ from ..i18n import N_, _
 from ..xds.resource_types import order_key, short_name
 from ..xds.tracking import PushRejected, PushTimeout
 from .tables import column_label
-from .widgets import LoopRefresher
+from .widget_base import LoopRefresher
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -337,7 +337,7 @@ def _topology(lab: Any) -> Diagram:
 # --------------------------------------------------------------------------- sequence
 
 
-def sequence_model(lab: Any, since: float | int | None = None, *, last: int = 30,
+def sequence_model(lab: Any, since: float | None = None, *, last: int = 30,
                    node: str | None = None) -> tuple[list[Message], int]:
     """The trace rows ``sequence`` draws (at most ``last``, the newest) and how many it leaves out.
 
@@ -358,7 +358,7 @@ def sequence_model(lab: Any, since: float | int | None = None, *, last: int = 30
     return rows[skipped:], skipped
 
 
-def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node: str | None = None,
+def sequence(lab: Any, since: float | None = None, *, last: int = 30, node: str | None = None,
              title: str | None = None) -> Diagram:
     """The lab's xDS conversation as a sequence diagram, from its real trace (a PNG image).
 
@@ -370,7 +370,7 @@ def sequence(lab: Any, since: float | int | None = None, *, last: int = 30, node
         return _sequence(lab, since, last=last, node=node, title=title)
 
 
-def _sequence(lab: Any, since: float | int | None, *, last: int, node: str | None, title: str | None) -> Diagram:
+def _sequence(lab: Any, since: float | None, *, last: int, node: str | None, title: str | None) -> Diagram:
     rows, skipped = sequence_model(lab, since, last=last, node=node)
     node = node or getattr(lab, "node_id", None) or "?"
     height = 1.7 + 0.42 * max(1, len(rows)) + 0.25 * sum(1 for r in rows if r.kind == "NACK")

@@ -103,7 +103,7 @@ class Lab(LabRuntime):
 
         return topology(self)
 
-    def sequence(self, since: float | int | None = None, *, last: int = 30, title: str | None = None) -> Diagram:
+    def sequence(self, since: float | None = None, *, last: int = 30, title: str | None = None) -> Diagram:
         """A sequence diagram of the xDS conversation with this lab's Envoy (since a ``mark``)."""
         from .diagrams import sequence
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import html
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -38,7 +37,7 @@ from ..xds.builders import (
 from ..xds.resource_types import CLUSTER, order_key, short_name
 from ..xds.snapshot import Snapshot
 from ..xds.tracking import PushRejected, PushTimeout
-from .tables import styled
+from .widget_base import Displayed, LoopRefresher, message_html, table_html
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,9 +46,7 @@ if TYPE_CHECKING:
     from .lab import Lab
 
 __all__ = [
-    "BehaviourPanel",
     "CanarySlider",
-    "GrpcBackendToggle",
     "StatusPanel",
     "UpstreamToggle",
     "acked_versions",
@@ -90,15 +87,6 @@ def newest_acked(lab: Lab) -> str | None:
     return versions[-1] if versions else None
 
 
-def _table_html(df: pd.DataFrame, caption: str) -> str:
-    return styled(df, caption).to_html()
-
-
-def _message(text: str, *, error: bool = False) -> str:
-    color = "#b00020" if error else "#1b5e20"
-    return f'<div style="color:{color};font-family:monospace;white-space:pre-wrap">{html.escape(text)}</div>'
-
-
 def _not_applied(version: str, exc: Exception) -> str:
     """A refused or unanswered push: Envoy's words, and what the common ones mean."""
     text = _("version {version} not applied: {error}").format(version=version, error=exc)
@@ -120,23 +108,10 @@ def _counts_html(counts: Mapping[str, int], total: int) -> str:
     return f'<table><caption>{caption}</caption>{"".join(rows)}</table>'
 
 
-class _Displayed:
-    """Displays as its ``.widget``, whose box carries the CSS class ``css_class``."""
-
-    widget: widgets.Widget
-    css_class: str = ""
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        self.widget.close()
-
-
 # --------------------------------------------------------------------------- upstream toggle
 
 
-class UpstreamToggle(_Displayed):
+class UpstreamToggle(Displayed):
     """ToggleButtons choosing the sandbox's upstream; each change pushes and waits for the ACK.
 
     Shows the version Envoy ACKed and a fresh curl table underneath. A push Envoy rejects (or
@@ -162,9 +137,9 @@ class UpstreamToggle(_Displayed):
         self.widget.add_class(self.css_class)
         self.buttons.observe(self._on_change, names="value")
         if self.buttons.value is None:
-            self.status.value = _message(_("Envoy has no sandbox snapshot from this lab yet: pick an upstream."))
+            self.status.value = message_html(_("Envoy has no sandbox snapshot from this lab yet: pick an upstream."))
         else:
-            self.status.value = _message(_("serving {upstream} (pick the other one to push)").format(
+            self.status.value = message_html(_("serving {upstream} (pick the other one to push)").format(
                 upstream=self.buttons.value))
 
     @property
@@ -203,14 +178,14 @@ class UpstreamToggle(_Displayed):
     def push(self, upstream: str) -> bool:
         """Push the sandbox snapshot for ``upstream``, wait for the ACK, show the result."""
         version = next_version(self.lab)
-        self.status.value = _message(_("pushing version {version} ({upstream}) ...").format(version=version, upstream=upstream))
+        self.status.value = message_html(_("pushing version {version} ({upstream}) ...").format(version=version, upstream=upstream))
         started = time.perf_counter()
         try:
             self.lab.push(self.lab.sandbox_snapshot(upstream, version=version))
         except (PushRejected, PushTimeout) as exc:
             self.last_error = exc
             self.history.append({"upstream": upstream, "version": version, "acked": False, "error": str(exc)})
-            self.status.value = _message(_not_applied(version, exc), error=True)
+            self.status.value = message_html(_not_applied(version, exc), error=True)
             return False
         took_ms = (time.perf_counter() - started) * 1000
         self.last_error = None
@@ -218,9 +193,9 @@ class UpstreamToggle(_Displayed):
         self.served = self.lab.curl(self.requests)
         self.history.append({"upstream": upstream, "version": version, "acked": True, "error": None})
         per_type = ", ".join(f"{t} {v}" for t, v in acked_versions(self.lab).items())
-        self.status.value = _message(_("Envoy ACKed version {version} in {ms} ms ({per_type})").format(
+        self.status.value = message_html(_("Envoy ACKed version {version} in {ms} ms ({per_type})").format(
             version=self.acked_version, ms=f"{took_ms:.0f}", per_type=per_type))
-        self.table.value = _table_html(
+        self.table.value = table_html(
             self.served[[c for c in _CURL_COLUMNS if c in self.served]],
             _("{n} requests to {url} after version {version}").format(
                 n=self.requests, url=self.lab.listener_url, version=version),
@@ -252,7 +227,7 @@ def canary_snapshot(
     )
 
 
-class CanarySlider(_Displayed):
+class CanarySlider(Displayed):
     """IntSlider for the canary's share of traffic (%); releasing it pushes and measures the split.
 
     Each change pushes a snapshot whose route sends ``value`` % to ``canary`` and the rest to
@@ -294,13 +269,13 @@ class CanarySlider(_Displayed):
 
     def push(self, weight: int) -> bool:
         version = next_version(self.lab)
-        self.status.value = _message(_("pushing version {version}: {canary} {weight} % ...").format(
+        self.status.value = message_html(_("pushing version {version}: {canary} {weight} % ...").format(
             version=version, canary=self.canary, weight=weight))
         try:
             self.lab.push(canary_snapshot(self.lab, self.stable, self.canary, weight, version))
         except (PushRejected, PushTimeout) as exc:
             self.last_error = exc
-            self.status.value = _message(_not_applied(version, exc), error=True)
+            self.status.value = message_html(_not_applied(version, exc), error=True)
             return False
         self.last_error = None
         self.acked_version = newest_acked(self.lab)
@@ -311,7 +286,7 @@ class CanarySlider(_Displayed):
             counts["failed"] = failed
         self.counts = counts
         self.history.append({"weight": weight, "version": version, **counts})
-        self.status.value = _message(
+        self.status.value = message_html(
             _("Envoy ACKed version {version}: route {stable} {stable_weight} % / {canary} {weight} %").format(
                 version=self.acked_version, stable=self.stable, stable_weight=100 - weight, canary=self.canary,
                 weight=weight)
@@ -329,7 +304,7 @@ class CanarySlider(_Displayed):
 # --------------------------------------------------------------------------- status panel
 
 
-class StatusPanel(_Displayed):
+class StatusPanel(Displayed):
     """What the control plane knows of each node: connection, ACKed versions, the last NACK.
 
     ``refresh()`` (or ``click()``) redraws it. ``live=True`` redraws after each protocol event:
@@ -407,15 +382,15 @@ class StatusPanel(_Displayed):
         cp = self.control_plane
         nodes = cp.tracker.connected()
         state = _("serving {address}").format(address=cp.address) if cp.running else _("STOPPED")
-        self.header.value = _message(
+        self.header.value = message_html(
             _("control plane {state} | {n} node(s) connected: {nodes}").format(
                 state=state, n=len(nodes), nodes=", ".join(nodes) or "-"), error=not cp.running
         )
         frame = self.frame()
-        html_table = _table_html(frame, _("per node and type: versions sent, ACKed and NACKed"))
+        html_table = table_html(frame, _("per node and type: versions sent, ACKed and NACKed"))
         nack = self.last_nack
         if nack is not None:
-            html_table += _message(_("last NACK: {node} {type} v{version}: {error}").format(**nack), error=True)
+            html_table += message_html(_("last NACK: {node} {type} v{version}: {error}").format(**nack), error=True)
         self.table.value = html_table
         self.refreshes += 1
 
@@ -445,189 +420,3 @@ class StatusPanel(_Displayed):
     def close(self) -> None:
         self.stop_live()
         super().close()
-
-
-class LoopRefresher:
-    """Runs ``refresh`` on the kernel's asyncio loop when poked from any thread.
-
-    Widgets belong to the kernel's thread, while the engine's hooks run on the control plane's:
-    a poke touches no widget, it schedules one refresh on the loop (at most one pending, so a
-    burst of protocol events costs one redraw).
-    """
-
-    def __init__(self, refresh: Callable[[], None]) -> None:
-        self._refresh = refresh
-        self._lock = threading.Lock()
-        self._scheduled = False
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def attach(self, loop: asyncio.AbstractEventLoop | None, hint: str) -> None:
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                raise RuntimeError(_("live refresh needs the kernel's asyncio loop: {hint}").format(hint=hint)) from None
-        self.loop = loop
-
-    def poke(self, *_: Any) -> None:
-        with self._lock:
-            if self._scheduled or self.loop is None:
-                return
-            self._scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._run)
-        except RuntimeError:  # the loop is closed: the kernel is going away
-            with self._lock:
-                self._scheduled = False
-
-    def _run(self) -> None:
-        with self._lock:
-            self._scheduled = False
-        self._refresh()
-
-
-# --------------------------------------------------------------------------- service behaviour
-
-
-class BehaviourPanel(_Displayed):
-    """Sliders that make one echo instance slow or failing while it runs (lesson 11).
-
-    ``delay`` (seconds before it answers), ``error rate`` (the share of answers that fail) and
-    the failing answers' ``status``; "normal" puts it back. Each change applies at once, to the
-    next request. From code: ``panel.set(error_rate=0.5)`` does what moving the slider does.
-    """
-
-    STATUSES = (500, 502, 503, 504)
-
-    def __init__(self, lab: Lab, service: str = "service1", instance: int = 0) -> None:
-        self.lab, self.service, self.instance = lab, service, instance
-        current = lab.behaviour(service, instance)
-        self.delay = widgets.FloatSlider(value=current.delay, min=0, max=2, step=0.05, description=_("delay (s)"),
-                                         continuous_update=False, style={"description_width": "initial"})  # fmt: skip
-        self.error_rate = widgets.IntSlider(value=round(current.error_rate * 100), min=0, max=100, step=5,
-                                            description=_("errors (%)"), continuous_update=False,
-                                            style={"description_width": "initial"})  # fmt: skip
-        self.status = widgets.Dropdown(options=list(self.STATUSES), value=current.status if current.status in
-                                       self.STATUSES else 503, description=_("status"), layout=widgets.Layout(width="160px"))  # fmt: skip
-        self.reset = widgets.Button(description=_("normal"), icon="undo", layout=widgets.Layout(width="100px"))
-        self.state = widgets.HTML()
-        self.widget = widgets.VBox([
-            widgets.HTML(_("<b>{service}</b> (instance {number})").format(service=html.escape(service), number=instance + 1)),
-            widgets.HBox([self.delay, self.error_rate]),
-            widgets.HBox([self.status, self.reset]),
-            self.state,
-        ])  # fmt: skip
-        self._quiet = False
-        for control in (self.delay, self.error_rate, self.status):
-            control.observe(self._on_change, names="value")
-        self.reset.on_click(lambda _: self.set(delay=0, error_rate=0))
-        self._show(current)
-
-    def _show(self, behaviour: Any) -> None:
-        self.state.value = _message(_("{service} answers: {behaviour}").format(
-            service=self.service, behaviour=behaviour.describe()), error=not behaviour.normal)
-
-    def _on_change(self, _change: Mapping[str, Any]) -> None:
-        if self._quiet:
-            return
-        self._apply(delay=self.delay.value, error_rate=self.error_rate.value / 100, status=self.status.value)
-
-    def _apply(self, **changes: Any) -> Any:
-        try:
-            behaviour = self.lab.set_behaviour(self.service, self.instance, **changes)
-        except (ValueError, KeyError, IndexError) as exc:
-            self.state.value = _message(str(exc), error=True)
-            raise
-        self._show(behaviour)
-        return behaviour
-
-    def set(self, *, delay: float | None = None, error_rate: float | None = None, status: int | None = None) -> Any:
-        """Change the instance's behaviour and move the controls to match; returns it."""
-        behaviour = self._apply(delay=delay, error_rate=error_rate, status=status)
-        self._quiet = True
-        try:
-            self.delay.value = behaviour.delay
-            self.error_rate.value = round(behaviour.error_rate * 100)
-            if behaviour.status in self.STATUSES:
-                self.status.value = behaviour.status
-        finally:
-            self._quiet = False
-        return behaviour
-
-
-# --------------------------------------------------------------------------- proxyless gRPC
-
-
-class GrpcBackendToggle(_Displayed):
-    """ToggleButtons choosing which gRPC backend a proxyless gRPC client calls (lesson 12).
-
-    Each click pushes ``snapshot(backend, version)`` to the client's node, waits for its ACK,
-    then calls until that backend answers and shows ``calls`` answers. Same as the upstream
-    toggle, with gRPC's own xDS client in Envoy's place.
-    """
-
-    def __init__(
-        self,
-        lab: Lab,
-        client: Any,
-        snapshot: Callable[[str, str], Snapshot],
-        choices: Sequence[str],
-        *,
-        calls: int = 6,
-        value: str | None = None,
-    ) -> None:
-        self.lab, self.client, self.make = lab, client, snapshot
-        self.calls = calls
-        self.last_error: Exception | None = None
-        self.answers: list[str] = []
-        self.history: list[dict[str, Any]] = []
-        self._version = 0
-        self.buttons = widgets.ToggleButtons(options=list(choices), value=value, description=_("backend"))
-        self.status = widgets.HTML()
-        self.table = widgets.HTML()
-        self.widget = widgets.VBox([self.buttons, self.status, self.table])
-        self.buttons.observe(self._on_change, names="value")
-        self.status.value = _message(_("pick a backend: the control plane pushes it to the gRPC client"))
-
-    @property
-    def value(self) -> str | None:
-        return self.buttons.value
-
-    @value.setter
-    def value(self, backend: str) -> None:
-        self.buttons.value = backend
-
-    def _on_change(self, change: Mapping[str, Any]) -> None:
-        if change["new"] is not None:
-            self.push(change["new"])
-
-    def push(self, backend: str) -> bool:
-        import pandas as pd
-
-        node = self.client.node_id
-        self._version += 1
-        version = f"grpc-{self._version}"
-        self.status.value = _message(_("pushing {version} ({backend}) to node {node} ...").format(
-            version=version, backend=backend, node=node))
-        try:
-            snap = self.make(backend, version)
-            if node in self.lab.cp.nodes():
-                self.lab.cp.push(snap, node=node, timeout=10)
-            else:  # its first configuration: the client connects on its first call
-                self.lab.cp.set_snapshot(snap, node=node)
-            self.client.wait_for(backend, timeout=10)
-        except (PushRejected, PushTimeout, TimeoutError) as exc:
-            self.last_error = exc
-            self.history.append({"backend": backend, "version": version, "acked": False, "error": str(exc)})
-            self.status.value = _message(_("{version} not applied: {error}").format(version=version, error=exc),
-                                         error=True)
-            return False
-        rows = self.client.call(self.calls)
-        self.answers = [r["served_by"] or r["error"] for r in rows]
-        self.last_error = None
-        self.history.append({"backend": backend, "version": version, "acked": True, "error": None})
-        self.status.value = _message(_("node {node} ACKed {version}: its calls go to {backend}, no proxy in "
-                                       "between").format(node=node, version=version, backend=backend))
-        self.table.value = _table_html(pd.DataFrame(rows)[["call", "served_by", "latency_ms", "error"]],
-                                       _("{calls} calls to {uri}").format(calls=self.calls, uri=self.client.uri))
-        return True
