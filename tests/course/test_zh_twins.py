@@ -30,7 +30,6 @@ ENGLISH = [p.name for p in zh_twins.english_notebooks()]
 PENDING: set[str] = {
     "11_resilience.ipynb",
     "12_proxyless_grpc.ipynb",
-    "13_secrets_sds.ipynb",
     "14_delta_and_ttl.ipynb",
 }
 TWINS = [n for n in ENGLISH if (zh_twins.ZH_DIR / n).exists()]
