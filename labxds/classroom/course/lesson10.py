@@ -25,7 +25,7 @@ def _baseline(t: Target, *extra: Any) -> None:
     """The sandbox on service1 (and ``extra`` resources), pushed with a version of its own: where
     every exercise of this lesson starts, however often its check runs."""
     push(t, [sandbox_cluster(t), route_configuration(SANDBOX_ROUTE, SANDBOX_CLUSTER), sandbox_listener(t), *extra],
-         version=f"before-{next(_RUNS)}", what="the lesson's starting snapshot")  # fmt: skip
+         version=f"before-{next(_RUNS)}", what=_("the lesson's starting snapshot"))  # fmt: skip
 
 
 def _served_after(run: Any) -> set[str]:
@@ -47,14 +47,16 @@ def _why_failed(snap: Any) -> Any:
 
 # -- 10.1 ---------------------------------------------------------------------------------------
 
-_SWITCH_HINT = ('labxds.Snapshot([labxds.cluster("service2", lab.endpoints("service2"), type="STRICT_DNS"), '
-                'labxds.route_configuration("local_route", "service2"), listener_0 as before], version="2")')
+#: Hints in code, with the words around it in the learner's language (translated where used).
+_SWITCH_HINT = N_('labxds.Snapshot([labxds.cluster("service2", lab.endpoints("service2"), type="STRICT_DNS"), '
+                  'labxds.route_configuration("local_route", "service2"), listener_0 as before], version="2")')
 
 
 def _check_switch(t: Target, switch: Any) -> str:
-    snap = snapshot(switch, "switch", _SWITCH_HINT)
+    snap = snapshot(switch, "switch", _(_SWITCH_HINT))
     _baseline(t)
-    runs = under_traffic(t, lambda: push(t, snap, what="your snapshot"), label="check 10.1")
+    runs = under_traffic(t, lambda: push(t, snap, what=_("your snapshot")),
+                         label=_("check {key}").format(key="10.1"))
     sent = no_failures(runs, _why_failed(snap))
     served = _served_after(runs[0])
     if served != {"service2"}:
@@ -72,8 +74,8 @@ def _check_switch(t: Target, switch: Any) -> str:
 
 # -- 10.2 ---------------------------------------------------------------------------------------
 
-_ROUTES_HINT = ('labxds.route_configuration("local_route", routes={"/api": "service2", "/": '
-                '"example_proxy_cluster"})')
+_ROUTES_HINT = N_('both routes, /api first (Envoy takes the first that matches): labxds.route_configuration('
+                  '"local_route", routes={"/api": "service2", "/": "example_proxy_cluster"})')
 
 
 def _service2_cluster(t: Target) -> Any:
@@ -81,13 +83,14 @@ def _service2_cluster(t: Target) -> Any:
 
 
 def _check_routes(t: Target, routes: Any) -> str:
-    route = resource(routes, ROUTE, "routes", _ROUTES_HINT)
+    route = resource(routes, ROUTE, "routes", _(_ROUTES_HINT))
     if route.name != SANDBOX_ROUTE:
         raise Fail(_("your route configuration is named '{name}'").format(name=route.name),
                    _("listener_0 asks for '{route}' over RDS: give yours that name").format(route=SANDBOX_ROUTE))
     _baseline(t, _service2_cluster(t))
     resources = [sandbox_cluster(t), _service2_cluster(t), route, sandbox_listener(t)]
-    runs = under_traffic(t, lambda: push(t, resources, what="your routes"), paths=("/", "/api"), label="check 10.2")
+    runs = under_traffic(t, lambda: push(t, resources, what=_("your routes")), paths=("/", "/api"),
+                         label=_("check {key}").format(key="10.2"))
     sent = no_failures(runs, lambda failures: (
         _("a 404 is Envoy finding no route: keep a route for '/' so everything else still has a way")
         if any(r.startswith("404") for r in failures)
@@ -104,8 +107,8 @@ def _check_routes(t: Target, routes: Any) -> str:
 
 # -- 10.3 ---------------------------------------------------------------------------------------
 
-_LISTENER_HINT = ('labxds.http_listener("listener_0", lab.listener_port, "local_route", '
-                  'address=lab.mode.listen_host, stat_prefix="ingress")')
+_LISTENER_HINT = N_('listener_0 as it is, with only a new stat_prefix: labxds.http_listener("listener_0", '
+                    'lab.listener_port, "local_route", address=lab.mode.listen_host, stat_prefix="ingress")')
 _REPLACED = "listener_manager.listener_in_place_updated|listener_manager.listener_modified"
 
 
@@ -115,13 +118,14 @@ def _replaced(admin: EnvoyAdmin) -> int:
 
 
 def _check_listener(t: Target, listener_v2: Any) -> str:
-    listener = resource(listener_v2, LISTENER, "listener_v2", _LISTENER_HINT)
+    listener = resource(listener_v2, LISTENER, "listener_v2", _(_LISTENER_HINT))
     _baseline(t)
     lab = t.own_lab()
     with EnvoyAdmin(t.admin_url) as admin:
         before = _replaced(admin)
         snap_resources = [sandbox_cluster(t), route_configuration(SANDBOX_ROUTE, SANDBOX_CLUSTER), listener]
-        runs = under_traffic(t, lambda: push(t, snap_resources, what="your listener"), label="check 10.3")
+        runs = under_traffic(t, lambda: push(t, snap_resources, what=_("your listener")),
+                             label=_("check {key}").format(key="10.3"))
 
         def hint(failures: dict[str, int]) -> str:
             if listener.name != SANDBOX_LISTENER:

@@ -107,13 +107,15 @@ def _envoy_serials(t: Target) -> list[str]:
 
 # -- 13.1 ---------------------------------------------------------------------------------------
 
-_SECRET_HINT = 'secret = labxds.tls_secret("server_cert", first.cert_pem, first.key_pem)'
+#: Hints in code, with the words around it in the learner's language (translated where used).
+_SECRET_HINT = N_('the certificate and its key in a secret named server_cert: '
+                  'secret = labxds.tls_secret("server_cert", first.cert_pem, first.key_pem)')
 
 
 def _check_secret(t: Target, secret: Any) -> str:
-    sds = _secret(secret, "secret", _SECRET_HINT)
+    sds = _secret(secret, "secret", _(_SECRET_HINT))
     serial = _serial_of(sds)
-    push(t, _resources(t, sds), version=f"tls-{next(_RUNS)}", what="your secret")
+    push(t, _resources(t, sds), version=f"tls-{next(_RUNS)}", what=_("your secret"))
     if not wait_until(lambda: _presented(t) == serial, 3.0):
         raise Fail(_("3 s after your push listener_0 does not present your certificate (serial {serial})").format(
             serial=serial),
@@ -130,12 +132,13 @@ def _check_secret(t: Target, secret: Any) -> str:
 
 # -- 13.2 ---------------------------------------------------------------------------------------
 
-_ROTATE_HINT = ('second = issue(ca, "listener_0", server=True, **names); '
-                'rotated = labxds.tls_secret("server_cert", second.cert_pem, second.key_pem)')
+_ROTATE_HINT = N_('a new certificate from ca, in the secret of the same name: '
+                  'second = issue(ca, "listener_0", server=True, **names); '
+                  'rotated = labxds.tls_secret("server_cert", second.cert_pem, second.key_pem)')
 
 
 def _check_rotation(t: Target, rotated: Any) -> str:
-    sds = _secret(rotated, "rotated", _ROTATE_HINT)
+    sds = _secret(rotated, "rotated", _(_ROTATE_HINT))
     new = _serial_of(sds)
     lab = t.own_lab()
     before = _presented(t)
@@ -147,7 +150,7 @@ def _check_rotation(t: Target, rotated: Any) -> str:
         own = issue(make_ca("lesson 13 check"), "listener_0", server=True, dns_names=["localhost", "proxy"],
                     ip_addresses=["127.0.0.1"])  # fmt: skip
         push(t, _resources(t, tls_secret(SECRET_NAME, own.cert_pem, own.key_pem)), version=f"tls-{next(_RUNS)}",
-             what="the starting certificate")  # fmt: skip
+             what=_("the starting certificate"))  # fmt: skip
         before = wait_until(lambda: _presented(t), 3.0)
     if before == new:
         if new in _ROTATED.get(id(lab), set()):  # this check put it there: the cell ran again
@@ -157,8 +160,8 @@ def _check_rotation(t: Target, rotated: Any) -> str:
             serial=new),
             _("rotating means a new certificate: issue one from ca (issue(ca, ...)) and put it in the secret"))
     pid = lab.envoy.pid if lab.envoy is not None else None
-    runs = under_traffic(t, lambda: push(t, _resources(t, sds), version=f"tls-{next(_RUNS)}", what="your secret"),
-                         url=https_url(lab), verify=False, label="check 13.2")  # fmt: skip
+    runs = under_traffic(t, lambda: push(t, _resources(t, sds), version=f"tls-{next(_RUNS)}", what=_("your secret")),
+                         url=https_url(lab), verify=False, label=_("check {key}").format(key="13.2"))  # fmt: skip
     sent = no_failures(runs, lambda _f: _("an SDS update swaps the certificate for new connections only; "
                                           "failures mean the listener changed too: change the secret alone"))
     presented = wait_until(lambda: _presented(t) == new, 3.0)
