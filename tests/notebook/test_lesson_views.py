@@ -94,3 +94,26 @@ def test_behaviour_panel_and_grpc_toggle_drive_the_lab():
         assert "ACKed grpc-2" in toggle.status.value
     finally:
         lab.stop()
+
+
+def test_the_chart_in_chinese_has_its_glyphs():
+    """Under zh_CN the chart's labels are Chinese: matplotlib draws them with the Han font the
+    diagrams use, not DejaVu Sans (which would warn "Glyph ... missing" into the lesson's output)."""
+    import warnings
+
+    from labxds.i18n import set_language
+    from labxds.notebook.diagrams import han_font
+
+    if han_font() is None:
+        pytest.skip("no font with Han characters (requirements.txt installs noto-cjk-sans-otc)")
+    traffic = _traffic_with_a_failure()
+    set_language("zh_CN")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            png = traffic_png(traffic, latency=True, title="service1 failing")
+    finally:
+        set_language(None)
+    assert png.startswith(PNG)
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing[:3]
