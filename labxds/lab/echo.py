@@ -264,7 +264,7 @@ class EchoService:
             time.sleep(b.delay)
         if not fail:
             return None
-        return b.status, f"{self.name} fails on purpose ({b.describe()})\n"
+        return b.status, _("{service} fails on purpose ({behaviour})").format(service=self.name, behaviour=b.describe()) + "\n"
 
     @property
     def running(self) -> bool:

@@ -15,8 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..i18n import _
+from ..i18n import _, language
 from ..lab.traffic import Traffic
+from .diagrams import han_font
 
 __all__ = ["LiveChart", "traffic_figure", "traffic_png"]
 
@@ -76,7 +77,21 @@ def traffic_figure(traffic: Traffic, *, bucket: float = 0.5, latency: bool = Fal
     for when, label in traffic.marks:
         axes[0].text(when, top * 0.97, f" {label}", rotation=90, va="top", ha="left", fontsize=8, color=_MARK,
                      bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})  # fmt: skip
+    _han_fonts(fig)
     return fig
+
+
+def _han_fonts(fig: Any) -> None:
+    """Chinese labels need a font with Han characters: each text of ``fig`` names one after
+    matplotlib's usual font. Set on the texts, not in matplotlib's rcParams, which are global:
+    a live chart redraws in its own thread while the lesson draws a diagram in the notebook's."""
+    family = han_font() if language() != "en" else None
+    if family is None:
+        return
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_fontfamily(["DejaVu Sans", family])
 
 
 def traffic_png(traffic: Traffic, **options: Any) -> bytes:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..i18n import _
 from ..xds.resource_types import ENDPOINT
-from .diagrams import COLORS, Arrow, Box, Diagram, _draw_box, _figure, _png
+from .diagrams import COLORS, Arrow, Box, Diagram, _draw_box, _figure, _fonts, _png
 
 __all__ = ["grpc_topology", "grpc_topology_model"]
 
@@ -49,6 +49,11 @@ def grpc_topology_model(lab: Any, client: Any) -> tuple[list[Box], list[Arrow]]:
 
 def grpc_topology(lab: Any, client: Any) -> Diagram:
     """Proxyless gRPC as it runs now (a PNG image): solid = in use, dashed = not (yet)."""
+    with _fonts():  # Chinese labels need a font with Han characters, as in the lab's own diagrams
+        return _grpc_topology(lab, client)
+
+
+def _grpc_topology(lab: Any, client: Any) -> Diagram:
     from matplotlib.patches import FancyArrowPatch
 
     boxes, arrows = grpc_topology_model(lab, client)

@@ -64,6 +64,7 @@ def test_behaviour_panel_and_grpc_toggle_drive_the_lab():
     from envoy_helpers import free_port
 
     from labxds.notebook import BehaviourPanel, GrpcBackendToggle, Lab
+    from labxds.notebook.proxyless import grpc_topology
 
     lab = Lab(xds_port=0, admin_port=0, listener_port=free_port()).start(progress=False)
     try:
@@ -92,5 +93,33 @@ def test_behaviour_panel_and_grpc_toggle_drive_the_lab():
         assert toggle.last_error is None and toggle.answers == ["beta"] * 4
         assert [h["version"] for h in toggle.history] == ["grpc-1", "grpc-2"]
         assert "ACKed grpc-2" in toggle.status.value
+        _assert_drawn_in_chinese(lambda: grpc_topology(lab, client).png)  # lesson 12's picture
     finally:
         lab.stop()
+
+
+def _assert_drawn_in_chinese(draw):
+    """``draw()`` under zh_CN makes a PNG whose Chinese labels have their glyphs: matplotlib uses
+    the Han font the diagrams use, not DejaVu Sans (which warns "Glyph ... missing" into the cell)."""
+    import warnings
+
+    from labxds.i18n import set_language
+    from labxds.notebook.diagrams import han_font
+
+    if han_font() is None:
+        pytest.skip("no font with Han characters (requirements.txt installs noto-cjk-sans-otc)")
+    set_language("zh_CN")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            png = draw()
+    finally:
+        set_language(None)
+    assert png.startswith(PNG)
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing[:3]
+
+
+def test_the_chart_in_chinese_has_its_glyphs():
+    traffic = _traffic_with_a_failure()
+    _assert_drawn_in_chinese(lambda: traffic_png(traffic, latency=True, title="service1 failing"))

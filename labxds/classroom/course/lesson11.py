@@ -78,7 +78,7 @@ def _push(t: Target, what: str, key: str, **options: Any) -> None:
     except (ValueError, TypeError) as exc:
         raise Fail(_("{what} is not in Envoy's JSON form: {error}").format(what=what, error=exc),
                    _('field names as in Envoy\'s API reference, durations as strings like "0.25s"')) from None
-    mark_background(t, f"check {key}")
+    mark_background(t, _("check {key}").format(key=key))
     push(t, resources, what=what)  # versions are content hashes: only what changed goes out
 
 
@@ -108,13 +108,15 @@ def _counter(t: Target, name: str) -> int:
 
 # -- 11.1 retries -------------------------------------------------------------------------------
 
-_RETRY_HINT = 'retry_policy = {"retry_on": "5xx", "num_retries": 2, **other_host}'
+#: Hints: the answer in code, with the words around it in the learner's language (translated where used).
+_RETRY_HINT = N_('retry 5xx answers, twice, on another host: '
+                 'retry_policy = {"retry_on": "5xx", "num_retries": 2, **other_host}')
 
 
 def _check_retries(t: Target, retry_policy: Any) -> str:
-    policy = _dict(retry_policy, "retry_policy", _RETRY_HINT)
+    policy = _dict(retry_policy, "retry_policy", _(_RETRY_HINT))
     with _Misbehaving(t, error_rate=1.0, status=503):
-        _push(t, "your retry policy", "11.1", route={"retry_policy": policy})
+        _push(t, _("your retry policy"), "11.1", route={"retry_policy": policy})
         before = _counter(t, "upstream_rq_retry")
         rows = send(t.listener_url, 40)
     failed = [r for r in rows if r["status"] != 200]
@@ -136,14 +138,15 @@ def _check_retries(t: Target, retry_policy: Any) -> str:
 
 # -- 11.2 per-try timeout -----------------------------------------------------------------------
 
-_SLOW_HINT = 'slow_policy = {"retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.25s", **other_host}'
+_SLOW_HINT = N_("give up on a try well before service1's 1 s, and retry on another host: "
+                'slow_policy = {"retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.25s", **other_host}')
 _ROUTE_TIMEOUT = 3.0
 
 
 def _check_slow(t: Target, slow_policy: Any) -> str:
-    policy = _dict(slow_policy, "slow_policy", _SLOW_HINT)
+    policy = _dict(slow_policy, "slow_policy", _(_SLOW_HINT))
     with _Misbehaving(t, delay=1.0):
-        _push(t, "your retry policy", "11.2", route={"retry_policy": policy, "timeout": _ROUTE_TIMEOUT})
+        _push(t, _("your retry policy"), "11.2", route={"retry_policy": policy, "timeout": _ROUTE_TIMEOUT})
         before = _counter(t, "upstream_rq_per_try_timeout")
         rows = send(t.listener_url, 6, timeout=5)
     failed = [r for r in rows if r["status"] != 200]
@@ -164,8 +167,9 @@ def _check_slow(t: Target, slow_policy: Any) -> str:
 
 # -- 11.3 outlier detection ---------------------------------------------------------------------
 
-_OUTLIER_HINT = ('outlier = {"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "30s", '
-                 '"max_ejection_percent": 50}')
+_OUTLIER_HINT = N_('eject a host after 3 failures in a row, and let one host of two be out: '
+                   'outlier = {"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "30s", '
+                   '"max_ejection_percent": 50}')
 
 
 def _health(t: Target) -> dict[str, str]:
@@ -176,9 +180,9 @@ def _health(t: Target) -> dict[str, str]:
 
 
 def _check_outlier(t: Target, outlier: Any) -> str:
-    detection = _dict(outlier, "outlier", _OUTLIER_HINT)
+    detection = _dict(outlier, "outlier", _(_OUTLIER_HINT))
     with _Misbehaving(t, error_rate=1.0, status=503):
-        _push(t, "your outlier detection", "11.3", outlier_detection=detection)
+        _push(t, _("your outlier detection"), "11.3", outlier_detection=detection)
         before = _counter(t, "outlier_detection.ejections_overflow")
         first = send(t.listener_url, 30)
         health = _health(t)
@@ -204,15 +208,16 @@ def _check_outlier(t: Target, outlier: Any) -> str:
 
 # -- 11.4 active health checks ------------------------------------------------------------------
 
-_HC_HINT = ('health_check = {"timeout": "0.25s", "interval": "0.2s", "no_traffic_interval": "0.2s", '
-            '"unhealthy_threshold": 2, "healthy_threshold": 1, "http_health_check": {"path": "/healthz"}}')
+_HC_HINT = N_('ask /healthz every 0.2 s, a host out after 2 failures and back after 1 success: '
+              'health_check = {"timeout": "0.25s", "interval": "0.2s", "no_traffic_interval": "0.2s", '
+              '"unhealthy_threshold": 2, "healthy_threshold": 1, "http_health_check": {"path": "/healthz"}}')
 
 
 def _check_health(t: Target, health_check: Any) -> str:
-    check = _dict(health_check, "health_check", _HC_HINT)
+    check = _dict(health_check, "health_check", _(_HC_HINT))
     lab = t.own_lab()
     with _Misbehaving(t, error_rate=1.0, status=503):
-        _push(t, "your health check", "11.4", health_checks=[check])
+        _push(t, _("your health check"), "11.4", health_checks=[check])
         started = time.monotonic()
         # service2 must have passed its first health check too: with no healthy host at all, Envoy
         # would be in panic mode and send to every host.

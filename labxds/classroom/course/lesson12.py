@@ -97,27 +97,28 @@ def _calls(t: Target, n: int) -> list[str]:
 
 # -- 12.1 ---------------------------------------------------------------------------------------
 
-_RESOURCES_HINT = ('[labxds.api_listener("greeter", "greeter-route"), labxds.route_configuration("greeter-route", '
-                   '"greeter-cluster"), labxds.cluster("greeter-cluster"), labxds.load_assignment("greeter-cluster", '
-                   'backends.endpoints("alpha"))]')
+#: Hints: the answer in code, with the words around it in the learner's language (translated where used).
+_RESOURCES_HINT = N_('a list of the four, each naming the next: [labxds.api_listener("greeter", "greeter-route"), '
+                     'labxds.route_configuration("greeter-route", "greeter-cluster"), labxds.cluster("greeter-cluster"), '
+                     'labxds.load_assignment("greeter-cluster", backends.endpoints("alpha"))]')
 
 
 def _check_resources(t: Target, grpc_resources: Any) -> str:
     if grpc_resources is None:
-        raise Fail(_("grpc_resources is still None: the exercise is not done yet"), _RESOURCES_HINT)
+        raise Fail(_("grpc_resources is still None: the exercise is not done yet"), _(_RESOURCES_HINT))
     if isinstance(grpc_resources, Snapshot):
         items = [m for url in grpc_resources.versions for m in grpc_resources.resources(url).values()]
     elif isinstance(grpc_resources, (list, tuple)):
         items = list(grpc_resources)
     else:
         raise Fail(_("grpc_resources is a {kind}: give a list of the four resources").format(
-            kind=type(grpc_resources).__name__), _RESOURCES_HINT)
+            kind=type(grpc_resources).__name__), _(_RESOURCES_HINT))
     listeners = [m for m in items if _type(m) == LISTENER]
     if not any(getattr(m, "name", None) == GRPC_TARGET for m in listeners):
         raise Fail(_("there is no Listener named 'greeter'"),
                    _("the channel's target is xds:///greeter: gRPC asks the control plane for the Listener "
                      "'greeter'"))
-    snap = push_to_grpc(t, items, "your resources")
+    snap = push_to_grpc(t, items, _("your resources"))
     lab = t.own_lab()
     alpha = f"{lab.grpc.endpoints('alpha')[0][0]}:{lab.grpc.endpoints('alpha')[0][1]}" if lab.grpc else "alpha"
     try:
@@ -148,7 +149,8 @@ def _type(item: Any) -> str:
 
 # -- 12.2 ---------------------------------------------------------------------------------------
 
-_CANARY_HINT = 'labxds.route_configuration("greeter-route", weights={"alpha": 75, "beta": 25})'
+_CANARY_HINT = N_('a route configuration with weighted clusters, named as the Listener asks: '
+                  'labxds.route_configuration("greeter-route", weights={"alpha": 75, "beta": 25})')
 
 
 def _clusters(lab: Any) -> list[Any]:
@@ -158,12 +160,12 @@ def _clusters(lab: Any) -> list[Any]:
 
 
 def _check_canary(t: Target, canary_route: Any) -> str:
-    route = resource(canary_route, ROUTE, "canary_route", _CANARY_HINT)
+    route = resource(canary_route, ROUTE, "canary_route", _(_CANARY_HINT))
     if route.name != ROUTE_NAME:
         raise Fail(_("your route configuration is named '{name}'").format(name=route.name),
                    _("the Listener 'greeter' asks for '{route}': give yours that name").format(route=ROUTE_NAME))
     lab = t.own_lab()
-    push_to_grpc(t, [api_listener(GRPC_TARGET, ROUTE_NAME), route, *_clusters(lab)], "your route")
+    push_to_grpc(t, [api_listener(GRPC_TARGET, ROUTE_NAME), route, *_clusters(lab)], _("your route"))
     answers = _calls(t, 200)
     errors = [a for a in answers if a not in ("alpha", "beta")]
     if errors:
