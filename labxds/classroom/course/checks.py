@@ -46,6 +46,7 @@ __all__ = [
     "snapshot",
     "socket_address",
     "tried",
+    "unchanged_versions",
 ]
 
 #: What each resource type is called in a hint (translated where shown: :func:`kind_of`).
@@ -120,8 +121,9 @@ def push(t: Target, resources: Snapshot | Iterable[Any], *, version: str | None 
          what: str | None = None, timeout: float = 8.0) -> Snapshot:
     """Push to the learner's own Envoy and wait for its ACK; a NACK or a bad snapshot is a Fail.
 
-    Without ``version`` each type's version is a hash of its content: a check pushing the same
-    answer twice sends nothing new. ``what`` names the answer in the learner's language
+    Without ``version`` each type's version is a hash of its content, and a type Envoy already
+    runs unchanged keeps the version it ACKed (:func:`unchanged_versions`): a check sends only
+    what the learner changed, and pushing the same answer twice sends nothing new. ``what`` names the answer in the learner's language
     (``_("your route")``; default: your configuration).
     """
     what = what or _("your configuration")
@@ -129,8 +131,13 @@ def push(t: Target, resources: Snapshot | Iterable[Any], *, version: str | None 
     if isinstance(resources, Snapshot):
         snap = resources
     else:
+        resources = list(resources)
         try:
-            snap = Snapshot(list(resources), version=version)
+            snap = Snapshot(resources, version=version)
+            if version is None:
+                kept = unchanged_versions(snap, lab.cp.snapshot(lab.node_id) if lab.node_id else None)
+                if kept:
+                    snap = Snapshot(resources, version=kept)
         except ConsistencyError as exc:
             raise Fail(_("{what} does not fit together: {problems}").format(what=what, problems="; ".join(exc.problems)),
                        _("a listener names its route configuration, a route names its clusters: "
@@ -150,6 +157,23 @@ def push(t: Target, resources: Snapshot | Iterable[Any], *, version: str | None 
                    _("is your Envoy connected (lab.cp.nodes())? Envoy only asks for what its "
                      "listeners and clusters need")) from None  # fmt: skip
     return snap
+
+
+def unchanged_versions(new: Snapshot, served: Snapshot | None) -> dict[str, str]:
+    """The types whose resources Envoy already runs, each with the version it ACKed for them.
+
+    A lesson pushes "1", "2", ...; a check's hashed versions would differ for every type, and
+    SotW would send every type again. Keeping the served version of an unchanged type makes the
+    check's push send only what the learner changed, as the lessons say it does.
+    """
+    if served is None:
+        return {}
+
+    def content(snap: Snapshot, url: str) -> dict[str, str]:
+        return {name: entry.version for name, entry in snap.entries(url, ttl=True).items()}
+
+    return {url: served.version(url) for url in new.types
+            if url in served.types and content(new, url) == content(served, url)}
 
 
 @contextmanager
