@@ -28,7 +28,9 @@ _MARK = "#555555"
 
 def traffic_figure(traffic: Traffic, *, bucket: float = 0.5, latency: bool = False, title: str | None = None) -> Any:
     """A matplotlib Figure: requests per second (succeeded, failed) and, with ``latency``, the
-    p50/p95 latency of the successful ones; each ``traffic.mark`` is a labelled line."""
+    p50/p95 latency of the successful ones; each ``traffic.mark`` is a labelled line. The title
+    and the marks' labels are shown in the learner's language (a lesson's literal ones are in
+    the catalogue); ``traffic.marks`` keeps them as the code wrote them, for code to look up."""
     from matplotlib.figure import Figure
 
     rows = traffic.per_second(bucket)
@@ -50,7 +52,7 @@ def traffic_figure(traffic: Traffic, *, bucket: float = 0.5, latency: bool = Fal
     ax.bar(t, failed, width=widths, align="edge", bottom=ok, color=_FAILED, label=_("failed"))
     ax.set_ylabel(_("requests / s"))
     ax.legend(loc="lower left", fontsize=8)
-    head = title or _("traffic to {target}").format(target=traffic.target)
+    head = _(title) if title else _("traffic to {target}").format(target=traffic.target)
     rate = summary["success_rate"]
     counts = (_("{requests} requests, {failed} failed ({rate} succeeded)") if rate is not None
               else _("{requests} requests, {failed} failed"))
@@ -75,7 +77,7 @@ def traffic_figure(traffic: Traffic, *, bucket: float = 0.5, latency: bool = Fal
             axis.axvline(when, color=_MARK, linestyle="--", linewidth=1)
     top = axes[0].get_ylim()[1]
     for when, label in traffic.marks:
-        axes[0].text(when, top * 0.97, f" {label}", rotation=90, va="top", ha="left", fontsize=8, color=_MARK,
+        axes[0].text(when, top * 0.97, f" {_(label)}", rotation=90, va="top", ha="left", fontsize=8, color=_MARK,
                      bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})  # fmt: skip
     _han_fonts(fig)
     return fig
