@@ -73,7 +73,10 @@ class ControlPlane:
 
     At most ``max_streams`` streams are held at once; one more is refused with RESOURCE_EXHAUSTED
     and the reason, and so is a burst of new streams larger than that. ``grpc_options`` are added
-    to gRPC's server options (later ones win).
+    to gRPC's server options and replace the control plane's own for the same key (gRPC itself
+    would keep the first of two). Among them ``("grpc.so_reuseport", 1)`` lets several processes
+    serve one port, the kernel spreading connections over them (off by default, so a second
+    server cannot bind a port silently; ``bench/fanout_processes.py`` measures it).
 
     ``start()`` returns once the port is bound. Starting a second ControlPlane on a host and port
     this process already serves returns the running one, so re-running a notebook cell is safe.
@@ -214,6 +217,9 @@ class ControlPlane:
                 ("grpc.http2.max_pings_without_data", 0),  # idle ADS streams carry no data for long
                 ("grpc.http2.ping_timeout_ms", max(1, int(timeout * 1000))),
             ]
+        # gRPC keeps the FIRST of two args with one key (grpcio 1.85): drop ours that the caller sets.
+        mine = {key for key, _ in self._grpc_options}
+        options = [(key, value) for key, value in options if key not in mine]
         server = grpc.aio.server(options=options + self._grpc_options)
         server.add_generic_rpc_handlers(self._xds.handlers())
         target = f"{self.host}:{self._requested_port}" if ":" not in self.host else f"[{self.host}]:{self._requested_port}"

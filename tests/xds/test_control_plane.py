@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 from xds_client import (
     CLUSTER,
@@ -128,6 +129,35 @@ def test_port_held_by_another_process_raises_port_in_use():
     finally:
         holder.stdin.close()
         holder.wait(5)
+
+
+def test_grpc_options_replace_the_control_planes_own():
+    """gRPC keeps the first of two options with one key; the caller's must still win."""
+    with ControlPlane(port=0, grpc_options=[("grpc.max_receive_message_length", 2048)]) as plane:
+        plane.set_snapshot(snap("a"))
+        c = SotwClient(plane.address, "big-request")
+        try:
+            c.send(CLUSTER, ["n" * 100] * 40)  # ~4 KB: over the caller's 2 KB, far under the default
+            ended = c.ended()
+        finally:
+            c.close()
+        assert ended.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_so_reuseport_is_off_by_default_and_on_when_asked():
+    """Several processes may share a port only if each asks (bench/fanout_processes.py)."""
+    with socket.socket() as holder:  # another server that allows sharing its port
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUseError):
+            ControlPlane(port=port).start()
+        shared = ControlPlane(port=port, grpc_options=[("grpc.so_reuseport", 1)]).start()
+        try:
+            assert shared.running and shared.port == port
+        finally:
+            shared.stop()
 
 
 def test_stop_frees_the_port_and_ends_streams():
