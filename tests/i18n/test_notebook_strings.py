@@ -27,6 +27,16 @@ def test_the_extractor_finds_captions_and_titles() -> None:
     assert list(code_strings("%time lab.curl()")) == []  # a magic: not Python, nothing found
 
 
+def test_the_extractor_finds_what_a_cell_prints_through_tr() -> None:
+    code = ('print(tr("✓ {n} requests, none failed").format(n=n))\n'
+            'ax.set_title(tr("asked vs observed"))\n'
+            'print(f"{tr(\'user agent:\')} {agent}")\n'
+            'print(tr(name), "not this")\n'
+            'from labxds.i18n import _\nprint(_("with one:"))\n')
+    assert [text for _line, text in code_strings(code)] == [
+        "✓ {n} requests, none failed", "asked vs observed", "user agent:", "with one:"]
+
+
 def test_every_caption_of_the_notebooks_has_its_chinese() -> None:
     with PO.open("rb") as fh:
         catalog = read_po(fh, locale="zh_CN", domain="labxds")
