@@ -13,7 +13,7 @@ from ..i18n import _ as tr  # tr("..."): a sentence a lesson prints, in the note
 from .charts import LiveChart, traffic_figure, traffic_png
 from .course import Checked, ExerciseFailed, check, exercises, solve
 from .dashboard import Dashboard
-from .diagrams import Diagram, sequence, topology
+from .diagrams import Diagram, sequence, topology, use_han_font
 from .lab import Lab
 from .raw import SANDBOX_JQ, config_dump, configs_index, curl_i, jq, run_jq, show_json
 from .service_widgets import BehaviourPanel, GrpcBackendToggle
@@ -39,6 +39,9 @@ from .widgets import (
     canary_snapshot,
     next_version,
 )
+
+# Chinese titles and labels on charts (the lessons' pyplot charts, LiveChart) need a font with Han characters.
+use_han_font()
 
 __all__ = [
     "SANDBOX_JQ",

@@ -227,6 +227,7 @@ def test_chinese_runs_top_to_bottom(path: Path) -> None:
             assert "✓" in said and HAN.search(said), f"zh-CN/{path.name} cell {i}: the check did not say ✓ in Chinese:\n{said}"
             left = _english_left(said)
             assert not left, f"zh-CN/{path.name} cell {i}: English left in a check's output: {left}"
+        assert "missing from font" not in said, f"zh-CN/{path.name} cell {i}: Chinese drawn without a Han font:\n{said}"
         english_ticks = [line for line in said.splitlines() if line.startswith("✓") and not HAN.search(line)]
         assert not english_ticks, f"zh-CN/{path.name} cell {i}: a ✓ printed in English (tr() it): {english_ticks}"
         for caption in re.findall(r"<caption>(.*?)</caption>", said, flags=re.S):
