@@ -5,7 +5,8 @@ the words it passes to labxds are English: a table's caption, ``tables.styled(df
 where")``, and a diagram's title, ``lab.sequence(since=mark, title="Version 1: ...")``. labxds
 translates them when it shows them (``styled`` and ``sequence`` call ``_()`` on them). What a
 code cell prints itself, or writes on a chart, it wraps in ``tr("...")`` (``labxds.notebook.tr``,
-which is ``_``): ``print(tr("✓ {n} requests, none failed").format(n=n))``. This extractor puts all
+which is ``_``): ``print(tr("✓ {n} requests, none failed").format(n=n))``; the traffic chart
+translates the labels of ``traffic.mark("...")`` itself. This extractor puts all
 of them in the catalogue: babel.cfg maps ``notebooks/*.ipynb`` to it, so ``make i18n`` lists them
 with the package's own messages.
 """
@@ -17,7 +18,7 @@ import json
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["CAPTION_CALLS", "MESSAGE_CALLS", "TITLE_CALLS", "extract_notebook", "notebook_strings"]
+__all__ = ["CAPTION_CALLS", "MARK_CALLS", "MESSAGE_CALLS", "TITLE_CALLS", "extract_notebook", "notebook_strings"]
 
 #: Calls whose second argument (or ``caption=``) is a caption labxds translates.
 CAPTION_CALLS = frozenset({"styled"})
@@ -25,6 +26,9 @@ CAPTION_CALLS = frozenset({"styled"})
 TITLE_CALLS = frozenset({"sequence", "topology"})
 #: Calls whose first argument is a message: what a code cell prints or draws, in the learner's language.
 MESSAGE_CALLS = frozenset({"tr", "_"})
+#: ``traffic.mark("listener_0 left out")``: a label the traffic chart translates where it draws it
+#: (the lesson's checks keep comparing the English label).
+MARK_CALLS = frozenset({"mark"})
 
 
 def _name(func: ast.expr) -> str | None:
@@ -40,7 +44,7 @@ def _literal(node: ast.expr | None) -> str | None:
 
 
 def code_strings(source: str) -> Iterator[tuple[int, str]]:
-    """(line, text) of every caption, title and ``tr("...")`` literal in one cell's code."""
+    """(line, text) of every caption, title, chart mark and ``tr("...")`` literal in one cell's code."""
     try:
         tree = ast.parse(source)
     except SyntaxError:  # IPython magics and the like: nothing to extract
@@ -49,7 +53,7 @@ def code_strings(source: str) -> Iterator[tuple[int, str]]:
     for node in calls:
         name = _name(node.func)
         found: list[ast.expr | None] = []
-        if name in MESSAGE_CALLS and node.args:
+        if (name in MESSAGE_CALLS or name in MARK_CALLS) and node.args:
             found.append(node.args[0])
         if name in CAPTION_CALLS:
             found.append(node.args[1] if len(node.args) > 1 else None)

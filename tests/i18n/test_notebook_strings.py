@@ -37,6 +37,21 @@ def test_the_extractor_finds_what_a_cell_prints_through_tr() -> None:
         "✓ {n} requests, none failed", "asked vs observed", "user agent:", "with one:"]
 
 
+def test_the_extractor_finds_the_traffic_charts_marks() -> None:
+    code = 'traffic.mark("listener_0 left out")\nmark = lab.mark()\ntraffic.mark(label)\n'
+    assert [text for _line, text in code_strings(code)] == ["listener_0 left out"]
+
+
+def test_a_mark_on_the_traffic_chart_is_drawn_translated(chinese: None) -> None:
+    from labxds.lab.traffic import Traffic
+    from labxds.notebook.charts import traffic_figure
+
+    traffic = Traffic("http://127.0.0.1:9")  # never started: the chart of no requests, with its marks
+    traffic.mark("retries")
+    traffic.mark("a label of my own")
+    assert [t.get_text() for t in traffic_figure(traffic).axes[0].texts] == [" 重试", " a label of my own"]
+
+
 def test_every_caption_of_the_notebooks_has_its_chinese() -> None:
     with PO.open("rb") as fh:
         catalog = read_po(fh, locale="zh_CN", domain="labxds")
