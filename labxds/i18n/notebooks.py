@@ -22,8 +22,8 @@ __all__ = ["CAPTION_CALLS", "MARK_CALLS", "MESSAGE_CALLS", "TITLE_CALLS", "extra
 
 #: Calls whose second argument (or ``caption=``) is a caption labxds translates.
 CAPTION_CALLS = frozenset({"styled"})
-#: Calls whose ``title=`` labxds translates.
-TITLE_CALLS = frozenset({"sequence", "topology"})
+#: Calls whose ``title=`` labxds translates (diagrams, and the traffic chart).
+TITLE_CALLS = frozenset({"sequence", "topology", "LiveChart", "traffic_figure", "traffic_png"})
 #: Calls whose first argument is a message: what a code cell prints or draws, in the learner's language.
 MESSAGE_CALLS = frozenset({"tr", "_"})
 #: ``traffic.mark("listener_0 left out")``: a label the traffic chart translates where it draws it

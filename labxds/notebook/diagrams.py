@@ -161,10 +161,11 @@ def han_font() -> str | None:
 
 
 def use_han_font() -> str | None:
-    """Let every matplotlib chart fall back on the Han font when the learner's language needs it:
-    the lessons' own pyplot charts and :class:`~labxds.notebook.charts.LiveChart` write Chinese
-    titles and labels (``tr()``, ``_()``) that DejaVu Sans would draw as empty boxes. Latin text
-    keeps matplotlib's own font (the Han one comes after it). Returns the family, or None."""
+    """Let matplotlib fall back on the Han font when the learner's language needs it: the lessons'
+    own pyplot charts (05, 07, 08) write Chinese titles and labels (``tr()``) that DejaVu Sans would
+    draw as empty boxes. Latin text keeps matplotlib's own font (the Han one comes after it). Set
+    once, when labxds.notebook is imported, before any chart thread runs; the traffic chart and the
+    diagrams also name the Han font on their own texts. Returns the family, or None."""
     family = han_font() if language() != "en" else None
     if family is None:
         return None

@@ -37,9 +37,10 @@ def test_the_extractor_finds_what_a_cell_prints_through_tr() -> None:
         "✓ {n} requests, none failed", "asked vs observed", "user agent:", "with one:"]
 
 
-def test_the_extractor_finds_the_traffic_charts_marks() -> None:
-    code = 'traffic.mark("listener_0 left out")\nmark = lab.mark()\ntraffic.mark(label)\n'
-    assert [text for _line, text in code_strings(code)] == ["listener_0 left out"]
+def test_the_extractor_finds_the_traffic_charts_title_and_marks() -> None:
+    code = ('chart = LiveChart(traffic, latency=True, title="service1 failing")\n'
+            'traffic.mark("listener_0 left out")\nmark = lab.mark()\ntraffic.mark(label)\n')
+    assert [text for _line, text in code_strings(code)] == ["service1 failing", "listener_0 left out"]
 
 
 def test_a_mark_on_the_traffic_chart_is_drawn_translated(chinese: None) -> None:
