@@ -55,7 +55,7 @@ PUBLIC = {
         "check", "clusters_table", "config_dump", "configs_index", "curl", "curl_i", "endpoints_table", "exercises",
         "hosts_table", "jq", "listeners_table", "next_version", "progress_table", "routes_table", "run_jq",
         "sandbox_endpoint", "sequence", "show_json", "solve", "stats_table", "status_table", "styled",
-        "topology", "trace_table", "traffic_figure", "traffic_png",
+        "topology", "tr", "trace_table", "traffic_figure", "traffic_png",
     ],
     "labxds.classroom": [
         "CheckResult", "Desk", "EXERCISES", "Exercise", "Fail", "Learner", "LearnerSession", "SnapshotSpec", "Store",

@@ -4,13 +4,16 @@
 turns records into pandas frames; ``widgets`` are the upstream toggle, canary slider and status
 panel; ``dashboard`` is the instructor's live view of a class; ``course`` checks and solves the
 lessons' exercises; ``diagrams`` draws the lab's topology and its xDS conversation (PNG); ``raw``
-gives the sandbox's own views (``curl -i``, /config_dump JSON, jq paths). Needs ``labxds[notebook]``.
+gives the sandbox's own views (``curl -i``, /config_dump JSON, jq paths); ``tr("...")`` is a
+sentence a lesson's code cell prints, in the notebook's language (the Chinese lessons run the
+English code cells). Needs ``labxds[notebook]``.
 """
 
+from ..i18n import _ as tr  # tr("..."): a sentence a lesson prints, in the notebook's language
 from .charts import LiveChart, traffic_figure, traffic_png
 from .course import Checked, ExerciseFailed, check, exercises, solve
 from .dashboard import Dashboard
-from .diagrams import Diagram, sequence, topology
+from .diagrams import Diagram, sequence, topology, use_han_font
 from .lab import Lab
 from .raw import SANDBOX_JQ, config_dump, configs_index, curl_i, jq, run_jq, show_json
 from .service_widgets import BehaviourPanel, GrpcBackendToggle
@@ -36,6 +39,9 @@ from .widgets import (
     canary_snapshot,
     next_version,
 )
+
+# Chinese titles and labels on charts (the lessons' pyplot charts, LiveChart) need a font with Han characters.
+use_han_font()
 
 __all__ = [
     "SANDBOX_JQ",
@@ -75,6 +81,7 @@ __all__ = [
     "status_table",
     "styled",
     "topology",
+    "tr",
     "trace_table",
     "traffic_figure",
     "traffic_png",

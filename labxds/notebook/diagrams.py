@@ -160,6 +160,23 @@ def han_font() -> str | None:
     return next((family for family in _HAN_FAMILIES if family in have), None)
 
 
+def use_han_font() -> str | None:
+    """Let matplotlib fall back on the Han font when the learner's language needs it: the lessons'
+    own pyplot charts (05, 07, 08) write Chinese titles and labels (``tr()``) that DejaVu Sans would
+    draw as empty boxes. Latin text keeps matplotlib's own font (the Han one comes after it). Set
+    once, when labxds.notebook is imported, before any chart thread runs; the traffic chart and the
+    diagrams also name the Han font on their own texts. Returns the family, or None."""
+    family = han_font() if language() != "en" else None
+    if family is None:
+        return None
+    import matplotlib
+
+    families = list(matplotlib.rcParams["font.family"])
+    if family not in families:
+        matplotlib.rcParams["font.family"] = [*families, family]
+    return family
+
+
 def _(message: str) -> str:
     """``message`` in the learner's language, if the drawing can show it: English when the
     language needs Han characters and no font has them."""

@@ -25,8 +25,8 @@ from labxds.notebook import Lab, styled
 from labxds.notebook.course import answers_of, namespace, run_code
 from labxds.xds.tracking import PushRejected
 
-#: The lessons whose checks speak Chinese (1-5: helper zh-a, 6-9: zh-b); 10-14 join as they are translated.
-ZH_LESSONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)
+#: The lessons whose checks speak Chinese (1-5: helper zh-a, 6-9: zh-b, 10-13: zh-c and zh-d, 14: zh-e): all of them.
+ZH_LESSONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
 #: Han characters: a message in Chinese has some.
 HAN = re.compile(r"[\u4e00-\u9fff]")
 ENGLISH_PROSE = re.compile(r"[A-Za-z]{3,} [A-Za-z]{3,} [A-Za-z]{3,}")

@@ -211,7 +211,7 @@ def _english_left(text: str) -> list[str]:
 @pytest.mark.parametrize("path", ZH_NOTEBOOKS, ids=_ids(ZH_NOTEBOOKS, "zh-CN/"))
 def test_chinese_runs_top_to_bottom(path: Path) -> None:
     """The Chinese twin, as a learner of the Chinese edition runs it: LABXDS_LANG=zh_CN, every
-    check strict; each check says ✓ in Chinese, and no caption or check line is left in English."""
+    check strict; each check says ✓ in Chinese, and no caption, check line or printed ✓ is left in English."""
     nb = _load(path)
     took = _execute(nb, path, LABXDS_LANG="zh_CN")
     cells = _cells_seconds(nb)
@@ -227,6 +227,9 @@ def test_chinese_runs_top_to_bottom(path: Path) -> None:
             assert "✓" in said and HAN.search(said), f"zh-CN/{path.name} cell {i}: the check did not say ✓ in Chinese:\n{said}"
             left = _english_left(said)
             assert not left, f"zh-CN/{path.name} cell {i}: English left in a check's output: {left}"
+        assert "missing from font" not in said, f"zh-CN/{path.name} cell {i}: Chinese drawn without a Han font:\n{said}"
+        english_ticks = [line for line in said.splitlines() if line.startswith("✓") and not HAN.search(line)]
+        assert not english_ticks, f"zh-CN/{path.name} cell {i}: a ✓ printed in English (tr() it): {english_ticks}"
         for caption in re.findall(r"<caption>(.*?)</caption>", said, flags=re.S):
             assert HAN.search(caption), f"zh-CN/{path.name} cell {i}: a caption in English: {caption!r}"
     if path.name[:2].isdigit():

@@ -27,9 +27,7 @@ _spec.loader.exec_module(zh_twins)
 ENGLISH = [p.name for p in zh_twins.english_notebooks()]
 #: English notebooks without their Chinese twin yet (helper zh-b: 06-09, then 10-14 and the
 #: workshop's). Take a name off when its twin lands; never add one back.
-PENDING: set[str] = {
-    "14_delta_and_ttl.ipynb",
-}
+PENDING: set[str] = set()
 TWINS = [n for n in ENGLISH if (zh_twins.ZH_DIR / n).exists()]
 
 

@@ -27,6 +27,32 @@ def test_the_extractor_finds_captions_and_titles() -> None:
     assert list(code_strings("%time lab.curl()")) == []  # a magic: not Python, nothing found
 
 
+def test_the_extractor_finds_what_a_cell_prints_through_tr() -> None:
+    code = ('print(tr("✓ {n} requests, none failed").format(n=n))\n'
+            'ax.set_title(tr("asked vs observed"))\n'
+            'print(f"{tr(\'user agent:\')} {agent}")\n'
+            'print(tr(name), "not this")\n'
+            'from labxds.i18n import _\nprint(_("with one:"))\n')
+    assert [text for _line, text in code_strings(code)] == [
+        "✓ {n} requests, none failed", "asked vs observed", "user agent:", "with one:"]
+
+
+def test_the_extractor_finds_the_traffic_charts_title_and_marks() -> None:
+    code = ('chart = LiveChart(traffic, latency=True, title="service1 failing")\n'
+            'traffic.mark("listener_0 left out")\nmark = lab.mark()\ntraffic.mark(label)\n')
+    assert [text for _line, text in code_strings(code)] == ["service1 failing", "listener_0 left out"]
+
+
+def test_a_mark_on_the_traffic_chart_is_drawn_translated(chinese: None) -> None:
+    from labxds.lab.traffic import Traffic
+    from labxds.notebook.charts import traffic_figure
+
+    traffic = Traffic("http://127.0.0.1:9")  # never started: the chart of no requests, with its marks
+    traffic.mark("retries")
+    traffic.mark("a label of my own")
+    assert [t.get_text() for t in traffic_figure(traffic).axes[0].texts] == [" 重试", " a label of my own"]
+
+
 def test_every_caption_of_the_notebooks_has_its_chinese() -> None:
     with PO.open("rb") as fh:
         catalog = read_po(fh, locale="zh_CN", domain="labxds")

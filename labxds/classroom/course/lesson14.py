@@ -58,7 +58,7 @@ _REMOVE_HINT = ('labxds.Snapshot([stable, listener, labxds.route_configuration("
 
 def _check_removal(t: Target, without_canary: Any) -> str:
     lab = _delta_lab(t)
-    snap = snapshot(without_canary, "without_canary", _REMOVE_HINT)
+    snap = snapshot(without_canary, "without_canary", _("for example: {code}").format(code=_REMOVE_HINT))
     if "canary" in snap.names(CLUSTER):
         raise Fail(_("your snapshot still has the cluster canary"), _("leave it out: that is how a resource is removed"))
     push(t, _with_canary(t), version=f"canary-{next(_RUNS)}", what="the lesson's starting snapshot")
@@ -88,12 +88,14 @@ _TTL_HINT = ('labxds.Snapshot([*without_canary resources, labxds.http_listener("
 
 def _check_ttl(t: Target, with_ttl: Any) -> str:
     lab = _delta_lab(t)
-    snap = snapshot(with_ttl, "with_ttl", _TTL_HINT)
+    example = _("for example: {code}").format(code=_TTL_HINT)
+    snap = snapshot(with_ttl, "with_ttl", example)
     if "promo" not in snap.names(LISTENER):
-        raise Fail(_("your snapshot has no listener named promo"), _TTL_HINT)
+        raise Fail(_("your snapshot has no listener named promo"), example)
     ttl = snap.ttl(LISTENER, "promo")
     if ttl is None:
-        raise Fail(_("the listener promo has no TTL"), 'Snapshot([...], ttl={(labxds.LISTENER, "promo"): 2})')
+        raise Fail(_("the listener promo has no TTL"),
+                   _("for example: {code}").format(code='Snapshot([...], ttl={(labxds.LISTENER, "promo"): 2})'))
     if not 0.5 <= ttl <= 10:
         raise Fail(_("the listener promo lives {seconds} s").format(seconds=f"{ttl:g}"),
                    _("give it a TTL of a few seconds, e.g. 2"))
