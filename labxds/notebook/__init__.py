@@ -31,6 +31,7 @@ from .tables import (
     status_table,
     styled,
     trace_table,
+    translate_lab_tables,
 )
 from .widgets import (
     CanarySlider,
@@ -42,6 +43,8 @@ from .widgets import (
 
 # Chinese titles and labels on charts (the lessons' pyplot charts, LiveChart) need a font with Han characters.
 use_han_font()
+# The lab's tables (lab.curl(), lab.clusters(), ...) show their headers in the notebook's language.
+translate_lab_tables()
 
 __all__ = [
     "SANDBOX_JQ",

@@ -33,21 +33,21 @@ class Lab(LabRuntime):
 
     def curl(self, n: int = 1, path: str = "/", **kwargs: Any) -> pd.DataFrame:
         """``n`` requests through Envoy's listener, one row each (failures are rows too)."""
-        return tables.requests_frame(self.number_instances(send(self.listener_url, n, path=path, **kwargs)))
+        return tables.lab_table(tables.requests_frame(self.number_instances(send(self.listener_url, n, path=path, **kwargs))))
 
     def clusters(self, *, warming: bool = False) -> pd.DataFrame:
         """The clusters Envoy accepted over CDS (``/config_dump``'s dynamic_active_clusters); with
         ``warming``, also those still waiting for their endpoints (dynamic_warming_clusters)."""
-        return tables.clusters_table(self.admin, include_warming=warming)
+        return tables.lab_table(tables.clusters_table(self.admin, include_warming=warming))
 
     def endpoints_table(self, cluster: str | None = None) -> pd.DataFrame:
-        return tables.endpoints_table(self.admin, cluster)
+        return tables.lab_table(tables.endpoints_table(self.admin, cluster))
 
     def listeners(self) -> pd.DataFrame:
-        return tables.listeners_table(self.admin)
+        return tables.lab_table(tables.listeners_table(self.admin))
 
     def routes(self) -> pd.DataFrame:
-        return tables.routes_table(self.admin)
+        return tables.lab_table(tables.routes_table(self.admin))
 
     def sandbox_endpoint(self) -> str | None:
         """The sandbox's one query: the first endpoint of the first dynamic active cluster."""
@@ -56,28 +56,28 @@ class Lab(LabRuntime):
     def hosts(self, cluster: str | None = None) -> pd.DataFrame:
         """Each upstream host as Envoy sees it now (``/clusters``): health in words (ejected,
         failed health check), requests, successes, errors."""
-        return tables.hosts_table(self.admin, cluster)
+        return tables.lab_table(tables.hosts_table(self.admin, cluster))
 
     def certificates(self) -> pd.DataFrame:
         """The certificates Envoy holds (``/certs``): serial, names, expiry."""
-        return tables.certificates_table(self.admin)
+        return tables.lab_table(tables.certificates_table(self.admin))
 
     def stats(self, filter: str | None = None) -> pd.DataFrame:
-        return tables.stats_table(self.admin, filter)
+        return tables.lab_table(tables.stats_table(self.admin, filter))
 
     def status(self) -> pd.DataFrame:
         """Per type: versions sent, ACKed and NACKed by this lab's Envoy, with its last error."""
-        return tables.status_table(self.cp)
+        return tables.lab_table(tables.status_table(self.cp))
 
     def trace(self, last: int | None = None, *, node: str | None = None) -> pd.DataFrame:
         """The xDS conversation with this lab's Envoy: requests, responses, nonces, ACKs and NACKs."""
-        return tables.trace_table(self.cp, node or self.node_id, last)
+        return tables.lab_table(tables.trace_table(self.cp, node or self.node_id, last))
 
     def where(self) -> pd.DataFrame:  # type: ignore[override,unused-ignore]  # the same rows, as a table
         """What runs where, as a table."""
         import pandas as pd
 
-        return pd.DataFrame(super().where(), columns=["component", "address", "detail"])
+        return tables.lab_table(pd.DataFrame(super().where(), columns=["component", "address", "detail"]))
 
     # -- the sandbox's raw views and pictures ---------------------------------------------------
 

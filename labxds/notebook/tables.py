@@ -22,7 +22,7 @@ from ..envoy.config_dump import (
     route_rows,
     sandbox_endpoint,
 )
-from ..i18n import N_, _, explain
+from ..i18n import N_, _, explain, language
 from ..lab.traffic import send
 
 if TYPE_CHECKING:
@@ -30,9 +30,12 @@ if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
 
 __all__ = [
+    "LAB_TABLE",
     "certificates_table",
     "clusters_table",
     "column_label",
+    "lab_table",
+    "lab_table_html",
     "curl",
     "endpoints_table",
     "hosts_table",
@@ -44,6 +47,7 @@ __all__ = [
     "stats_table",
     "status_table",
     "styled",
+    "translate_lab_tables",
     "trace_table",
 ]
 
@@ -201,6 +205,10 @@ _LABELS = {
     "Envoy admin": N_("Envoy admin"), "bootstrap api_type": N_("bootstrap api_type"),
     "resource": N_("resource"), "push": N_("push"), "resources carried": N_("resources carried"),
     "clusters Envoy holds": N_("clusters Envoy holds"), "canary": N_("canary"), "failed": N_("failed"),
+    # lessons 10-14: hosts, certificates, the request id
+    "succeeded": N_("succeeded"), "connect_failures": N_("connect failures"), "serial": N_("serial"),
+    "names": N_("names"), "valid_from": N_("valid from"), "expires": N_("expires"), "days_left": N_("days left"),
+    "x_request_id": N_("x-request-id"),
 }  # fmt: skip
 
 #: Columns whose values may be Envoy's own words: ``styled`` adds what the common ones mean.
@@ -273,3 +281,53 @@ def _explanations(df: pd.DataFrame) -> list[str]:
             if meaning and meaning not in notes:
                 notes.append(meaning)
     return notes
+
+
+# --------------------------------------------------------------------------- the lab's tables in the learner's language
+
+#: Set in ``DataFrame.attrs`` of the frames ``Lab``'s table methods return (pandas carries it
+#: through selections, filters and sorts), so a notebook can show their headers as words.
+LAB_TABLE = "labxds.table"
+
+
+def lab_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mark ``df`` as one of the lab's tables (see :func:`lab_table_html`); returns it."""
+    df.attrs[LAB_TABLE] = True
+    return df
+
+
+def lab_table_html(df: pd.DataFrame) -> str | None:
+    """The HTML a notebook shows for ``df``.
+
+    In a language other than English, a lab table whose index is only row numbers shows as
+    ``styled`` shows it: headers in words of the learner's language ("served_by" becomes 响应服务),
+    units in the headers. Any other frame (the learner's own, a ``describe()`` whose index
+    carries meaning) shows as pandas shows it, and code keeps using the columns' own names.
+    """
+    import pandas as pd
+
+    index = df.index
+    plain_rows = index.nlevels == 1 and index.name is None and pd.api.types.is_integer_dtype(index)
+    if df.attrs.get(LAB_TABLE) and plain_rows and language() != "en":
+        return styled(df).to_html()
+    shown: str | None = df._repr_html_()
+    return shown
+
+
+def translate_lab_tables() -> bool:
+    """In IPython, show DataFrames through :func:`lab_table_html`; False outside IPython.
+
+    Called when :mod:`labxds.notebook` is imported: the Chinese lessons run the English code
+    cells, so ``lab.curl(6)`` on its own line must show Chinese headers without a call to ``styled``.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    import pandas as pd
+
+    shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, lab_table_html)
+    return True

@@ -65,3 +65,47 @@ def test_configs_index_and_a_check_in_chinese(lab: Lab, chinese: None) -> None:
     assert "提示" in repr(shown) and "提示" in shown._repr_html_() and HAN.search(shown.detail), repr(shown)
     table = course.exercises(1)
     assert list(table["title"]) == ["这个 Envoy 是谁？", "Envoy 知道哪些集群？"]
+
+
+def test_the_labs_tables_show_chinese_headers_and_other_frames_stay_as_pandas_shows_them(lab: Lab,
+                                                                                       chinese: None) -> None:
+    import pandas as pd
+
+    from labxds.notebook.tables import lab_table_html
+
+    lab.push(lab.sandbox_snapshot("service1", version=lab.next_version()))
+    rows = lab.curl(4)
+    shown = lab_table_html(rows)
+    assert shown is not None and "响应服务" in shown and "served_by" not in shown, shown
+    failed = rows[rows.status == 200]  # filtered: the index is still row numbers
+    assert "响应服务" in (lab_table_html(failed) or "")
+    summary = rows.describe()  # an index that means something: as pandas shows it
+    assert lab_table_html(summary) == summary._repr_html_()
+    own = pd.DataFrame({"served_by": ["x"]})  # the learner's own frame: as pandas shows it
+    assert lab_table_html(own) == own._repr_html_()
+    set_language("en")
+    assert lab_table_html(rows) == rows._repr_html_()
+
+
+def test_a_chinese_kernel_shows_lab_tables_with_chinese_headers() -> None:
+    """In a real kernel (LABXDS_LANG=zh_CN): importing labxds.notebook registers the display."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import pandas as pd\n"
+        "from labxds.notebook import tables\n"
+        "tables.lab_table(pd.DataFrame({'served_by': ['service1'], 'latency_ms': [1.5]}))")])
+    env_before = os.environ.get("LABXDS_LANG")
+    os.environ["LABXDS_LANG"] = "zh_CN"
+    try:
+        NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("LABXDS_LANG", None)
+        else:
+            os.environ["LABXDS_LANG"] = env_before
+    html = nb.cells[0].outputs[0]["data"]["text/html"]
+    assert "响应服务" in html and "延迟 (ms)" in html, html
