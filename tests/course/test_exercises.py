@@ -10,12 +10,12 @@ lesson's earlier cells.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from envoy_helpers import free_port
 
 from labxds.classroom import Exercise, course_exercises, exercise
 from labxds.classroom.course import LESSON_MODULES, lesson_exercises
@@ -26,11 +26,6 @@ LESSONS = sorted({e.lesson for e in course_exercises() if e.lesson is not None})
 CHECK_BUDGET = 20.0  # seconds one check may take
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def labs() -> Iterator[Any]:
@@ -40,7 +35,7 @@ def labs() -> Iterator[Any]:
     def get(options: dict[str, Any]) -> Lab:
         key = json.dumps(options, sort_keys=True)
         if key not in running:
-            running[key] = Lab(xds_port=0, admin_port=0, listener_port=_free_port(), **options).start(progress=False)
+            running[key] = Lab(xds_port=0, admin_port=0, listener_port=free_port(), **options).start(progress=False)
         return running[key]
 
     yield get

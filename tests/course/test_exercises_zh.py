@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from envoy_helpers import free_port
 
 from labxds import Snapshot, cluster, http_listener
 from labxds.classroom import EXERCISES, Learner, Target, course_exercises, exercise, render
@@ -42,11 +42,6 @@ def _assert_chinese(text: str, what: str) -> None:
     assert not left, f"{what} has English left: {left}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(autouse=True)
 def _chinese(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
@@ -65,7 +60,7 @@ def labs() -> Iterator[Any]:
     def get(options: dict[str, Any]) -> Lab:
         key = json.dumps(options, sort_keys=True)
         if key not in running:
-            running[key] = Lab(xds_port=0, admin_port=0, listener_port=_free_port(), **options).start(progress=False)
+            running[key] = Lab(xds_port=0, admin_port=0, listener_port=free_port(), **options).start(progress=False)
         return running[key]
 
     yield get

@@ -4,11 +4,11 @@ pictures, and check/solve as a notebook uses them. One lab for the module."""
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+from envoy_helpers import free_port
 
 import labxds
 from labxds.envoy.jq import configs_index
@@ -17,15 +17,10 @@ from labxds.notebook import Lab, course, diagrams, raw
 pytestmark = pytest.mark.envoy
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    running = Lab(xds_port=_free_port(), admin_port=0, listener_port=_free_port()).start(progress=False)
+    running = Lab(xds_port=free_port(), admin_port=0, listener_port=free_port()).start(progress=False)
     yield running
     running.stop()
 

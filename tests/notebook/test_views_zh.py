@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 from collections.abc import Iterator
 
 import pytest
+from envoy_helpers import free_port
 
 from labxds.envoy.jq import configs_index
 from labxds.i18n import set_language
@@ -18,15 +18,10 @@ pytestmark = pytest.mark.envoy
 HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    running = Lab(xds_port=_free_port(), admin_port=0, listener_port=_free_port()).start(progress=False)
+    running = Lab(xds_port=free_port(), admin_port=0, listener_port=free_port()).start(progress=False)
     yield running
     running.stop()
 

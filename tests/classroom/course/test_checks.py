@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+from envoy_helpers import free_port
 
 from labxds.classroom.course.checks import push, unchanged_versions
 from labxds.classroom.exercises import Target
@@ -35,15 +35,10 @@ def test_nothing_is_kept_without_a_served_snapshot_or_when_a_ttl_changes() -> No
     assert CLUSTER not in unchanged_versions(with_ttl, served)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabRuntime]:
-    runtime = LabRuntime(xds_port=0, admin_port=0, listener_port=_free_port()).start(progress=False)
+    runtime = LabRuntime(xds_port=0, admin_port=0, listener_port=free_port()).start(progress=False)
     yield runtime
     runtime.stop()
 
