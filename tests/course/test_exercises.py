@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from envoy_helpers import free_port
 
 from labxds.classroom import Exercise, course_exercises, exercise
 from labxds.classroom.course import LESSON_MODULES, lesson_exercises
@@ -26,21 +24,6 @@ LESSONS = sorted({e.lesson for e in course_exercises() if e.lesson is not None})
 CHECK_BUDGET = 20.0  # seconds one check may take
 
 
-
-@pytest.fixture(scope="module")
-def labs() -> Iterator[Any]:
-    """Labs on free ports, one per distinct ``lab_options``, started on first use."""
-    running: dict[str, Lab] = {}
-
-    def get(options: dict[str, Any]) -> Lab:
-        key = json.dumps(options, sort_keys=True)
-        if key not in running:
-            running[key] = Lab(xds_port=0, admin_port=0, listener_port=free_port(), **options).start(progress=False)
-        return running[key]
-
-    yield get
-    for lab in running.values():
-        lab.stop()
 
 
 def _timed_check(ex: Exercise, lab: Lab, answers: tuple[Any, ...]) -> Any:

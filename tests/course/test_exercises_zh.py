@@ -9,19 +9,17 @@ Envoy's words sit inside Chinese sentences): a line of English prose alone is an
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from envoy_helpers import free_port
 
 from labxds import Snapshot, cluster, http_listener
 from labxds.classroom import EXERCISES, Learner, Target, course_exercises, exercise, render
 from labxds.classroom.course.lesson08 import lesson_clusters
 from labxds.i18n import _, set_language
-from labxds.notebook import Lab, styled
+from labxds.notebook import styled
 from labxds.notebook.course import answers_of, namespace, run_code
 from labxds.xds.tracking import PushRejected
 
@@ -51,21 +49,6 @@ def _chinese(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     set_language(None)
 
-
-@pytest.fixture(scope="module")
-def labs() -> Iterator[Any]:
-    """Labs on free ports, one per distinct ``lab_options``, started on first use."""
-    running: dict[str, Lab] = {}
-
-    def get(options: dict[str, Any]) -> Lab:
-        key = json.dumps(options, sort_keys=True)
-        if key not in running:
-            running[key] = Lab(xds_port=0, admin_port=0, listener_port=free_port(), **options).start(progress=False)
-        return running[key]
-
-    yield get
-    for lab in running.values():
-        lab.stop()
 
 
 def _assert_fails_in_chinese(result: Any, what: str) -> None:
