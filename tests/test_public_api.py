@@ -53,7 +53,7 @@ PUBLIC = {
         "BehaviourPanel", "CanarySlider", "Checked", "Dashboard", "Diagram", "ExerciseFailed", "GrpcBackendToggle",
         "Lab", "LiveChart", "SANDBOX_JQ", "StatusPanel", "UpstreamToggle", "canary_snapshot", "certificates_table",
         "check", "clusters_table", "config_dump", "configs_index", "curl", "curl_i", "endpoints_table", "exercises",
-        "hosts_table", "jq", "listeners_table", "next_version", "progress_table", "routes_table", "run_jq",
+        "hosts_table", "jq", "listeners_table", "next_version", "phases_table", "progress_table", "routes_table", "run_jq",
         "sandbox_endpoint", "sequence", "show_json", "solve", "stats_table", "status_table", "styled",
         "topology", "tr", "trace_table", "traffic_figure", "traffic_png",
     ],

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..i18n import _
+from ..i18n import N_, _
 from ..xds.builders import RESPONSE_FLAGS_HEADER
 from .echo import ADDRESS_HEADER, INSTANCE_HEADER
 
@@ -351,7 +351,7 @@ class Traffic:
     def phases(self) -> list[dict[str, Any]]:
         """One row per stretch between marks ("start" before the first): what each change cost,
         requests, failures and why, latency p50/p95."""
-        bounds = [(0.0, "start"), *sorted(self.marks)]
+        bounds = [(0.0, N_("start")), *sorted(self.marks)]
         rows = self.records()
         out = []
         for i, (begin, label) in enumerate(bounds):

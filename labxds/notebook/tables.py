@@ -23,7 +23,7 @@ from ..envoy.config_dump import (
     sandbox_endpoint,
 )
 from ..i18n import N_, _, explain, language
-from ..lab.traffic import send
+from ..lab.traffic import Traffic, send
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +36,7 @@ __all__ = [
     "column_label",
     "lab_table",
     "lab_table_html",
+    "phases_table",
     "curl",
     "endpoints_table",
     "hosts_table",
@@ -89,6 +90,15 @@ def curl(
     rows = send(url, n, path=path, headers=headers, include_headers=include_headers, method=method, timeout=timeout,
                 response_headers=response_headers, verify=verify)  # fmt: skip
     return requests_frame(rows)
+
+
+def phases_table(traffic: Traffic) -> pd.DataFrame:
+    """``traffic.phases()`` as a lab table: one row per stretch between marks, what each change
+    cost (requests, failures and why, latency). The ``phase`` column keeps the marks' labels as
+    the code wrote them; a notebook shows them in the learner's language."""
+    import pandas as pd
+
+    return lab_table(pd.DataFrame(traffic.phases()))
 
 
 def requests_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -209,7 +219,13 @@ _LABELS = {
     "succeeded": N_("succeeded"), "connect_failures": N_("connect failures"), "serial": N_("serial"),
     "names": N_("names"), "valid_from": N_("valid from"), "expires": N_("expires"), "days_left": N_("days left"),
     "x_request_id": N_("x-request-id"),
+    # traffic.phases(): what each change cost
+    "from": N_("from"), "phase": N_("phase"), "retried": N_("retried"), "success_rate": N_("success rate"),
+    "p50": N_("p50"), "p95": N_("p95"), "why": N_("why"),
 }  # fmt: skip
+
+#: Columns whose values are labels a lesson wrote (traffic marks): shown in the learner's language.
+_LABEL_VALUES = ("phase",)
 
 #: Columns whose values may be Envoy's own words: ``styled`` adds what the common ones mean.
 _ENVOY_WORDS = ("flags", "error_state", "nack_error", "last_nack")
@@ -254,6 +270,9 @@ def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, 
 
     times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
     headers = {c: column_label(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
+    labelled = [c for c in _LABEL_VALUES if c in df.columns]
+    if labelled:
+        df = df.assign(**{c: df[c].map(lambda v: _(v) if isinstance(v, str) and v else v) for c in labelled})
     view = df.rename(columns=headers)
     styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
     if times:

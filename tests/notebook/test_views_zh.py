@@ -104,3 +104,21 @@ def test_a_chinese_kernel_shows_lab_tables_with_chinese_headers() -> None:
             os.environ["LABXDS_LANG"] = env_before
     html = nb.cells[0].outputs[0]["data"]["text/html"]
     assert "响应服务" in html and "延迟 (ms)" in html, html
+
+
+def test_what_each_change_cost_shows_its_phases_in_chinese(lab: Lab, chinese: None) -> None:
+    import time
+
+    from labxds.notebook import phases_table
+    from labxds.notebook.tables import lab_table_html
+
+    lab.push(lab.sandbox_snapshot("service1", version=lab.next_version()))
+    traffic = lab.traffic(rate=20)
+    time.sleep(0.3)
+    traffic.mark("retries")
+    time.sleep(0.3)
+    traffic.stop()
+    phases = phases_table(traffic)
+    assert list(phases.phase) == ["start", "retries"]  # code looks phases up by the labels it wrote
+    shown = lab_table_html(phases) or ""
+    assert "阶段" in shown and ">开始<" in shown and ">重试<" in shown and ">retries<" not in shown, shown
