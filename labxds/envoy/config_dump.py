@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..i18n import N_
 from .admin import EnvoyAdmin, as_admin
 
 __all__ = [
@@ -280,15 +281,16 @@ def sandbox_endpoint(admin: Any, cluster: str | None = None, *, as_dict: bool = 
 
 # -- /clusters and /certs: what Envoy does with its configuration ----------------------------------
 
-#: /clusters' health flags in words (a host with none of them is healthy).
+#: /clusters' health flags in words (a host with none of them is healthy); the words stay English in
+#: the rows, for code to compare, and a notebook's table shows them in the learner's language.
 _HEALTH_FLAGS = {
-    "failed_active_health_check": "failed active health check",
-    "failed_outlier_check": "ejected (outlier detection)",
-    "failed_eds_health": "unhealthy by EDS",
-    "pending_dynamic_removal": "being removed",
-    "pending_active_hc": "waiting for its first health check",
-    "excluded_via_immediate_hc_fail": "excluded (immediate health check failure)",
-    "active_hc_timeout": "health check timed out",
+    "failed_active_health_check": N_("failed active health check"),
+    "failed_outlier_check": N_("ejected (outlier detection)"),
+    "failed_eds_health": N_("unhealthy by EDS"),
+    "pending_dynamic_removal": N_("being removed"),
+    "pending_active_hc": N_("waiting for its first health check"),
+    "excluded_via_immediate_hc_fail": N_("excluded (immediate health check failure)"),
+    "active_hc_timeout": N_("health check timed out"),
 }
 
 
@@ -308,7 +310,7 @@ def host_rows(admin: Any, cluster: str | None = None) -> list[dict[str, Any]]:
             rows.append({
                 "cluster": status.get("name"),
                 "address": f"{sock.get('address')}:{sock.get('port_value')}",
-                "health": ", ".join(flags) or "healthy",
+                "health": ", ".join(flags) or N_("healthy"),
                 "requests": stats.get("rq_total", 0),
                 "succeeded": stats.get("rq_success", 0),
                 "failed": stats.get("rq_error", 0),

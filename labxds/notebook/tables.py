@@ -224,8 +224,9 @@ _LABELS = {
     "p50": N_("p50"), "p95": N_("p95"), "why": N_("why"),
 }  # fmt: skip
 
-#: Columns whose values are labels a lesson wrote (traffic marks): shown in the learner's language.
-_LABEL_VALUES = ("phase",)
+#: Columns whose values are labels a lesson wrote (traffic marks) or words labxds wrote (a host's
+#: health, several joined by ", "): shown in the learner's language, kept as they are for code.
+_LABEL_VALUES = {"phase": None, "health": ", "}
 
 #: Columns whose values may be Envoy's own words: ``styled`` adds what the common ones mean.
 _ENVOY_WORDS = ("flags", "error_state", "nack_error", "last_nack")
@@ -272,7 +273,7 @@ def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, 
     headers = {c: column_label(str(c)) + (" (UTC)" if c in times else "") for c in df.columns}
     labelled = [c for c in _LABEL_VALUES if c in df.columns]
     if labelled:
-        df = df.assign(**{c: df[c].map(lambda v: _(v) if isinstance(v, str) and v else v) for c in labelled})
+        df = df.assign(**{c: df[c].map(lambda v, sep=_LABEL_VALUES[c]: _label_value(v, sep)) for c in labelled})
     view = df.rename(columns=headers)
     styler = view.style.hide(axis="index").format(precision=precision, na_rep="")
     if times:
@@ -286,6 +287,12 @@ def styled(df: pd.DataFrame, caption: str | None = None, *, precision: int = 1, 
     if nowrap:
         styler = styler.set_table_styles([{"selector": "td, th", "props": "white-space: nowrap;"}], overwrite=False)
     return styler
+
+
+def _label_value(value: Any, separator: str | None) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    return separator.join(_(part) for part in value.split(separator)) if separator else _(value)
 
 
 def _explanations(df: pd.DataFrame) -> list[str]:

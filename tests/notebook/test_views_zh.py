@@ -122,3 +122,15 @@ def test_what_each_change_cost_shows_its_phases_in_chinese(lab: Lab, chinese: No
     assert list(phases.phase) == ["start", "retries"]  # code looks phases up by the labels it wrote
     shown = lab_table_html(phases) or ""
     assert "阶段" in shown and ">开始<" in shown and ">重试<" in shown and ">retries<" not in shown, shown
+
+
+def test_a_hosts_health_shows_in_chinese_and_stays_english_for_code(lab: Lab, chinese: None) -> None:
+    from labxds.notebook.tables import lab_table_html
+
+    lab.push(lab.sandbox_snapshot("service1", version=lab.next_version()))
+    hosts = lab.hosts("example_proxy_cluster")
+    assert list(hosts.health) == ["healthy"]  # code compares the words labxds wrote
+    shown = lab_table_html(hosts) or ""
+    assert ">健康<" in shown and ">healthy<" not in shown, shown
+    joined = hosts.assign(health="failed active health check, ejected (outlier detection)")
+    assert ">主动健康检查失败, 已驱逐（异常点检测）<" in (lab_table_html(joined) or "")
