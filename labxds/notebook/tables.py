@@ -89,7 +89,7 @@ def curl(
     """
     rows = send(url, n, path=path, headers=headers, include_headers=include_headers, method=method, timeout=timeout,
                 response_headers=response_headers, verify=verify)  # fmt: skip
-    return requests_frame(rows)
+    return lab_table(requests_frame(rows))
 
 
 def phases_table(traffic: Traffic) -> pd.DataFrame:
