@@ -29,6 +29,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct ports nobody listens on now (bound together, so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def presented_certificate(port: int, cert: Path, key: Path) -> Any:
     """The certificate a TLS server on 127.0.0.1:``port`` presents to a new connection (a
     handshake with client certificate ``cert``/``key``, no request): which one, not whether to trust it."""

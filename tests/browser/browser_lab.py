@@ -15,7 +15,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 import nbformat
+from envoy_helpers import free_ports
 from playwright.sync_api import expect
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,20 +85,6 @@ def han_fonts_env(workdir: Path) -> dict[str, str]:
     )
     env["FONTCONFIG_FILE"] = str(conf)
     return env
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports nobody listens on now (bound together, so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # --------------------------------------------------------------------------- the server

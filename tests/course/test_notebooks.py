@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
+from envoy_helpers import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))  # every notebook: saved stripped, runs
@@ -55,20 +55,6 @@ EXPECTED = [
     "14_delta_and_ttl.ipynb",
 ]
 LESSON_BUDGET = 30  # seconds for a lesson, run top to bottom (issue 14)
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct ports nobody listens on now (bound together, so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _load(path: Path) -> nbformat.NotebookNode:
@@ -111,7 +97,7 @@ def test_cleans_up_and_uses_the_labs_ports(path: Path) -> None:
 
 def _kernel_env(**extra: str) -> dict[str, str]:
     """This process's environment plus free ports for the lab (and ``extra``); the kernel runs with it."""
-    xds, admin, listener = _free_ports(3)
+    xds, admin, listener = free_ports(3)
     env = {k: v for k, v in os.environ.items() if k != "LABXDS_LANG"}
     env.update({
         "LABXDS_XDS_PORT": str(xds),
