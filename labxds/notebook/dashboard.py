@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..i18n import N_, _
-from ..xds.resource_types import order_key, short_name
+from ..classroom.status import TYPES, class_status
 from ..xds.tracking import PushRejected, PushTimeout
 from .tables import column_label
 from .widget_base import LoopRefresher
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SORTS", "Dashboard"]
 
-TYPES = ("CDS", "EDS", "LDS", "RDS")
 COLUMNS = [
     "learner", "connected", "connected_since", "last_seen", *TYPES, "snapshot",
     "last_nack", "nack_open", "nack_at", "passed", "progress",
@@ -154,36 +153,11 @@ class Dashboard:
         import pandas as pd
 
         ws = self.workshop
-        tracker = ws.control_plane.tracker
-        connected = set(tracker.connected())
         rows = []
-        for name in ws.learners():
-            node = tracker.node(name)
-            row: dict[str, Any] = {
-                "learner": name,
-                "connected": name in connected,
-                "connected_since": _ts(node.connected_since if node else None),
-                "last_seen": _ts(node.last_seen if node else None),
-                "snapshot": ws.source_of(name),
-                "last_nack": None, "nack_open": False, "nack_at": pd.NaT,
-            }  # fmt: skip
-            for t in TYPES:
-                row[t] = None
-            latest = None
-            for url, st in sorted((node.types.items() if node else ()), key=lambda kv: order_key(kv[0])):
-                short = short_name(url)
-                if short in TYPES:
-                    row[short] = st.acked_version
-                if st.nacked_at is not None and (latest is None or st.nacked_at > (latest[1].nacked_at or 0.0)):
-                    latest = (short, st)
-            if latest is not None:
-                short, st = latest
-                row["last_nack"] = f"{short} v{st.nacked_version}: {st.nack_error or ''}"
-                row["nack_open"] = st.acked_at is None or (st.nacked_at or 0.0) > st.acked_at
-                row["nack_at"] = _ts(st.nacked_at)
-            results = ws.progress.get(name, {})
-            row["passed"] = sum(1 for r in results.values() if r.passed and not r.contradicted)
-            row["progress"] = ", ".join(f"{key} {results[key].mark}" for key in ws.exercises if key in results)
+        for row in class_status(ws):
+            for col in ("connected_since", "last_seen", "nack_at"):
+                row[col] = _ts(row[col])
+            row["progress"] = ", ".join(f"{key} {mark}" for key, mark in row["progress"].items())
             rows.append(row)
         df = pd.DataFrame(rows, columns=COLUMNS)
         df["passed"] = df["passed"].astype("int64")

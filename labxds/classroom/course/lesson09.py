@@ -11,7 +11,7 @@ from ...envoy.config_dump import cluster_rows, listener_rows, warming_clusters
 from ...i18n import N_, _
 from ...lab.traffic import send
 from ...xds.builders import cluster, http_listener, load_assignment, route_configuration
-from ...xds.resource_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
+from ...xds.resource_types import ENDPOINT, ROUTE, short_name
 from ...xds.snapshot import ConsistencyError, Snapshot, staged
 from ...xds.tracking import PushRejected, PushTimeout
 from ..exercises import Exercise, Fail, Target

@@ -12,7 +12,7 @@ from ...envoy.config_dump import listener_rows
 from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, route_configuration
 from ...xds.resource_types import LISTENER, ROUTE
 from ..exercises import Exercise, Fail, Target
-from .checks import push, resource, sandbox_cluster, sandbox_listener, service_at, snapshot
+from .checks import push, resource, sandbox_cluster, sandbox_listener, snapshot
 from .live import no_failures, under_traffic
 
 __all__ = ["EXERCISES"]

@@ -7,9 +7,8 @@ import itertools
 from typing import Any
 
 from ...i18n import N_, _
-from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_LISTENER, SANDBOX_ROUTE, cluster, http_listener, route_configuration
+from ...xds.builders import SANDBOX_CLUSTER, SANDBOX_ROUTE, cluster, route_configuration
 from ...xds.resource_types import CLUSTER, LISTENER
-from ...xds.snapshot import Snapshot
 from ..exercises import Exercise, Fail, Target
 from .checks import dynamic_clusters, expect_served, push, sandbox_cluster, sandbox_listener, snapshot
 from .live import wait_until
