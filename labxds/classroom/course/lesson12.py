@@ -166,6 +166,15 @@ def _check_canary(t: Target, canary_route: Any) -> str:
                    _("the Listener 'greeter' asks for '{route}': give yours that name").format(route=ROUTE_NAME))
     lab = t.own_lab()
     push_to_grpc(t, [api_listener(GRPC_TARGET, ROUTE_NAME), route, *_clusters(lab)], _("your route"))
+    client = lab.grpc_client(GRPC_TARGET, GRPC_NODE)
+    for backend in ("alpha", "beta"):
+        # Before counting: the first call picked for a backend waits for its new connection, which
+        # on a busy machine can outlast a call's deadline. A route that never reaches it is judged
+        # by the count below.
+        try:
+            client.wait_for(backend, timeout=2)
+        except TimeoutError:
+            pass
     answers = _calls(t, 200)
     errors = [a for a in answers if a not in ("alpha", "beta")]
     if errors:
